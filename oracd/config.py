@@ -1,0 +1,227 @@
+"""oracd's configuration: one immutable object built once from TOML at startup.
+
+Why fail fast: a daemon that starts with a typo in its config runs for months
+doing the wrong thing.  Unknown keys and bad values raise ``ConfigError`` naming
+the key (``llama.ctx_size: expected an integer >= 0, got 'big'``).  Relative
+paths are resolved against the config file's directory, so a dev config can
+point inside the checkout and a system config at absolute paths.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 on the Jetson
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    socket: Path = Path("/run/oracd/oracd.sock")
+    socket_mode: int = 0o660
+    socket_group: str = ""            # chgrp the socket to this group if set (e.g. "orac")
+    runtime_dir: Optional[Path] = None  # private dir for llama-server's socket + pidfile; default <socket dir>/llama
+    log_dir: Path = Path("/var/log/oracd")
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 2
+    log_level: str = "info"
+    log_stderr: bool = True
+    max_line_bytes: int = 1024 * 1024
+    max_connections: int = 256
+    shutdown_grace: float = 30.0      # seconds in-flight requests get to finish on SIGTERM
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    server_bin: Path = Path("llama-server")
+    quantize_bin: Path = Path("llama-quantize")
+    models_dir: Path = Path("/var/lib/oracd/models")
+    extra_models_dirs: Tuple[Path, ...] = ()
+    default_model: str = ""
+    preload: bool = False
+    ctx_size: int = 2048
+    n_gpu_layers: int = 0
+    parallel: int = 2
+    threads: int = 0                  # 0 = let llama-server decide
+    batch_size: int = 0               # 0 = llama-server default
+    ubatch_size: int = 0
+    extra_args: Tuple[str, ...] = ()
+    default_max_tokens: int = 512
+    # timeouts (seconds)
+    load_timeout: float = 120.0
+    health_interval: float = 2.0
+    health_timeout: float = 5.0
+    hang_timeout: float = 15.0
+    stop_grace: float = 10.0
+    swap_drain_timeout: float = 60.0
+    quantize_timeout: float = 3600.0
+    # restart backoff after a crash (seconds)
+    restart_backoff_initial: float = 0.5
+    restart_backoff_max: float = 30.0
+    restart_backoff_reset: float = 60.0   # healthy this long -> backoff starts over
+    crash_loop_threshold: int = 3         # consecutive failures before requests fail fast
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    llama: LlamaConfig = field(default_factory=LlamaConfig)
+    path: Optional[Path] = None
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.server.runtime_dir or self.server.socket.parent / "llama"
+
+    @property
+    def models_dirs(self) -> Tuple[Path, ...]:
+        return (self.llama.models_dir, *self.llama.extra_models_dirs)
+
+    @property
+    def log_file(self) -> Path:
+        return self.server.log_dir / "orac.log"
+
+
+_SECTIONS = {"server": ServerConfig, "llama": LlamaConfig}
+_PATH_KEYS = {"socket", "runtime_dir", "log_dir", "models_dir", "extra_models_dirs"}
+_BIN_KEYS = {"server_bin", "quantize_bin"}
+_LOG_LEVELS = {"debug", "info", "warning", "error"}
+
+
+def _fail(key: str, msg: str, value: Any) -> ConfigError:
+    return ConfigError(f"{key}: {msg}, got {value!r}")
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def _resolve_bin(base: Path, value: str) -> Path:
+    # a bare name ("llama-server") is looked up on PATH at start; a path is config-relative
+    return Path(value) if "/" not in value else _resolve(base, value)
+
+
+def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
+    key = f"{section}.{name}"
+    if name in _BIN_KEYS:
+        if not isinstance(value, str) or not value:
+            raise _fail(key, "expected a non-empty path or program name", value)
+        return _resolve_bin(base, value)
+    if name in _PATH_KEYS:
+        if name == "extra_models_dirs":
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise _fail(key, "expected a list of paths", value)
+            return tuple(_resolve(base, v) for v in value)
+        if not isinstance(value, str) or not value:
+            raise _fail(key, "expected a non-empty path", value)
+        return _resolve(base, value)
+    if name == "socket_mode":
+        if isinstance(value, str):
+            try:
+                value = int(value, 8)
+            except ValueError:
+                raise _fail(key, "expected an octal mode like \"0660\"", value) from None
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
+            raise _fail(key, "expected an octal mode like \"0660\"", value)
+        return value
+    if name == "extra_args":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _fail(key, "expected a list of strings", value)
+        return tuple(value)
+    if name == "log_level":
+        if value not in _LOG_LEVELS:
+            raise _fail(key, f"expected one of {sorted(_LOG_LEVELS)}", value)
+        return value
+    if ftype in (bool, "bool"):
+        if not isinstance(value, bool):
+            raise _fail(key, "expected true or false", value)
+        return value
+    if ftype in (int, "int"):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _fail(key, "expected an integer >= 0", value)
+        return value
+    if ftype in (float, "float"):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise _fail(key, "expected a number > 0 (seconds)", value)
+        return float(value)
+    if ftype in (str, "str"):
+        if not isinstance(value, str):
+            raise _fail(key, "expected a string", value)
+        return value
+    raise _fail(key, "unsupported value", value)  # pragma: no cover
+
+
+def _build_section(section: str, cls: Any, table: Any, base: Path) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{section}: expected a table, got {table!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: Dict[str, Any] = {}
+    for name, value in table.items():
+        if name not in fields:
+            raise ConfigError(f"{section}.{name}: unknown key (known: {', '.join(sorted(fields))})")
+        values[name] = _coerce(section, name, fields[name].type, value, base)
+    return cls(**values)
+
+
+def from_dict(data: Dict[str, Any], base: Path) -> Config:
+    """Build a Config from parsed TOML; relative paths resolve against ``base``."""
+    sections: Dict[str, Any] = {}
+    for name, table in data.items():
+        if name not in _SECTIONS:
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(sorted(_SECTIONS))})")
+        sections[name] = _build_section(name, _SECTIONS[name], table, base)
+    cfg = Config(**sections)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: Config) -> None:
+    s, l = cfg.server, cfg.llama
+    if s.log_backups < 1:
+        raise _fail("server.log_backups", "expected an integer >= 1", s.log_backups)
+    if s.log_max_bytes < 1024:
+        raise _fail("server.log_max_bytes", "expected at least 1024", s.log_max_bytes)
+    if s.max_line_bytes < 1024:
+        raise _fail("server.max_line_bytes", "expected at least 1024", s.max_line_bytes)
+    if s.max_connections < 1:
+        raise _fail("server.max_connections", "expected an integer >= 1", s.max_connections)
+    if l.parallel < 1:
+        raise _fail("llama.parallel", "expected an integer >= 1", l.parallel)
+    if l.default_max_tokens < 1:
+        raise _fail("llama.default_max_tokens", "expected an integer >= 1", l.default_max_tokens)
+    if l.preload and not l.default_model:
+        raise ConfigError("llama.preload: preload = true needs llama.default_model")
+    if len(str(cfg.runtime_dir / "llama-server.sock")) > 100:
+        raise _fail("server.runtime_dir", "path too long for a Unix socket (max ~100 bytes)", str(cfg.runtime_dir))
+    if len(str(s.socket)) > 104:
+        raise _fail("server.socket", "path too long for a Unix socket (max ~104 bytes)", str(s.socket))
+
+
+def load(path: Path) -> Config:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    cfg = from_dict(data, path.resolve().parent)
+    return dataclasses.replace(cfg, path=path.resolve())
+
+
+def with_overrides(cfg: Config, **sections: Dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with some keys replaced (tests and tools); values are already typed."""
+    new = {name: dataclasses.replace(getattr(cfg, name), **vals) for name, vals in sections.items()}
+    return dataclasses.replace(cfg, **new)

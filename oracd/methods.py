@@ -1,0 +1,211 @@
+"""The JSON-RPC methods oracd serves: generate, list_models, quantize_model, load/unload, status.
+
+Parameter names and defaults follow the old ``LlamaCppClient`` so the compat
+client passes its arguments straight through.  Each method validates its input
+and raises the named errors from ``errors.py``; the transport is in ``rpc.py``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any, Dict, List, Optional
+
+import aiohttp
+import anyio
+import psutil
+
+from . import __version__
+from .config import Config
+from .errors import (GenerationFailed, GenerationTimeout, InvalidParams, InvalidPath, ModelLoadFailed,
+                     ShuttingDown)
+from .llama_http import LlamaHTTPError
+from .models import ModelStore
+from .quantize import quantize
+from .rpc import CallContext, Method, rpc_method
+from .supervisor import Supervisor
+
+_THINK = re.compile(r"<think>.*?(</think>\s*|$)", re.S)
+MAX_TIMEOUT = 24 * 3600.0
+
+
+def strip_think(text: str) -> str:
+    """Drop <think>...</think> reasoning blocks (an unterminated one runs to the end)."""
+    return _THINK.sub("", text).strip() if "<think>" in text else text
+
+
+class App:
+    """Everything the methods share: config, supervisor, model store, counters."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.store = ModelStore(cfg.models_dirs)
+        self.supervisor = Supervisor(cfg)
+        self.started = time.time()
+        self.connections = 0
+        self.requests_in_flight = 0
+        self.generations = 0
+        self.accepting = True
+        self.dispatcher_stats: Any = None   # set by server: the Dispatcher (served/errors)
+
+    def _check_accepting(self) -> None:
+        if not self.accepting:
+            raise ShuttingDown()
+
+    def methods(self) -> Dict[str, Method]:
+        return {name: rpc_method(getattr(self, name)) for name in
+                ("generate", "list_models", "quantize_model", "load_model", "unload_model", "status")}
+
+    # ------------------------------------------------------------------ generate
+    async def generate(self, ctx: CallContext, *, prompt: str, model: Optional[str] = None,
+                       temperature: float = 0.7, top_p: float = 0.7, top_k: int = 40,
+                       max_tokens: Optional[int] = None, timeout: float = 30,
+                       system_prompt: Optional[str] = None, stop: Optional[List[str]] = None,
+                       grammar: Optional[str] = None, json_schema: Optional[Dict[str, Any]] = None,
+                       ) -> Dict[str, Any]:
+        t0 = time.perf_counter()
+        self._check_accepting()
+        if not prompt.strip():
+            raise InvalidParams("Prompt cannot be empty", "prompt: must not be blank")
+        name = model or self.cfg.llama.default_model
+        if not name:
+            raise InvalidParams("model is required (no llama.default_model is configured)", "model")
+        _check_range("temperature", temperature, 0, 10)
+        _check_range("top_p", top_p, 0, 1)
+        _check_range("top_k", top_k, 0, 100_000)
+        _check_range("timeout", timeout, 0.001, MAX_TIMEOUT)
+        if max_tokens is None:
+            max_tokens = self.cfg.llama.default_max_tokens
+        _check_range("max_tokens", max_tokens, 1, 1_000_000)
+        if grammar is not None and json_schema is not None:
+            raise InvalidParams("grammar and json_schema are mutually exclusive", "grammar")
+        path = self.store.resolve(name)
+        self._check_loadable(path)
+        messages = []
+        if system_prompt:
+            messages.append({"role": "system", "content": system_prompt})
+        messages.append({"role": "user", "content": prompt})
+        body: Dict[str, Any] = {"messages": messages, "temperature": temperature, "top_p": top_p,
+                                "top_k": top_k, "max_tokens": max_tokens, "cache_prompt": True}
+        if stop:
+            body["stop"] = stop
+        if grammar is not None:
+            body["grammar"] = grammar
+        if json_schema is not None:
+            body["json_schema"] = json_schema
+        deadline = time.monotonic() + timeout
+        self.requests_in_flight += 1
+        try:
+            with anyio.fail_after(timeout):
+                async with self.supervisor.use(path.name, path, deadline) as child:
+                    try:
+                        data = await child.http.request("POST", "/v1/chat/completions", body)
+                    except LlamaHTTPError as exc:
+                        if exc.status == 400:
+                            raise InvalidParams(f"llama-server rejected the request: {exc.message}") from None
+                        raise GenerationFailed(f"llama-server error {exc.status}: {exc.message}") from None
+                    except (aiohttp.ClientError, OSError) as exc:
+                        raise GenerationFailed(
+                            f"lost connection to llama-server during generation ({type(exc).__name__}); "
+                            "it is being restarted, retry the request", {"retryable": True}) from None
+        except TimeoutError:
+            raise GenerationTimeout(f"Generation timed out after {timeout:g} seconds",
+                                    {"timeout": timeout}) from None
+        finally:
+            self.requests_in_flight -= 1
+        self.generations += 1
+        choice = (data.get("choices") or [{}])[0]
+        text = strip_think((choice.get("message") or {}).get("content") or "")
+        usage = data.get("usage") or {}
+        return {
+            "response": text,
+            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
+            "model": model or name,
+            "prompt": prompt,
+            "finish_reason": choice.get("finish_reason"),
+            "usage": {k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+        }
+
+    def _check_loadable(self, path: Any) -> None:
+        """Refuse a non-GGUF/corrupt file before it can evict the model that is serving."""
+        if path.name == self.supervisor.model:
+            return
+        meta = self.store.metadata(path)
+        if not meta.get("valid"):
+            raise ModelLoadFailed(f"{path.name} is not a loadable GGUF model: {meta.get('error')}",
+                                  {"path": str(path), "reason": "not_gguf"})
+
+    # ------------------------------------------------------------------ models
+    async def list_models(self, ctx: CallContext, *, models_path: Optional[str] = None) -> List[Dict[str, Any]]:
+        if models_path is not None and not self.store.serves(models_path):
+            raise InvalidPath(f"oracd does not serve models from {models_path}; it serves "
+                              f"{', '.join(str(d) for d in self.store.dirs)}",
+                              {"served": [str(d) for d in self.store.dirs]})
+        loaded = self.supervisor.model
+        return await anyio.to_thread.run_sync(self.store.list, loaded)
+
+    async def quantize_model(self, ctx: CallContext, *, input_model: str, output_model: str,
+                             quantization_type: str = "q4_k", overwrite: bool = False) -> Dict[str, Any]:
+        self._check_accepting()
+        self.requests_in_flight += 1
+        try:
+            return await quantize(self.store, self.cfg.llama.quantize_bin, input_model, output_model,
+                                  quantization_type, overwrite, self.cfg.llama.quantize_timeout)
+        finally:
+            self.requests_in_flight -= 1
+
+    async def load_model(self, ctx: CallContext, *, model: Optional[str] = None,
+                         timeout: Optional[float] = None) -> Dict[str, Any]:
+        self._check_accepting()
+        name = model or self.cfg.llama.default_model
+        if not name:
+            raise InvalidParams("model is required (no llama.default_model is configured)", "model")
+        timeout = timeout or self.cfg.llama.load_timeout
+        _check_range("timeout", timeout, 0.001, MAX_TIMEOUT)
+        path = self.store.resolve(name)
+        self._check_loadable(path)
+        t0 = time.perf_counter()
+        try:
+            with anyio.fail_after(timeout):
+                child = await self.supervisor.load(path.name, path, time.monotonic() + timeout)
+        except TimeoutError:
+            raise GenerationTimeout(f"load of {path.name} timed out after {timeout:g} seconds") from None
+        return {"model": child.model, "state": self.supervisor.state.value, "pid": child.proc.pid,
+                "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+    async def unload_model(self, ctx: CallContext, *, timeout: Optional[float] = None) -> Dict[str, Any]:
+        timeout = timeout or self.cfg.llama.stop_grace + 15
+        _check_range("timeout", timeout, 0.001, MAX_TIMEOUT)
+        previous = self.supervisor.model
+        try:
+            with anyio.fail_after(timeout):
+                await self.supervisor.unload(time.monotonic() + timeout)
+        except TimeoutError:
+            raise GenerationTimeout(f"unload timed out after {timeout:g} seconds") from None
+        return {"unloaded": previous, "state": self.supervisor.state.value}
+
+    async def status(self, ctx: CallContext) -> Dict[str, Any]:
+        return self.status_dict()
+
+    def status_dict(self) -> Dict[str, Any]:
+        d = self.dispatcher_stats
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "rss_bytes": psutil.Process().memory_info().rss,
+            "child": self.supervisor.status(),
+            "requests": {"served": d.served if d else 0, "errors": d.errors if d else 0,
+                         "in_flight": self.requests_in_flight, "generations": self.generations},
+            "connections": self.connections,
+            "socket": str(self.cfg.server.socket),
+            "log_file": str(self.cfg.log_file),
+            "models_dirs": [str(p) for p in self.cfg.models_dirs],
+            "default_model": self.cfg.llama.default_model or None,
+            "config": str(self.cfg.path) if self.cfg.path else None,
+        }
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise InvalidParams(f"{name} must be between {lo:g} and {hi:g}", f"{name}: got {value!r}")

@@ -1,0 +1,123 @@
+"""llama-quantize as a supervised child: checked type, temp file, atomic rename, no leftovers.
+
+The output is written to a hidden ``.<name>.<random>.part`` in the models dir
+and renamed over the final name only after llama-quantize exits 0, so a reader
+never sees a partial model and a failure (or a cancelled request) leaves
+nothing behind.  The type is checked against llama-quantize's own list.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+from collections import deque
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Deque, Dict, Optional, Tuple
+
+import anyio
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from .errors import InvalidParams, ModelNotFound, OutputExists, QuantizeFailed
+from .llama_process import signal_group, which
+from .logs import get as get_logger
+from .models import ModelStore
+
+log = get_logger("oracd.quantize")
+_TYPE_LINE = re.compile(r"^\s*\d+\s+or\s+([A-Z0-9_]+)\s*:", re.M)
+
+
+@lru_cache(maxsize=4)
+def allowed_types(binary: str) -> Tuple[str, ...]:
+    """The quantization types this llama-quantize build accepts (parsed from its --help)."""
+    try:
+        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise QuantizeFailed(f"Quantization error: cannot run {binary}: {exc}") from None
+    types = tuple(_TYPE_LINE.findall(out.stdout + out.stderr))
+    if not types:
+        raise QuantizeFailed(f"Quantization error: could not read the type list from {binary} --help")
+    return types
+
+
+def find_quantize_bin(path: Path) -> str:
+    found = which(path)
+    if not found:
+        raise QuantizeFailed(f"Quantization error: llama-quantize not found or not executable: {path} "
+                             f"(set llama.quantize_bin in the config)")
+    return found
+
+
+async def quantize(store: ModelStore, quantize_bin: Path, input_model: str, output_model: str,
+                   quantization_type: str, overwrite: bool, timeout: float,
+                   progress: Optional[Callable[[Dict[str, Any]], Any]] = None) -> Dict[str, Any]:
+    """Run llama-quantize input -> output with the given type; returns {ok, path, size, elapsed_ms}."""
+    binary = find_quantize_bin(quantize_bin)
+    try:
+        src = store.resolve(input_model)
+    except ModelNotFound as exc:
+        raise ModelNotFound(f"Input model not found: {exc.data['path']}", exc.data) from None
+    dst = store.output_path(output_model)
+    if dst.exists() and not overwrite:
+        raise OutputExists(f"Output model already exists: {dst} (pass overwrite=true to replace it)",
+                           {"path": str(dst)})
+    if dst.resolve() == src.resolve():
+        raise InvalidParams("output_model must differ from input_model")
+    types = await anyio.to_thread.run_sync(allowed_types, binary)
+    qtype = quantization_type.strip().upper()
+    if qtype not in types:
+        raise InvalidParams(f"unknown quantization_type {quantization_type!r}",
+                            {"allowed": [t.lower() for t in types]})
+    tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part")
+    cmd = [binary, str(src), str(tmp), qtype]
+    t0 = time.monotonic()
+    tail: Deque[str] = deque(maxlen=20)
+    log.info("quantize start", input=str(src), output=str(dst), type=qtype)
+    proc = await anyio.open_process(cmd, stdin=subprocess.DEVNULL, start_new_session=True,
+                                    stderr=subprocess.STDOUT)
+    try:
+        async def pump() -> None:
+            buffered = BufferedByteReceiveStream(proc.stdout)
+            while True:
+                try:
+                    raw = await buffered.receive_until(b"\n", 65536)
+                except anyio.DelimiterNotFound:
+                    raw = await buffered.receive(65536)
+                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
+                    return
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line:
+                    tail.append(line)
+                    if progress is not None:
+                        await progress({"line": line})
+
+        with anyio.fail_after(timeout):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(pump)
+                rc = await proc.wait()
+        if rc != 0:
+            last = next((t for t in reversed(tail) if "error" in t.lower() or "failed" in t.lower()),
+                        tail[-1] if tail else "")
+            raise QuantizeFailed(f"Quantization error: llama-quantize exited with code {rc}: {last}",
+                                 {"returncode": rc, "stderr_tail": list(tail)})
+        os.replace(tmp, dst)
+    except TimeoutError:
+        raise QuantizeFailed(f"Quantization error: timed out after {timeout:.0f}s",
+                             {"stderr_tail": list(tail)}) from None
+    finally:
+        if proc.returncode is None:
+            signal_group(proc.pid, signal.SIGKILL)
+            with anyio.CancelScope(shield=True):
+                await proc.wait()
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+    size = dst.stat().st_size
+    elapsed = (time.monotonic() - t0) * 1000
+    log.info("quantize done", output=str(dst), size=size, ms=round(elapsed, 1))
+    return {"ok": True, "path": str(dst), "name": dst.name, "size": size,
+            "quantization_type": qtype.lower(), "elapsed_ms": round(elapsed, 3)}

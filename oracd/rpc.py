@@ -1,0 +1,245 @@
+"""JSON-RPC 2.0 on one line: parse, validate, dispatch (jsonrpcserver), serialize, log.
+
+Why not ``jsonrpcserver.async_dispatch`` whole: we need the request id and timing
+for the one-log-line-per-request rule, a fast structural check instead of its
+jsonschema validation, and errors that never carry tracebacks.  jsonrpcserver
+still does method lookup, argument binding (-32601/-32602) and the call.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import time
+import typing
+import uuid
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
+
+import anyio
+from jsonrpcserver import Success
+from jsonrpcserver.async_dispatcher import dispatch_request
+from jsonrpcserver.exceptions import JsonRpcError
+from jsonrpcserver.request import Request
+from jsonrpcserver.sentinels import NOID, NODATA
+from oslash.either import Left  # jsonrpcserver's Result type
+
+from .errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, InvalidParams,
+                     OracError)
+from .logs import get as get_logger
+
+log = get_logger("oracd.rpc")
+req_log = get_logger("oracd.request")
+
+_dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
+MAX_DEPTH = 64
+
+
+@dataclass
+class Peer:
+    """Who is on the other end of a connection (SO_PEERCRED)."""
+    pid: Optional[int] = None
+    uid: Optional[int] = None
+    gid: Optional[int] = None
+
+
+@dataclass
+class CallContext:
+    """Passed as the first argument to every method."""
+    peer: Peer
+    notify: Optional[Callable[[str, Any], Awaitable[None]]] = None  # server -> client notifications
+
+
+Method = Callable[..., Awaitable[Any]]
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin is Union:
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, List):
+        (inner,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    if origin in (dict, Dict):
+        return isinstance(value, dict)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # pragma: no cover
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Union:
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    names = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object"}
+    if typing.get_origin(hint) in (list, List):
+        (inner,) = typing.get_args(hint) or (Any,)
+        return f"array of {_type_name(inner)}"
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def rpc_method(func: Callable[..., Awaitable[Any]]) -> Method:
+    """Wrap an ``async def m(ctx, *, name: type = default)`` as a JSON-RPC method.
+
+    Checks param types from the annotations (-32602 naming the param), maps
+    OracError to its code, and turns anything unexpected into a bare -32603
+    with an incident id; the traceback goes to the log only.
+    """
+    hints = typing.get_type_hints(func)
+    params = [p for p in inspect.signature(func).parameters.values()][1:]
+
+    @functools.wraps(func)
+    async def wrapper(ctx: CallContext, *args: Any, **kwargs: Any) -> Any:
+        if args:
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params", "params must be an object (named params)")
+        for p in params:
+            if p.name in kwargs and p.name in hints and not _type_ok(kwargs[p.name], hints[p.name]):
+                raise JsonRpcError(INVALID_PARAMS, "Invalid params",
+                                   f"{p.name}: expected {_type_name(hints[p.name])}")
+        try:
+            return Success(await func(ctx, **kwargs))
+        except OracError as exc:
+            raise JsonRpcError(exc.code, exc.message, exc.data if exc.data is not None else NODATA) from None
+        except JsonRpcError:
+            raise
+        except Exception:
+            incident = uuid.uuid4().hex[:12]
+            log.exception("internal error", method=func.__name__, incident=incident)
+            raise JsonRpcError(INTERNAL_ERROR, "Internal error", {"incident": incident}) from None
+
+    return wrapper
+
+
+def error_obj(code: int, message: str, data: Any = None, id: Any = None) -> Dict[str, Any]:
+    err: Dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return {"jsonrpc": "2.0", "error": err, "id": id}
+
+
+def _depth_ok(obj: Any) -> bool:
+    """Reject absurd nesting before touching it (json itself already caps recursion)."""
+    stack = [(obj, 0)]
+    while stack:
+        o, d = stack.pop()
+        if d > MAX_DEPTH:
+            return False
+        if isinstance(o, dict):
+            stack.extend((v, d + 1) for v in o.values())
+        elif isinstance(o, list):
+            stack.extend((v, d + 1) for v in o)
+    return True
+
+
+def _check_request(obj: Any) -> Optional[str]:
+    """Why ``obj`` is not a valid JSON-RPC 2.0 request (None if it is)."""
+    if not isinstance(obj, dict):
+        return "request must be an object"
+    if obj.get("jsonrpc") != "2.0":
+        return 'jsonrpc must be exactly "2.0"'
+    m = obj.get("method")
+    if not isinstance(m, str) or not m:
+        return "method must be a non-empty string"
+    if "params" in obj and not isinstance(obj["params"], (dict, list)):
+        return "params must be an object or array"
+    if "id" in obj and not (obj["id"] is None or isinstance(obj["id"], (str, int, float))
+                            and not isinstance(obj["id"], bool)):
+        return "id must be a string, number or null"
+    extra = set(obj) - {"jsonrpc", "method", "params", "id"}
+    if extra:
+        return f"unknown member(s): {', '.join(sorted(extra))}"
+    return None
+
+
+class Dispatcher:
+    """Turns one request line into one response line (or None for notifications)."""
+
+    def __init__(self, methods: Dict[str, Method]):
+        self.methods = methods
+        self.served = 0
+        self.errors = 0
+
+    async def handle_line(self, line: bytes, ctx: CallContext) -> Optional[bytes]:
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            self.errors += 1
+            self._log_one("-", None, ctx, 0.0, PARSE_ERROR)
+            return self._encode(error_obj(PARSE_ERROR, "Parse error", str(exc)[:200]))
+        if not _depth_ok(obj):
+            return self._encode(error_obj(INVALID_REQUEST, "Invalid Request", f"nesting deeper than {MAX_DEPTH}"))
+        if isinstance(obj, list):
+            if not obj:
+                return self._encode(error_obj(INVALID_REQUEST, "Invalid Request", "empty batch"))
+            results: List[Optional[Dict[str, Any]]] = [None] * len(obj)
+
+            async def one(i: int, item: Any) -> None:
+                results[i] = await self.handle_obj(item, ctx)
+
+            async with anyio.create_task_group() as tg:
+                for i, item in enumerate(obj):
+                    tg.start_soon(one, i, item)
+            out = [r for r in results if r is not None]
+            return self._encode(out) if out else None
+        resp = await self.handle_obj(obj, ctx)
+        return self._encode(resp) if resp is not None else None
+
+    async def handle_obj(self, obj: Any, ctx: CallContext) -> Optional[Dict[str, Any]]:
+        """Dispatch one request object; returns the response object or None (notification)."""
+        why = _check_request(obj)
+        if why is not None:
+            self.errors += 1
+            rid = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), (str, int)) else None
+            self._log_one(obj.get("method") if isinstance(obj, dict) else "-", rid, ctx, 0.0, INVALID_REQUEST)
+            return error_obj(INVALID_REQUEST, "Invalid Request", why, rid)
+        t0 = time.perf_counter()
+        rid = obj.get("id", NOID)
+        request = Request(obj["method"], obj.get("params", []), rid)
+        try:
+            _, result = await dispatch_request(self.methods, ctx, request)
+        except Exception:  # pragma: no cover - jsonrpcserver itself failed
+            incident = uuid.uuid4().hex[:12]
+            log.exception("dispatch failed", incident=incident)
+            result = None
+        dt = (time.perf_counter() - t0) * 1000
+        self.served += 1
+        if result is None:
+            code: Optional[int] = INTERNAL_ERROR
+            resp = error_obj(INTERNAL_ERROR, "Internal error", None, None if rid is NOID else rid)
+        elif isinstance(result, Left):
+            err = result._error
+            code = err.code
+            data = None if err.data is NODATA else err.data
+            resp = error_obj(err.code, err.message, data, None if rid is NOID else rid)
+        else:
+            code = None
+            resp = {"jsonrpc": "2.0", "result": result._value.result, "id": None if rid is NOID else rid}
+        if code is not None:
+            self.errors += 1
+        self._log_one(obj["method"], None if rid is NOID else rid, ctx, dt, code)
+        return None if rid is NOID else resp
+
+    @staticmethod
+    def _encode(obj: Any) -> bytes:
+        return _dumps(obj).encode("utf-8") + b"\n"
+
+    @staticmethod
+    def _log_one(method: str, rid: Any, ctx: CallContext, ms: float, code: Optional[int]) -> None:
+        req_log.info("request", method=method, id=rid, peer_pid=ctx.peer.pid, peer_uid=ctx.peer.uid,
+                     ms=round(ms, 3), outcome="ok" if code is None else "error", code=code)
+
+
+def parse_error_line(message: str, data: Any = None, code: int = PARSE_ERROR) -> bytes:
+    return Dispatcher._encode(error_obj(code, message, data))
+
+
+__all__ = ["CallContext", "Dispatcher", "Peer", "rpc_method", "error_obj", "InvalidParams"]

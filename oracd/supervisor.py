@@ -1,0 +1,496 @@
+"""The one warm llama-server, as an explicit state machine owned by one task.
+
+Only ``Supervisor.run`` starts, stops, restarts or swaps the child.  Request
+handlers never touch the process: they say which model they want
+(``use()``, ``load()``, ``unload()``) and wait, with a deadline, for the state
+to settle.  Every transition is logged once (``child state`` events).
+
+States::
+
+    stopped --want model--> starting --/health 200--> ready
+    ready --other model wanted--> stopping (after in-flight requests drain) --> starting
+    ready --crash or hang--> backoff --delay--> starting          (restart, backoff grows)
+    starting --load fails--> failed (explicit load) | backoff (restart of a model that was ready)
+    any --shutdown--> stopping --> shutdown
+
+Where is the child restarted?  ``_on_child_lost`` (crash/hang -> backoff) and the
+``start`` branch of ``run``.
+"""
+from __future__ import annotations
+
+import enum
+import math
+import signal
+import time
+from collections import deque
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Deque, Dict, List, Optional
+
+import anyio
+import anyio.abc
+import psutil
+from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.streams.text import TextReceiveStream
+
+from . import llama_process as lp
+from .config import Config
+from .errors import ModelLoadFailed, OracError, ServerUnavailable, ShuttingDown, GenerationTimeout
+from .llama_http import LlamaHTTP, LlamaEndpoint
+from .logs import get as get_logger
+
+log = get_logger("oracd.supervisor")
+child_log = get_logger("llama-server")
+
+
+class ChildState(str, enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    BACKOFF = "backoff"
+    FAILED = "failed"
+    SHUTDOWN = "shutdown"
+
+
+_LOAD_REASONS = (
+    ("unknown model architecture", "unsupported_architecture"),
+    ("failed to allocate", "out_of_memory"),
+    ("out of memory", "out_of_memory"),
+    ("cudaMalloc failed", "out_of_memory"),
+    ("invalid magic", "not_gguf"),
+    ("failed to read magic", "not_gguf"),
+    ("tensor data is not within the file bounds", "corrupt"),
+    ("failed to load model", "load_failed"),
+)
+
+
+def classify_load_failure(tail: List[str]) -> str:
+    text = "\n".join(tail)
+    for needle, reason in _LOAD_REASONS:
+        if needle in text:
+            return reason
+    return "load_failed"
+
+
+class Child:
+    """One running llama-server: the process, its endpoint and HTTP client, its output tail."""
+
+    def __init__(self, proc: anyio.abc.Process, model: str, endpoint: LlamaEndpoint, cmd: List[str]):
+        self.proc = proc
+        self.model = model
+        self.endpoint = endpoint
+        self.http = LlamaHTTP(endpoint)
+        self.cmd = cmd
+        self.exited = anyio.Event()
+        self.returncode: Optional[int] = None
+        self.tail: Deque[str] = deque(maxlen=40)
+        self.started_at = time.monotonic()
+        self.ready_at: Optional[float] = None
+        self.killed_for: Optional[str] = None   # "hang" / "stop" when we killed it ourselves
+
+
+class Supervisor:
+    """Owns the llama-server child; see the module docstring for the state machine."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.state = ChildState.STOPPED
+        self.child: Optional[Child] = None
+        self.restarts = 0
+        self.loads = 0
+        self.consecutive_failures = 0
+        self.last_error: Optional[Dict[str, Any]] = None
+        self.last_exit: Optional[Dict[str, Any]] = None
+        self._want: Optional[str] = None        # model name wanted
+        self._want_path: Optional[Path] = None
+        self._want_fresh = True                 # True until the wanted model has been ready once
+        self._backoff_until = 0.0
+        self._shutdown = False
+        self._kick = anyio.Event()
+        self._changed = anyio.Event()
+        self._failure_seq = 0
+        self._failure: Optional[OracError] = None
+        self._failure_model: Optional[str] = None
+        self._inflight = 0
+        self._drained = anyio.Event()
+        self._drained.set()
+        self._tg: Optional[anyio.abc.TaskGroup] = None
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def model(self) -> Optional[str]:
+        return self.child.model if self.child else None
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def status(self) -> Dict[str, Any]:
+        child = self.child
+        st: Dict[str, Any] = {
+            "state": self.state.value, "model": self.model, "wanted_model": self._want,
+            "pid": child.proc.pid if child else None, "restarts": self.restarts, "loads": self.loads,
+            "consecutive_failures": self.consecutive_failures, "in_flight": self._inflight,
+            "endpoint": child.endpoint.describe() if child else None,
+            "last_error": self.last_error, "last_exit": self.last_exit,
+        }
+        if child and child.returncode is None:
+            try:
+                st["rss_bytes"] = psutil.Process(child.proc.pid).memory_info().rss
+            except psutil.Error:
+                st["rss_bytes"] = None
+            st["uptime_s"] = round(time.monotonic() - child.started_at, 3)
+        if self.state == ChildState.BACKOFF:
+            st["retry_in_s"] = round(max(0.0, self._backoff_until - time.monotonic()), 3)
+        return st
+
+    # ------------------------------------------------------------------ requests' side
+    def _poke(self) -> None:
+        self._kick.set()
+
+    async def _wait_change(self, deadline: float) -> None:
+        """Wait for the next state transition, or raise GenerationTimeout at the deadline."""
+        ev = self._changed
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise GenerationTimeout("timed out waiting for the model to become ready")
+        with anyio.move_on_after(remaining):
+            await ev.wait()
+            return
+        raise GenerationTimeout("timed out waiting for the model to become ready")
+
+    async def _settle_on(self, name: str, path: Path, deadline: float) -> Child:
+        """Make ``name`` the wanted model and wait until it is READY (or its load failed)."""
+        seq = self._failure_seq
+        while True:
+            if self._shutdown:
+                raise ShuttingDown()
+            child = self.child
+            if self.state == ChildState.READY and child and child.model == name and self._want == name:
+                return child
+            if self._failure_seq != seq and self._failure_model == name and self._failure is not None:
+                fast = self._want != name or self.consecutive_failures >= self.cfg.llama.crash_loop_threshold
+                if fast:
+                    raise self._failure
+            if (self.state == ChildState.BACKOFF and self._want == name
+                    and self.consecutive_failures >= self.cfg.llama.crash_loop_threshold):
+                raise ServerUnavailable(
+                    f"llama-server for {name} is in a crash loop ({self.consecutive_failures} failures); "
+                    f"next attempt in {max(0.0, self._backoff_until - time.monotonic()):.1f}s",
+                    {"last_error": self.last_error, "last_exit": self.last_exit})
+            if self._want != name:
+                self._set_want(name, path)
+            await self._wait_change(deadline)
+
+    def _set_want(self, name: Optional[str], path: Optional[Path]) -> None:
+        if self._want != name:
+            self._want, self._want_path, self._want_fresh = name, path, True
+            self._backoff_until = 0.0
+            self.consecutive_failures = 0
+        self._poke()
+
+    @asynccontextmanager
+    async def use(self, name: str, path: Path, deadline: float) -> AsyncIterator[Child]:
+        """Hold the loaded model for one request (a swap waits until in-flight requests finish)."""
+        child = await self._settle_on(name, path, deadline)
+        self._inflight += 1
+        if self._drained.is_set():
+            self._drained = anyio.Event()
+        try:
+            yield child
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._drained.set()
+
+    async def load(self, name: str, path: Path, deadline: float) -> Child:
+        return await self._settle_on(name, path, deadline)
+
+    async def unload(self, deadline: float) -> None:
+        self._set_want(None, None)
+        while self.state not in (ChildState.STOPPED, ChildState.FAILED, ChildState.SHUTDOWN):
+            await self._wait_change(deadline)
+
+    def report_hang(self, child: Child, why: str) -> None:
+        """A request saw no progress past the hang timeout: kill the child (the owner restarts it)."""
+        if child is self.child and child.returncode is None and child.killed_for is None:
+            log.warning("child hang", why=why, pid=child.proc.pid)
+            child.killed_for = "hang"
+            lp.signal_group(child.proc.pid, signal.SIGKILL)
+
+    def shutdown(self) -> None:
+        self._shutdown = True
+        self._poke()
+
+    async def wait_settled(self, timeout: float) -> None:
+        """Wait until the child is in a settled state (ready, stopped, failed, shutdown)."""
+        with anyio.move_on_after(timeout):
+            while self.state in (ChildState.STARTING, ChildState.STOPPING, ChildState.BACKOFF):
+                await self._changed.wait()
+
+    # ------------------------------------------------------------------ the owner task
+    def _set_state(self, state: ChildState, **info: Any) -> None:
+        if state == self.state and not info:
+            return
+        prev, self.state = self.state, state
+        info.setdefault("model", self.model or self._want)
+        log.info("child state", state=state.value, previous=prev.value, **info)
+        ev, self._changed = self._changed, anyio.Event()
+        ev.set()
+
+    async def _wait_kick(self, timeout: float = math.inf) -> None:
+        with anyio.move_on_after(timeout):
+            await self._kick.wait()
+        self._kick = anyio.Event()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        """The owner loop.  Returns after shutdown() once the child is stopped."""
+        binary_name = Path(str(self.cfg.llama.server_bin)).name
+        lp.prepare_runtime_dir(self.cfg)
+        orphan = await anyio.to_thread.run_sync(lp.reap_orphan, self.cfg, binary_name, self.cfg.llama.stop_grace)
+        if orphan:
+            log.warning("stopped orphaned llama-server", pid=orphan)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                await self._loop()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self.child is not None:
+                    await self._stop_child("shutdown")
+                self._set_state(ChildState.SHUTDOWN)
+
+    async def _loop(self) -> None:
+        while True:
+            if self._shutdown:
+                if self.child is not None:
+                    await self._drain_inflight(self.cfg.server.shutdown_grace)
+                    await self._stop_child("shutdown")
+                return
+            want = self._want
+            child = self.child
+            if child is None:
+                if want is None:
+                    if self.state not in (ChildState.STOPPED, ChildState.FAILED):
+                        self._set_state(ChildState.STOPPED)
+                    await self._wait_kick()
+                    continue
+                wait = self._backoff_until - time.monotonic()
+                if wait > 0:
+                    if self.state != ChildState.BACKOFF:
+                        self._set_state(ChildState.BACKOFF, retry_in_s=round(wait, 3))
+                    await self._wait_kick(wait)
+                    continue
+                await self._start(want, self._want_path)
+                continue
+            if child.returncode is not None:
+                self._on_child_lost(child)
+                continue
+            if want != child.model:
+                await self._drain_inflight(self.cfg.llama.swap_drain_timeout)
+                await self._stop_child("swap" if want else "unload")
+                continue
+            await self._monitor(child)
+
+    async def _drain_inflight(self, timeout: float) -> None:
+        if self._inflight:
+            log.info("waiting for in-flight requests", in_flight=self._inflight, timeout_s=timeout)
+            with anyio.move_on_after(timeout):
+                await self._drained.wait()
+
+    async def _monitor(self, child: Child) -> None:
+        """While READY: wake on a kick or child exit, probe /health every health_interval."""
+        l = self.cfg.llama
+        unhealthy_since: Optional[float] = None
+        while child.returncode is None and not self._kick.is_set():
+            with anyio.move_on_after(l.health_interval):
+                async with anyio.create_task_group() as tg:
+                    async def watch(ev: anyio.Event) -> None:
+                        await ev.wait()
+                        tg.cancel_scope.cancel()
+                    tg.start_soon(watch, self._kick)
+                    tg.start_soon(watch, child.exited)
+            if child.returncode is not None or self._kick.is_set():
+                break
+            ok = False
+            with anyio.move_on_after(l.health_timeout):
+                try:
+                    ok = await child.http.health() == 200
+                except Exception:
+                    ok = False
+            now = time.monotonic()
+            if ok:
+                unhealthy_since = None
+                if child.ready_at and now - child.ready_at > l.restart_backoff_reset and self.consecutive_failures:
+                    self.consecutive_failures = 0
+                continue
+            if child.returncode is not None:
+                break
+            unhealthy_since = unhealthy_since or now
+            log.warning("health probe failed", pid=child.proc.pid, unhealthy_s=round(now - unhealthy_since, 3))
+            if now - unhealthy_since + l.health_timeout >= l.hang_timeout:
+                self.report_hang(child, f"/health unanswered for {now - unhealthy_since + l.health_timeout:.1f}s")
+                with anyio.move_on_after(5):
+                    await child.exited.wait()
+                break
+        self._kick = anyio.Event()
+
+    def _on_child_lost(self, child: Child) -> None:
+        """The child exited on its own (crash) or was killed for a hang: schedule a restart."""
+        self.restarts += 1
+        self.consecutive_failures += 1
+        delay = min(self.cfg.llama.restart_backoff_initial * 2 ** (self.consecutive_failures - 1),
+                    self.cfg.llama.restart_backoff_max)
+        self.last_exit = {"returncode": child.returncode, "reason": child.killed_for or "crash",
+                          "stderr_tail": list(child.tail)[-10:], "at": time.time()}
+        self.last_error = {"message": f"llama-server exited ({child.killed_for or 'crash'}, code {child.returncode})",
+                           "at": time.time()}
+        log.error("child lost", pid=child.proc.pid, returncode=child.returncode, reason=child.killed_for or "crash",
+                  stderr_tail=list(child.tail)[-10:], restart_in_s=delay, restarts=self.restarts)
+        self._cleanup_child(child)
+        self._backoff_until = time.monotonic() + delay
+        self._set_state(ChildState.BACKOFF, retry_in_s=delay)
+
+    def _cleanup_child(self, child: Child) -> None:
+        self.child = None
+        lp.remove_pidfile(self.cfg)
+        if self._tg is not None:
+            self._tg.start_soon(child.http.close)
+
+    async def _start(self, name: str, path: Optional[Path]) -> None:
+        """STARTING: spawn llama-server for ``name`` and wait for /health 200 while it is alive."""
+        assert path is not None and self._tg is not None
+        fresh = self._want_fresh
+        self._set_state(ChildState.STARTING, model=name)
+        t0 = time.monotonic()
+        try:
+            binary = lp.find_binary(self.cfg.llama.server_bin)
+            endpoint = lp.make_endpoint(self.cfg, binary)
+            cmd = lp.build_command(self.cfg, binary, path, endpoint)
+            proc = await anyio.open_process(cmd, stdin=None, env=lp.child_env(endpoint), start_new_session=True)
+        except OracError as exc:
+            self._load_failed(name, exc, fresh)
+            return
+        except OSError as exc:
+            self._load_failed(name, ModelLoadFailed(f"cannot start llama-server: {exc}", {"reason": "spawn"}), fresh)
+            return
+        child = Child(proc, name, endpoint, cmd)
+        self.child = child
+        self.loads += 1
+        lp.write_pidfile(self.cfg, proc.pid)
+        log.info("child spawned", pid=proc.pid, cmd=" ".join(cmd))
+        self._tg.start_soon(self._pump, child, proc.stdout, "stdout")
+        self._tg.start_soon(self._pump, child, proc.stderr, "stderr")
+        self._tg.start_soon(self._reap, child)
+        err = await self._wait_healthy(child)
+        if err is None and child.returncode is None and self._want == name and not self._shutdown:
+            child.ready_at = time.monotonic()
+            self._want_fresh = False
+            self.last_error = None
+            self._set_state(ChildState.READY, pid=proc.pid, load_s=round(child.ready_at - t0, 3))
+            return
+        if err is None:  # aborted: someone wants another model, or we are shutting down
+            log.info("start aborted", model=name, why="shutdown" if self._shutdown else "another model wanted")
+            await self._stop_child("start aborted")
+            return
+        await self._stop_child("load failed")
+        self._load_failed(name, err, fresh)
+
+    def _load_failed(self, name: str, err: OracError, fresh: bool) -> None:
+        self.last_error = {"message": err.message, "data": err.data, "at": time.time()}
+        self._failure, self._failure_model = err, name
+        self._failure_seq += 1
+        log.error("load failed", model=name, error=err.message, fresh=fresh)
+        if fresh:
+            # an explicit load (or swap) failed: do not retry on our own; callers see the error
+            self._want, self._want_path = None, None
+            self._set_state(ChildState.FAILED, error=err.message)
+        else:
+            # restarting a model that was serving: keep trying with growing backoff (crash loop)
+            self.restarts += 1
+            self.consecutive_failures += 1
+            delay = min(self.cfg.llama.restart_backoff_initial * 2 ** (self.consecutive_failures - 1),
+                        self.cfg.llama.restart_backoff_max)
+            self._backoff_until = time.monotonic() + delay
+            self._set_state(ChildState.BACKOFF, retry_in_s=delay, error=err.message)
+
+    async def _wait_healthy(self, child: Child) -> Optional[OracError]:
+        """None when /health says 200 (or the start was aborted); an error when the load failed."""
+        l = self.cfg.llama
+        deadline = time.monotonic() + l.load_timeout
+        delay = 0.02
+        while time.monotonic() < deadline:
+            if child.returncode is not None:
+                tail = list(child.tail)[-15:]
+                reason = classify_load_failure(tail)
+                last = next((t for t in reversed(tail) if "error" in t.lower() or "failed" in t.lower()),
+                            tail[-1] if tail else "")
+                return ModelLoadFailed(
+                    f"llama-server exited with code {child.returncode} while loading {child.model}: {last}",
+                    {"reason": reason, "returncode": child.returncode, "stderr_tail": tail})
+            if self._want != child.model or self._shutdown:
+                return None
+            with anyio.move_on_after(min(l.health_timeout, max(0.01, deadline - time.monotonic()))):
+                try:
+                    if await child.http.health() == 200:
+                        return None
+                except Exception:
+                    pass
+            with anyio.move_on_after(delay):
+                await child.exited.wait()
+            if self._kick.is_set():
+                self._kick = anyio.Event()
+            delay = min(delay * 1.5, 0.25)
+        return ModelLoadFailed(f"llama-server did not become ready within {l.load_timeout:.0f}s loading {child.model}",
+                               {"reason": "load_timeout", "stderr_tail": list(child.tail)[-15:]})
+
+    async def _stop_child(self, why: str) -> None:
+        """STOPPING: SIGTERM to the group, grace period, then SIGKILL."""
+        child = self.child
+        if child is None:
+            return
+        self._set_state(ChildState.STOPPING, why=why, pid=child.proc.pid)
+        if child.returncode is None:
+            child.killed_for = child.killed_for or "stop"
+            lp.signal_group(child.proc.pid, signal.SIGTERM)
+            with anyio.move_on_after(self.cfg.llama.stop_grace):
+                await child.exited.wait()
+            if child.returncode is None:
+                log.warning("child ignored SIGTERM, killing", pid=child.proc.pid, grace_s=self.cfg.llama.stop_grace)
+                lp.signal_group(child.proc.pid, signal.SIGKILL)
+                with anyio.move_on_after(10):
+                    await child.exited.wait()
+        log.info("child stopped", pid=child.proc.pid, returncode=child.returncode, why=why)
+        self._cleanup_child(child)
+        await child.http.close()
+        if not self._shutdown:
+            self._set_state(ChildState.STOPPED, why=why)
+
+    async def _reap(self, child: Child) -> None:
+        child.returncode = await child.proc.wait()
+        # make sure nothing of the group survives the leader
+        lp.signal_group(child.proc.pid, signal.SIGKILL)
+        child.exited.set()
+        self._poke()
+
+    async def _pump(self, child: Child, stream: Any, name: str) -> None:
+        """Drain one of the child's pipes line by line into our log (source=llama-server)."""
+        if stream is None:
+            return
+        buffered = BufferedByteReceiveStream(stream)
+        pid = child.proc.pid
+        while True:
+            try:
+                raw = await buffered.receive_until(b"\n", 65536)
+            except anyio.DelimiterNotFound:
+                raw = await buffered.receive(65536)
+            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            line = raw.decode("utf-8", "replace").rstrip()
+            if not line:
+                continue
+            child.tail.append(line)
+            child_log.info(line, source="llama-server", stream=name, pid=pid)
