@@ -57,6 +57,7 @@ class LlamaConfig:
     ubatch_size: int = 0
     extra_args: Tuple[str, ...] = ()
     default_max_tokens: int = 512
+    allow_remote_http: bool = False   # start_server() may bind non-loopback hosts
     # timeouts (seconds)
     load_timeout: float = 120.0
     health_interval: float = 2.0

@@ -127,13 +127,19 @@ class OutputExists(OracError):
     default_message = "Output model already exists"
 
 
+class ServerStartFailed(OracError):
+    """start_server(): the extra HTTP llama-server could not be started."""
+    code = -32012
+    default_message = "Failed to start llama server"
+
+
 ERRORS: Dict[int, Type[OracError]] = {
     cls.code: cls
     for cls in (
         ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError,
         ModelNotFound, ModelLoadFailed, GenerationTimeout, QuantizeFailed, Busy,
         ServerUnavailable, GenerationFailed, InvalidPath, ShuttingDown, RequestTooLarge,
-        OutputExists,
+        OutputExists, ServerStartFailed,
     )
 }
 

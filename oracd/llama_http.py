@@ -18,18 +18,22 @@ class LlamaEndpoint:
     """Where llama-server listens: a Unix socket path, or 127.0.0.1:port with an API key."""
 
     def __init__(self, unix_path: Optional[str] = None, port: Optional[int] = None,
-                 api_key: Optional[str] = None):
+                 api_key: Optional[str] = None, host: str = "127.0.0.1"):
         self.unix_path = unix_path
+        self.host = host
         self.port = port
         self.api_key = api_key
 
     @property
     def base_url(self) -> str:
         # the host part is ignored on a Unix socket but must be a valid URL
-        return "http://localhost" if self.unix_path else f"http://127.0.0.1:{self.port}"
+        if self.unix_path:
+            return "http://localhost"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def describe(self) -> str:
-        return f"unix:{self.unix_path}" if self.unix_path else f"127.0.0.1:{self.port}"
+        return f"unix:{self.unix_path}" if self.unix_path else f"{self.host}:{self.port}"
 
 
 class LlamaHTTPError(Exception):

@@ -23,6 +23,7 @@ from .llama_http import LlamaHTTPError
 from .models import ModelStore
 from .quantize import quantize
 from .rpc import CallContext, Method, rpc_method
+from .http_servers import ExtraServers
 from .supervisor import Supervisor
 
 _THINK = re.compile(r"<think>.*?(</think>\s*|$)", re.S)
@@ -41,6 +42,7 @@ class App:
         self.cfg = cfg
         self.store = ModelStore(cfg.models_dirs)
         self.supervisor = Supervisor(cfg)
+        self.extra_servers = ExtraServers(cfg)
         self.started = time.time()
         self.connections = 0
         self.requests_in_flight = 0
@@ -54,7 +56,8 @@ class App:
 
     def methods(self) -> Dict[str, Method]:
         return {name: rpc_method(getattr(self, name)) for name in
-                ("generate", "list_models", "quantize_model", "load_model", "unload_model", "status")}
+                ("generate", "list_models", "quantize_model", "load_model", "unload_model", "status",
+                 "start_server", "stop_server", "server_info")}
 
     # ------------------------------------------------------------------ generate
     async def generate(self, ctx: CallContext, *, prompt: str, model: Optional[str] = None,
@@ -184,6 +187,26 @@ class App:
             raise GenerationTimeout(f"unload timed out after {timeout:g} seconds") from None
         return {"unloaded": previous, "state": self.supervisor.state.value}
 
+    # ------------------------------------------------------------------ old start_server()
+    async def start_server(self, ctx: CallContext, *, model: str, host: str = "127.0.0.1", port: int = 8080,
+                           temperature: float = 0.7, top_p: float = 0.7, top_k: int = 40,
+                           timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Start an extra llama-server for ``model`` on host:port (the warm server is untouched)."""
+        self._check_accepting()
+        _check_range("temperature", temperature, 0, 10)
+        _check_range("top_p", top_p, 0, 1)
+        _check_range("top_k", top_k, 0, 100_000)
+        path = self.store.resolve(model)
+        self._check_loadable(path)
+        return await self.extra_servers.start(path, host, port, temperature, top_p, top_k,
+                                              timeout or self.cfg.llama.load_timeout)
+
+    async def stop_server(self, ctx: CallContext, *, pid: int, force: bool = False) -> Dict[str, Any]:
+        return await self.extra_servers.stop(pid, force)
+
+    async def server_info(self, ctx: CallContext, *, pid: int) -> Dict[str, Any]:
+        return self.extra_servers.info(pid)
+
     async def status(self, ctx: CallContext) -> Dict[str, Any]:
         return self.status_dict()
 
@@ -198,6 +221,7 @@ class App:
             "requests": {"served": d.served if d else 0, "errors": d.errors if d else 0,
                          "in_flight": self.requests_in_flight, "generations": self.generations},
             "connections": self.connections,
+            "http_servers": [s.info() for s in self.extra_servers.servers.values() if s.returncode is None],
             "socket": str(self.cfg.server.socket),
             "log_file": str(self.cfg.log_file),
             "models_dirs": [str(p) for p in self.cfg.models_dirs],

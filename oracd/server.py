@@ -302,6 +302,7 @@ async def serve(cfg: Config) -> int:
         async with anyio.create_task_group() as tg:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 await tg.start(app.supervisor.run)
+                await tg.start(app.extra_servers.run)
                 if cfg.llama.preload and cfg.llama.default_model:
                     await _preload(app)
                 accept_scope = anyio.CancelScope()

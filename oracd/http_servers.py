@@ -1,0 +1,165 @@
+"""Extra llama-servers on TCP host:port, for the old client's ``start_server()``.
+
+Old ORAC code starts a llama-server and then talks HTTP to it.  oracd keeps
+that working: it spawns and supervises a separate llama-server bound to the
+requested host:port (loopback only unless ``llama.allow_remote_http``), stops
+it on request or at shutdown, and never lets it disturb the warm server.
+"""
+from __future__ import annotations
+
+import ipaddress
+import signal
+import socket
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional
+
+import anyio
+import anyio.abc
+
+from . import llama_process as lp
+from .config import Config
+from .errors import InvalidParams, ServerStartFailed
+from .llama_http import LlamaEndpoint, LlamaHTTP
+from .logs import get as get_logger
+
+log = get_logger("oracd.http_servers")
+
+
+class ExtraServer:
+    def __init__(self, proc: anyio.abc.Process, model: str, host: str, port: int, args: List[str]):
+        self.proc = proc
+        self.model = model
+        self.host = host
+        self.port = port
+        self.args = args
+        self.returncode: Optional[int] = None
+        self.exited = anyio.Event()
+        self.tail: Deque[str] = deque(maxlen=20)
+
+    def info(self) -> Dict[str, Any]:
+        return {"pid": self.proc.pid, "args": self.args, "model": self.model, "host": self.host,
+                "port": self.port, "running": self.returncode is None, "returncode": self.returncode}
+
+
+def _check_host(host: str, allow_remote: bool) -> None:
+    if allow_remote:
+        return
+    try:
+        addrs = {ai[4][0] for ai in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        raise InvalidParams(f"unknown host {host!r}") from None
+    if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs):
+        raise InvalidParams(f"host {host!r} is not a loopback address; set llama.allow_remote_http = true "
+                            "to let oracd start llama-servers reachable from the network")
+
+
+class ExtraServers:
+    """The set of extra llama-servers; their lifetime is bounded by oracd's."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.servers: Dict[int, ExtraServer] = {}
+        self._tg: Optional[anyio.abc.TaskGroup] = None
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for pid in list(self.servers):
+                    await self.stop(pid)
+
+    async def start(self, model_path: Path, host: str, port: int, temperature: float, top_p: float,
+                    top_k: int, timeout: float) -> Dict[str, Any]:
+        assert self._tg is not None
+        _check_host(host, self.cfg.llama.allow_remote_http)
+        if not 1 <= port <= 65535:
+            raise InvalidParams("port must be between 1 and 65535")
+        binary = lp.find_binary(self.cfg.llama.server_bin)
+        endpoint = LlamaEndpoint(port=port)
+        cmd = lp.build_command(self.cfg, binary, model_path, endpoint)
+        cmd[cmd.index("--host") + 1] = host
+        cmd += ["--temp", str(temperature), "--top-p", str(top_p), "--top-k", str(top_k)]
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise ServerStartFailed(f"Failed to start llama server: cannot bind {host}:{port}: {exc.strerror}",
+                                        {"host": host, "port": port}) from None
+        try:
+            proc = await anyio.open_process(cmd, stdin=None, start_new_session=True,
+                                            env=lp.child_env(LlamaEndpoint()))
+        except OSError as exc:
+            raise ServerStartFailed(f"Failed to start llama server: {exc}") from None
+        srv = ExtraServer(proc, model_path.name, host, port, cmd)
+        self.servers[proc.pid] = srv
+        self._tg.start_soon(self._watch, srv)
+        log.info("extra llama-server spawned", pid=proc.pid, host=host, port=port, model=model_path.name)
+        probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        http = LlamaHTTP(LlamaEndpoint(port=port, host=probe_host))
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if srv.returncode is not None:
+                    raise ServerStartFailed(
+                        f"Failed to start llama server: exited with code {srv.returncode}: "
+                        f"{srv.tail[-1] if srv.tail else ''}", {"stderr_tail": list(srv.tail)})
+                if time.monotonic() > deadline:
+                    raise ServerStartFailed(f"Failed to start llama server: not ready after {timeout:g}s",
+                                            {"stderr_tail": list(srv.tail)})
+                with anyio.move_on_after(2):
+                    try:
+                        if await http.health() == 200:
+                            break
+                    except Exception:
+                        pass
+                await anyio.sleep(0.05)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.stop(proc.pid)
+            raise
+        finally:
+            await http.close()
+        return srv.info()
+
+    async def _watch(self, srv: ExtraServer) -> None:
+        async def pump(stream: Any) -> None:
+            if stream is None:
+                return
+            async for chunk in stream:
+                for line in chunk.decode("utf-8", "replace").splitlines():
+                    if line.strip():
+                        srv.tail.append(line)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(pump, srv.proc.stdout)
+            tg.start_soon(pump, srv.proc.stderr)
+            srv.returncode = await srv.proc.wait()
+        lp.signal_group(srv.proc.pid, signal.SIGKILL)
+        srv.exited.set()
+        log.info("extra llama-server exited", pid=srv.proc.pid, returncode=srv.returncode)
+
+    async def stop(self, pid: int, force: bool = False) -> Dict[str, Any]:
+        srv = self.servers.get(pid)
+        if srv is None:
+            raise InvalidParams(f"no llama-server with pid {pid} was started by oracd")
+        if srv.returncode is None:
+            lp.signal_group(pid, signal.SIGKILL if force else signal.SIGTERM)
+            with anyio.move_on_after(self.cfg.llama.stop_grace):
+                await srv.exited.wait()
+            if srv.returncode is None:
+                lp.signal_group(pid, signal.SIGKILL)
+                with anyio.move_on_after(10):
+                    await srv.exited.wait()
+        return srv.info()
+
+    def info(self, pid: int) -> Dict[str, Any]:
+        srv = self.servers.get(pid)
+        if srv is None:
+            raise InvalidParams(f"no llama-server with pid {pid} was started by oracd")
+        return srv.info()
+

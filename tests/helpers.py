@@ -1,0 +1,256 @@
+"""Test helpers: a real oracd process with a throwaway config, socket RPC calls, tiny GGUF files."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = REPO / "bin"
+MODELS = REPO / "models"
+SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_ids = itertools.count(1)
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def write_config(path: Path, server: Dict[str, Any], llama: Dict[str, Any]) -> Path:
+    lines = ["[server]"] + [f"{k} = {toml_value(v)}" for k, v in server.items()]
+    lines += ["", "[llama]"] + [f"{k} = {toml_value(v)}" for k, v in llama.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def link_model(models_dir: Path, name: str = SMOL) -> Path:
+    """Hard-link (or copy) the provisioned model into a test's own models dir."""
+    src = MODELS / name
+    assert src.exists(), f"{src} missing: run `python -m oracd.provision` first"
+    dst = models_dir / name
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst
+
+
+def write_tiny_f32(path: Path, n_embd: int = 64, n_layer: int = 1, n_vocab: int = 64, n_ff: int = 128) -> Path:
+    """A tiny llama-architecture F32 GGUF (about 200 kB) for fast quantize tests."""
+    import gguf
+    n_head = 2
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-test")
+    w.add_block_count(n_layer)
+    w.add_context_length(128)
+    w.add_embedding_length(n_embd)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(n_embd // n_head)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list([f"t{i}" for i in range(n_vocab)])
+    w.add_token_types([gguf.TokenType.NORMAL] * n_vocab)
+    w.add_token_merges([])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    rng = np.random.default_rng(0)
+
+    def rand(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+
+    rand("token_embd.weight", n_vocab, n_embd)
+    w.add_tensor("output_norm.weight", np.ones(n_embd, np.float32))
+    rand("output.weight", n_vocab, n_embd)
+    for i in range(n_layer):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, np.float32))
+        for n in ("q", "k", "v", "output"):
+            rand(f"blk.{i}.attn_{n}.weight", n_embd, n_embd)
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, np.float32))
+        rand(f"blk.{i}.ffn_gate.weight", n_ff, n_embd)
+        rand(f"blk.{i}.ffn_up.weight", n_ff, n_embd)
+        rand(f"blk.{i}.ffn_down.weight", n_embd, n_ff)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+class RPCError(Exception):
+    def __init__(self, error: Dict[str, Any]):
+        super().__init__(f"{error.get('code')}: {error.get('message')}")
+        self.code = error.get("code")
+        self.message = error.get("message")
+        self.data = error.get("data")
+
+
+class Conn:
+    """A blocking line-oriented JSON-RPC connection (tests only)."""
+
+    def __init__(self, path: Path, timeout: float = 60):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.file = self.sock.makefile("rb")
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self) -> Any:
+        line = self.file.readline()
+        if not line:
+            raise EOFError("connection closed by oracd")
+        return json.loads(line)
+
+    def request(self, method: str, **params: Any) -> Any:
+        rid = next(_ids)
+        msg = {"jsonrpc": "2.0", "method": method, "id": rid}
+        if params:
+            msg["params"] = params
+        self.send_raw(json.dumps(msg).encode() + b"\n")
+        resp = self.recv()
+        assert resp.get("id") == rid, resp
+        return resp
+
+    def call(self, method: str, **params: Any) -> Any:
+        resp = self.request(method, **params)
+        if "error" in resp:
+            raise RPCError(resp["error"])
+        return resp["result"]
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> "Conn":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Oracd:
+    """A real oracd process (python -m oracd) on a throwaway config in a short temp dir."""
+
+    def __init__(self, root: Optional[Path] = None, server: Optional[Dict[str, Any]] = None,
+                 llama: Optional[Dict[str, Any]] = None, models: List[str] = (SMOL,),
+                 env: Optional[Dict[str, str]] = None):
+        # short path: Unix socket paths must stay under ~104 bytes
+        self.root = root or Path(tempfile.mkdtemp(prefix="oracd-t-", dir="/tmp"))
+        self.models_dir = self.root / "models"
+        self.models_dir.mkdir(exist_ok=True)
+        for m in models:
+            if not (self.models_dir / m).exists():
+                link_model(self.models_dir, m)
+        self.socket = self.root / "run" / "oracd.sock"
+        self.log_dir = self.root / "logs"
+        srv = {"socket": str(self.socket), "log_dir": str(self.log_dir), "shutdown_grace": 10}
+        srv.update(server or {})
+        lla = {"server_bin": str(BIN / "llama-server"), "quantize_bin": str(BIN / "llama-quantize"),
+               "models_dir": str(self.models_dir), "default_model": SMOL, "preload": True,
+               "ctx_size": 1024, "parallel": 2, "health_interval": 0.5, "hang_timeout": 6,
+               "restart_backoff_initial": 0.2}
+        lla.update(llama or {})
+        self.config = write_config(self.root / "oracd.toml", srv, lla)
+        self.env = dict(os.environ, **(env or {}))
+        self.proc: Optional[subprocess.Popen] = None
+        self.stderr_path = self.root / "stderr.log"
+
+    @property
+    def log_file(self) -> Path:
+        return self.log_dir / "orac.log"
+
+    def start(self, wait: bool = True, timeout: float = 90) -> "Oracd":
+        self._stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "oracd", "--config", str(self.config)],
+                                     cwd=str(REPO), env=self.env, stdout=self._stderr, stderr=self._stderr)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"oracd exited with {self.proc.returncode}:\n{self.stderr_tail()}")
+            try:
+                with Conn(self.socket, timeout=5) as c:
+                    c.call("status")
+                    return
+            except (OSError, EOFError):
+                time.sleep(0.05)
+        raise TimeoutError(f"oracd not ready after {timeout}s:\n{self.stderr_tail()}")
+
+    def stderr_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+    def conn(self, timeout: float = 60) -> Conn:
+        return Conn(self.socket, timeout)
+
+    def call(self, method: str, **params: Any) -> Any:
+        with self.conn() as c:
+            return c.call(method, **params)
+
+    def request(self, method: str, **params: Any) -> Any:
+        with self.conn() as c:
+            return c.request(method, **params)
+
+    def child_pid(self) -> Optional[int]:
+        return self.call("status")["child"]["pid"]
+
+    def wait_child_state(self, state: str, timeout: float = 60) -> Dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        st: Dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            st = self.call("status")["child"]
+            if st["state"] == state:
+                return st
+            time.sleep(0.05)
+        raise TimeoutError(f"child never reached {state!r}; last status {st}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._stderr.close()
+        return rc
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "Oracd":
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cleanup()
