@@ -44,6 +44,7 @@ class StartupError(RuntimeError):
 def _take_lock(cfg: Config) -> int:
     """Hold an flock next to the socket for our lifetime: two oracd never share a socket."""
     lock_path = cfg.server.socket.with_name(cfg.server.socket.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -179,6 +180,8 @@ class Connections:
         pending = 0
         all_done = anyio.Event()
         all_done.set()
+        too_long = Dispatcher._encode(error_obj(RequestTooLarge.code, RequestTooLarge.default_message,
+                                                f"request line longer than {max_line} bytes"))
 
         async def send(data: bytes) -> None:
             nonlocal broken
@@ -211,15 +214,16 @@ class Connections:
                 try:
                     line = await buffered.receive_until(b"\n", max_line)
                 except anyio.DelimiterNotFound:
-                    await send(Dispatcher._encode(error_obj(
-                        RequestTooLarge.code, RequestTooLarge.default_message,
-                        f"request line longer than {max_line} bytes")))
+                    await send(too_long)
                     if not await self._skip_to_newline(buffered, max_line):
                         break
                     continue
                 except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
                         anyio.ClosedResourceError, OSError):
                     break
+                if len(line) > max_line:   # the delimiter arrived in the chunk that crossed the limit
+                    await send(too_long)
+                    continue
                 if not line.strip():
                     continue
                 pending += 1
@@ -242,13 +246,20 @@ class Connections:
     async def _skip_to_newline(buffered: BufferedByteReceiveStream, max_line: int) -> bool:
         """Discard the rest of an oversized line; False if the connection ended first."""
         while True:
+            idx = buffered.buffer.find(b"\n")
             try:
-                await buffered.receive_until(b"\n", max_line)
-                return True
-            except anyio.DelimiterNotFound:
-                continue
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
+                if idx >= 0:
+                    await buffered.receive(idx + 1)
+                    return True
+                if buffered.buffer:
+                    await buffered.receive(len(buffered.buffer))
+                chunk = await buffered.receive(65536)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                 return False
+            idx = chunk.find(b"\n")
+            if idx >= 0:
+                buffered.feed_data(chunk[idx + 1:])
+                return True
 
 
 def _hung_up(sock: socket.socket) -> bool:
