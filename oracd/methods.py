@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import aiohttp
@@ -20,12 +21,14 @@ from .config import Config
 from .errors import (GenerationFailed, GenerationTimeout, InvalidParams, InvalidPath, ModelLoadFailed,
                      ShuttingDown)
 from .llama_http import LlamaHTTPError
+from .logs import get as get_logger
 from .models import ModelStore
 from .quantize import quantize
 from .rpc import CallContext, Method, rpc_method
 from .http_servers import ExtraServers
 from .supervisor import Supervisor
 
+log = get_logger("oracd.methods")
 _THINK = re.compile(r"<think>.*?(</think>\s*|$)", re.S)
 MAX_TIMEOUT = 24 * 3600.0
 
@@ -100,17 +103,7 @@ class App:
         self.requests_in_flight += 1
         try:
             with anyio.fail_after(timeout):
-                async with self.supervisor.use(path.name, path, deadline) as child:
-                    try:
-                        data = await child.http.request("POST", "/v1/chat/completions", body)
-                    except LlamaHTTPError as exc:
-                        if exc.status == 400:
-                            raise InvalidParams(f"llama-server rejected the request: {exc.message}") from None
-                        raise GenerationFailed(f"llama-server error {exc.status}: {exc.message}") from None
-                    except (aiohttp.ClientError, OSError) as exc:
-                        raise GenerationFailed(
-                            f"lost connection to llama-server during generation ({type(exc).__name__}); "
-                            "it is being restarted, retry the request", {"retryable": True}) from None
+                data = await self._complete(path, body, deadline)
         except TimeoutError:
             raise GenerationTimeout(f"Generation timed out after {timeout:g} seconds",
                                     {"timeout": timeout}) from None
@@ -128,6 +121,31 @@ class App:
             "finish_reason": choice.get("finish_reason"),
             "usage": {k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
         }
+
+    async def _complete(self, path: Path, body: Dict[str, Any], deadline: float) -> Dict[str, Any]:
+        """POST the chat completion; if llama-server died under us, retry once on the restarted one.
+
+        A generation has no side effects, so one transparent retry after a crash
+        is safe; a second failure is reported as GenerationFailed.
+        """
+        for attempt in (1, 2):
+            async with self.supervisor.use(path.name, path, deadline) as child:
+                try:
+                    return await child.http.request("POST", "/v1/chat/completions", body)
+                except LlamaHTTPError as exc:
+                    if exc.status == 400:
+                        raise InvalidParams(f"llama-server rejected the request: {exc.message}") from None
+                    raise GenerationFailed(f"llama-server error {exc.status}: {exc.message}") from None
+                except (aiohttp.ClientError, OSError) as exc:
+                    if attempt == 2:
+                        raise GenerationFailed(
+                            f"lost connection to llama-server twice during generation ({type(exc).__name__})",
+                            {"retryable": True}) from None
+                    log.warning("llama-server connection lost during generation, retrying once",
+                                error=type(exc).__name__, pid=child.proc.pid)
+            with anyio.move_on_after(self.cfg.llama.health_timeout):
+                await child.exited.wait()     # let the supervisor see the exit before we ask again
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_loadable(self, path: Any) -> None:
         """Refuse a non-GGUF/corrupt file before it can evict the model that is serving."""

@@ -316,37 +316,37 @@ async def serve(cfg: Config) -> int:
                 await tg.start(app.extra_servers.run)
                 if cfg.llama.preload and cfg.llama.default_model:
                     await _preload(app)
-                accept_scope = anyio.CancelScope()
+                async with anyio.create_task_group() as conn_tg:    # connections outlive the acceptor
+                    accept_scope = anyio.CancelScope()
 
-                async def accept() -> None:
-                    with accept_scope:
-                        await listener.serve(conns.handle)
+                    async def accept() -> None:
+                        with accept_scope:
+                            await listener.serve(conns.handle, task_group=conn_tg)
 
-                tg.start_soon(accept)
-                notifier.ready(status_line(app))
-                log.info("oracd ready", socket=str(cfg.server.socket), pid=os.getpid(),
-                         startup_s=round(time.monotonic() - t_start, 3), model=app.supervisor.model)
-                tg.start_soon(_heartbeat, app, notifier)
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        log.info("SIGHUP received (nothing to reload yet)")
-                        continue
-                    log.info("signal received, shutting down", signal=signal.Signals(signum).name)
-                    break
-                # ---- staged shutdown
-                notifier.stopping("stopping: finishing in-flight requests")
-                app.accepting = False
-                accept_scope.cancel()
-                await listener.aclose()
-                with anyio.move_on_after(cfg.server.shutdown_grace):
-                    await conns.idle.wait()
-                if conns.tasks:
-                    log.warning("shutdown grace over, abandoning requests", pending=conns.tasks)
+                    tg.start_soon(accept)
+                    notifier.ready(status_line(app))
+                    log.info("oracd ready", socket=str(cfg.server.socket), pid=os.getpid(),
+                             startup_s=round(time.monotonic() - t_start, 3), model=app.supervisor.model)
+                    tg.start_soon(_heartbeat, app, notifier)
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            log.info("SIGHUP received (nothing to reload yet)")
+                            continue
+                        log.info("signal received, shutting down", signal=signal.Signals(signum).name)
+                        break
+                    # ---- staged shutdown: stop accepting, finish in-flight requests, stop the child
+                    notifier.stopping("stopping: finishing in-flight requests")
+                    app.accepting = False
+                    accept_scope.cancel()
+                    await listener.aclose()
+                    with anyio.move_on_after(cfg.server.shutdown_grace):
+                        await conns.idle.wait()
+                    if conns.tasks:
+                        log.warning("shutdown grace over, abandoning requests", pending=conns.tasks)
+                    conn_tg.cancel_scope.cancel()
                 app.supervisor.shutdown()
                 with anyio.move_on_after(cfg.llama.stop_grace + 15):
-                    await app.supervisor.wait_settled(cfg.llama.stop_grace + 15)
-                    while app.supervisor.state != ChildState.SHUTDOWN:
-                        await anyio.sleep(0.02)
+                    await app.supervisor.finished.wait()
                 tg.cancel_scope.cancel()
     except Exception:
         log.exception("oracd crashed")

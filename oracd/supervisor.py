@@ -25,7 +25,7 @@ import time
 from collections import deque
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Deque, Dict, List, Optional
+from typing import Any, AsyncIterator, Deque, Dict, List, Optional, Tuple
 
 import anyio
 import anyio.abc
@@ -112,10 +112,13 @@ class Supervisor:
         self._failure_seq = 0
         self._failure: Optional[OracError] = None
         self._failure_model: Optional[str] = None
+        self._queue: Deque[Tuple[str, Path]] = deque()   # models other requests are waiting for, in order
+        self._waiting: Dict[str, int] = {}                # model -> requests waiting for it
         self._inflight = 0
         self._drained = anyio.Event()
         self._drained.set()
         self._tg: Optional[anyio.abc.TaskGroup] = None
+        self.finished = anyio.Event()        # set when run() has stopped the child for good
 
     # ------------------------------------------------------------------ queries
     @property
@@ -161,27 +164,49 @@ class Supervisor:
         raise GenerationTimeout("timed out waiting for the model to become ready")
 
     async def _settle_on(self, name: str, path: Path, deadline: float) -> Child:
-        """Make ``name`` the wanted model and wait until it is READY (or its load failed)."""
+        """Wait until ``name`` is READY (or its load failed).
+
+        Requests for other models queue up in arrival order (``_queue``); the owner
+        swaps to the next queued model once nobody is still waiting for the
+        current one, so a swap never starves and never ping-pongs.
+        """
+        child = self.child
+        if (self.state == ChildState.READY and child and child.model == name and self._want == name
+                    and child.returncode is None):
+            return child                                    # fast path: the warm model
         seq = self._failure_seq
-        while True:
-            if self._shutdown:
-                raise ShuttingDown()
-            child = self.child
-            if self.state == ChildState.READY and child and child.model == name and self._want == name:
-                return child
-            if self._failure_seq != seq and self._failure_model == name and self._failure is not None:
-                fast = self._want != name or self.consecutive_failures >= self.cfg.llama.crash_loop_threshold
-                if fast:
-                    raise self._failure
-            if (self.state == ChildState.BACKOFF and self._want == name
-                    and self.consecutive_failures >= self.cfg.llama.crash_loop_threshold):
-                raise ServerUnavailable(
-                    f"llama-server for {name} is in a crash loop ({self.consecutive_failures} failures); "
-                    f"next attempt in {max(0.0, self._backoff_until - time.monotonic()):.1f}s",
-                    {"last_error": self.last_error, "last_exit": self.last_exit})
-            if self._want != name:
-                self._set_want(name, path)
-            await self._wait_change(deadline)
+        self._waiting[name] = self._waiting.get(name, 0) + 1
+        try:
+            while True:
+                if self._shutdown:
+                    raise ShuttingDown()
+                child = self.child
+                if (self.state == ChildState.READY and child and child.model == name and self._want == name
+                    and child.returncode is None):
+                    return child
+                if self._failure_seq != seq and self._failure_model == name and self._failure is not None:
+                    if self._want != name or self.consecutive_failures >= self.cfg.llama.crash_loop_threshold:
+                        raise self._failure
+                if (self.state == ChildState.BACKOFF and self._want == name
+                        and self.consecutive_failures >= self.cfg.llama.crash_loop_threshold):
+                    raise ServerUnavailable(
+                        f"llama-server for {name} is in a crash loop ({self.consecutive_failures} failures); "
+                        f"next attempt in {max(0.0, self._backoff_until - time.monotonic()):.1f}s",
+                        {"last_error": self.last_error, "last_exit": self.last_exit})
+                if self._want is None:
+                    self._set_want(name, path)
+                elif self._want != name and all(q != name for q, _ in self._queue):
+                    self._queue.append((name, path))
+                    self._poke()
+                await self._wait_change(deadline)
+        finally:
+            left = self._waiting[name] - 1
+            if left:
+                self._waiting[name] = left
+            else:
+                del self._waiting[name]
+                if self._queue:
+                    self._poke()       # the owner may now swap to the next queued model
 
     def _set_want(self, name: Optional[str], path: Optional[Path]) -> None:
         if self._want != name:
@@ -189,6 +214,18 @@ class Supervisor:
             self._backoff_until = 0.0
             self.consecutive_failures = 0
         self._poke()
+
+    def _next_wanted(self) -> None:
+        """Owner side: move on to the next queued model once nobody waits for the current one."""
+        while self._queue and (self._want is None or not self._waiting.get(self._want)):
+            name, path = self._queue.popleft()
+            if name == self._want:
+                continue
+            if not self._waiting.get(name):
+                continue                   # its requests gave up (timeout) meanwhile
+            log.info("swap requested", model=name, previous=self._want)
+            self._set_want(name, path)
+            return
 
     @asynccontextmanager
     async def use(self, name: str, path: Path, deadline: float) -> AsyncIterator[Child]:
@@ -223,12 +260,6 @@ class Supervisor:
         self._shutdown = True
         self._poke()
 
-    async def wait_settled(self, timeout: float) -> None:
-        """Wait until the child is in a settled state (ready, stopped, failed, shutdown)."""
-        with anyio.move_on_after(timeout):
-            while self.state in (ChildState.STARTING, ChildState.STOPPING, ChildState.BACKOFF):
-                await self._changed.wait()
-
     # ------------------------------------------------------------------ the owner task
     def _set_state(self, state: ChildState, **info: Any) -> None:
         if state == self.state and not info:
@@ -262,6 +293,7 @@ class Supervisor:
                 if self.child is not None:
                     await self._stop_child("shutdown")
                 self._set_state(ChildState.SHUTDOWN)
+                self.finished.set()
 
     async def _loop(self) -> None:
         while True:
@@ -270,6 +302,7 @@ class Supervisor:
                     await self._drain_inflight(self.cfg.server.shutdown_grace)
                     await self._stop_child("shutdown")
                 return
+            self._next_wanted()
             want = self._want
             child = self.child
             if child is None:

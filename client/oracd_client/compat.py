@@ -1,0 +1,427 @@
+"""``LlamaCppClient`` with ORAC's old interface, served by oracd.
+
+Drop-in for ``orac.llama_cpp_client.LlamaCppClient``: same names, parameters,
+defaults, return types and exceptions, but nothing is spawned in-process; every
+call is a JSON-RPC request to oracd over its Unix socket (see ``transport``).
+
+Inside the ORAC app, ``orac/llama_cpp_client.py`` becomes::
+
+    from oracd_client.compat import LlamaCppClient  # noqa: F401
+    from orac.models import PromptResponse  # noqa: F401
+    from orac.logger import get_logger
+    logger = get_logger(__name__)
+
+and ``generate()`` returns the app's own ``orac.models.PromptResponse``: the class
+is looked up at call time with ``importlib.import_module("orac.models")``,
+falling back to ``oracd_client.models.PromptResponse``.
+
+Exceptions (old contract; each is *also* the daemon's error class, with its
+``code`` and ``data``, see ``exceptions.as_builtin``):
+
+* blank prompt -> ``ValueError("Prompt cannot be empty")`` (checked before any I/O)
+* missing model -> ``FileNotFoundError("Model not found: <path>")``
+* generation timeout -> ``GenerationTimeout`` (an ``Exception``) whose message is
+  exactly ``f"Generation timed out after {timeout} seconds"`` with the caller's value
+* bad parameter values -> ``ValueError``
+* quantize: missing input -> ``FileNotFoundError("Input model not found: <path>")``,
+  any other daemon error -> an ``Exception`` whose message starts ``"Quantization error: "``
+* start_server: missing model -> ``FileNotFoundError``, any other daemon error ->
+  an ``Exception`` whose message starts ``"Failed to start llama server: "``
+* ``models_path`` not served by oracd -> ``ModelsPathNotServed`` (both
+  ``FileNotFoundError`` and ``ValueError``)
+* no daemon -> ``OracdUnavailable`` (a ``ConnectionError`` naming the socket and
+  how to start oracd; never a ``FileNotFoundError``)
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from typing import Any, Dict, List, Optional
+
+from oracd.errors import (GenerationTimeout, InvalidParams, InvalidPath, ModelNotFound, OracError)
+
+from .exceptions import (CallTimeout, ConnectionLost, ModelsPathNotServed, OracdUnavailable, as_builtin,
+                         with_message)
+from .models import PromptResponse
+from .paths import MODELS_PATH_ENV
+from .sync import call_sync
+from .transport import OracdClient
+
+logger = logging.getLogger("oracd_client.compat")
+
+#: The old module's constants (``MODELS_PATH`` is only the env override here: oracd owns the models dir).
+MODELS_PATH = os.getenv(MODELS_PATH_ENV)
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_TIMEOUT = 30
+
+MAX_TIMEOUT = 24 * 3600.0       # what oracd accepts; used for timeout=None
+_GENERATE_GRACE = 15.0          # client-side bound = the daemon's deadline + this
+_QUANT_PREFIX = "Quantization error: "
+_START_PREFIX = "Failed to start llama server: "
+
+
+def response_class() -> type:
+    """``orac.models.PromptResponse`` as the running program sees it (the app's own inside ORAC)."""
+    try:
+        mod = importlib.import_module("orac.models")
+    except Exception:
+        return PromptResponse
+    cls = getattr(mod, "PromptResponse", None)
+    return cls if isinstance(cls, type) else PromptResponse
+
+
+def _build_response(**fields: Any) -> Any:
+    cls = response_class()
+    try:
+        return cls(**fields)
+    except Exception:
+        if cls is PromptResponse:
+            raise
+        # an app model without the optional fields (and extra="forbid"): give it what it knows
+        try:
+            return cls(**{k: fields[k] for k in ("response", "elapsed_ms", "model", "prompt")})
+        except Exception:
+            return PromptResponse(**fields)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ManagedServer:
+    """A llama-server that oracd started (``start_server``) and supervises, with ``subprocess.Popen``'s interface.
+
+    ``pid``/``args``/``returncode``, ``poll()``, ``wait(timeout)``, ``communicate()``,
+    ``terminate()``, ``kill()``, ``send_signal()`` and ``with`` work as on a Popen.
+    They are synchronous like Popen's: each is one short blocking call to oracd
+    (``server_info`` / ``stop_server``), usable from sync and async code alike.
+    ``terminate()``/``kill()`` return once oracd has stopped the server, so
+    ``poll()`` is not None right after them.  ``stdin``/``stdout``/``stderr`` are
+    None (oracd keeps the server's output; see its log).
+
+    Leaving a ``with`` block stops the server if it is still running (a plain
+    Popen would wait forever for a server to exit by itself).  If oracd is
+    unreachable or no longer knows the pid, liveness comes from the pid itself;
+    an exit status that cannot be known is reported as ``-SIGTERM`` (oracd
+    stops its servers with SIGTERM when it shuts down).
+    """
+
+    stdin = None
+    stdout = None
+    stderr = None
+    universal_newlines = False
+    text_mode = False
+
+    def __init__(self, info: Dict[str, Any], socket_path: str):
+        self._socket = socket_path
+        self.pid: int = int(info["pid"])
+        self.args: List[str] = list(info.get("args") or [])
+        self.model: Optional[str] = info.get("model")
+        self.host: Optional[str] = info.get("host")
+        self.port: Optional[int] = info.get("port")
+        self.returncode: Optional[int] = None
+        self._update(info)
+
+    def _update(self, info: Dict[str, Any]) -> None:
+        if not info.get("running", True) and self.returncode is None:
+            rc = info.get("returncode")
+            self.returncode = int(rc) if rc is not None else -signal.SIGTERM
+
+    def _gone_unless_alive(self) -> None:
+        if self.returncode is None and not _pid_alive(self.pid):
+            self.returncode = -signal.SIGTERM
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is not None:
+            return self.returncode
+        try:
+            self._update(call_sync("server_info", {"pid": self.pid}, socket_path=self._socket, timeout=10))
+        except (InvalidParams, ConnectionError, TimeoutError):
+            self._gone_unless_alive()
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.01
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.2)
+        return self.returncode  # type: ignore[return-value]
+
+    def communicate(self, input: Any = None, timeout: Optional[float] = None) -> Any:
+        self.wait(timeout)
+        return (None, None)
+
+    def _stop(self, force: bool) -> None:
+        if self.returncode is not None:
+            return
+        try:
+            self._update(call_sync("stop_server", {"pid": self.pid, "force": force},
+                                   socket_path=self._socket, timeout=60))
+            return
+        except InvalidParams:
+            pass            # oracd does not know this pid (it restarted): signal it ourselves
+        except (ConnectionError, TimeoutError):
+            pass
+        try:
+            os.kill(self.pid, signal.SIGKILL if force else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        self._gone_unless_alive()
+
+    def terminate(self) -> None:
+        self._stop(False)
+
+    def kill(self) -> None:
+        self._stop(True)
+
+    def send_signal(self, sig: int) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            self._stop(False)
+        elif sig == signal.SIGKILL:
+            self._stop(True)
+        elif sig == 0:
+            self.poll()
+        elif self.poll() is None:
+            os.kill(self.pid, sig)   # no oracd API for other signals; works when we share oracd's user
+
+    def __enter__(self) -> "ManagedServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.poll() is None:
+            self.terminate()
+        try:
+            self.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def __repr__(self) -> str:
+        return (f"<ManagedServer pid={self.pid} {self.host}:{self.port} model={self.model} "
+                f"returncode={self.returncode}>")
+
+
+class LlamaCppClient:
+    """ORAC's llama.cpp client, backed by oracd (one warm llama-server shared by all callers).
+
+    ``models_path`` (default ``$ORAC_MODELS_PATH``, else oracd's own models dir)
+    must be a directory oracd serves: it is sent with ``list_models`` and checked
+    once per client before the first call that names a model; if oracd does not
+    serve it the call raises ``ModelsPathNotServed``, which is both a
+    ``FileNotFoundError`` and a ``ValueError`` (rather than silently using
+    another directory).
+
+    Nothing happens in ``__init__``: the connection to oracd is opened by the
+    first call, kept, and shared by concurrent calls (one per event loop).  No
+    close is needed; ``await client.aclose()`` or ``async with LlamaCppClient()``
+    release it early.  ``socket_path`` (keyword only, not in the old interface)
+    overrides ``$ORACD_SOCKET``.
+    """
+
+    def __init__(self, models_path: str = None, *, socket_path: Optional[str] = None):
+        self._rpc = OracdClient(socket_path)
+        self._models_path: Optional[str] = None
+        self._unchecked_models_path: Optional[str] = None
+        self._daemon_models_path: Optional[str] = None
+        self.models_path = models_path or os.environ.get(MODELS_PATH_ENV) or None  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------ configuration
+    @property
+    def models_path(self) -> str:
+        """The models dir in use: the one given (or ``$ORAC_MODELS_PATH``), else oracd's first models dir
+        (asked from oracd once, with a short blocking call)."""
+        if self._models_path is not None:
+            return self._models_path
+        if self._daemon_models_path is None:
+            st = call_sync("status", socket_path=self._rpc.socket_path, timeout=10)
+            self._daemon_models_path = (st.get("models_dirs") or [None])[0]
+        return self._daemon_models_path  # type: ignore[return-value]
+
+    @models_path.setter
+    def models_path(self, value: Optional[str]) -> None:
+        self._models_path = os.path.abspath(os.path.expanduser(str(value))) if value else None
+        self._unchecked_models_path = self._models_path
+
+    @property
+    def socket_path(self) -> str:
+        return self._rpc.socket_path
+
+    async def _check_models_path(self) -> None:
+        path = self._unchecked_models_path
+        if path is not None:
+            await self._list(path)
+
+    async def _list(self, path: Optional[str]) -> List[Dict[str, Any]]:
+        params = {"models_path": path} if path else {}
+        try:
+            items = await self._rpc.call("list_models", params, timeout=120, idempotent=True)
+        except InvalidPath as exc:
+            served = (exc.data or {}).get("served") if isinstance(exc.data, dict) else None
+            raise ModelsPathNotServed(
+                f"models_path {path} is not served by oracd ({exc.message}). Unset {MODELS_PATH_ENV} / "
+                f"models_path to use oracd's models, point it at a served dir, or add it to "
+                f"llama.extra_models_dirs in oracd's config.", path or "", served) from None
+        if path is not None and self._unchecked_models_path == path:
+            self._unchecked_models_path = None
+        return items
+
+    # ------------------------------------------------------------------ old public interface
+    async def list_models(self) -> List[Dict[str, Any]]:
+        """GGUF models oracd serves: dicts with ``name``, ``size``, ``modified``, ``backend`` ("llama_cpp")
+        and oracd's extras (``loaded``, ``path``, ``architecture``, ``quantization``...)."""
+        return await self._list(self._models_path)
+
+    async def generate(self, model: str, prompt: str, stream: bool = False, temperature: float = 0.7,
+                       top_p: float = 0.7, top_k: int = 40, max_tokens: Optional[int] = None,
+                       verbose: bool = False, timeout: int = 30) -> PromptResponse:
+        """Generate a response to ``prompt`` with ``model`` (``.gguf`` optional) on oracd's warm server.
+
+        ``max_tokens=None`` means oracd's default (512).  ``stream=True`` is accepted
+        and returns the complete response as before; ``verbose=True`` logs the
+        request and the answer.  Returns the program's ``orac.models.PromptResponse``
+        (``model``/``prompt`` echo the arguments, ``elapsed_ms`` is measured here,
+        ``usage`` holds oracd's token counts).
+        """
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("Prompt cannot be empty")
+        if self._unchecked_models_path is not None:
+            await self._check_models_path()
+        try:
+            params = {"prompt": prompt, "model": model, "temperature": float(temperature), "top_p": float(top_p),
+                      "top_k": int(top_k), "max_tokens": None if max_tokens is None else int(max_tokens),
+                      "timeout": MAX_TIMEOUT if timeout is None else float(timeout)}
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid generation parameter: {exc}") from None
+        if verbose:
+            logger.info("generate: model=%s temperature=%s top_p=%s top_k=%s max_tokens=%s timeout=%s stream=%s "
+                        "prompt=%r", model, temperature, top_p, top_k, max_tokens, timeout, stream, prompt)
+        t0 = time.perf_counter()
+        try:
+            r = await self._rpc.call("generate", params, timeout=params["timeout"] + _GENERATE_GRACE)
+        except OracError as exc:
+            raise _generate_error(exc, timeout) from None
+        except CallTimeout:
+            raise GenerationTimeout(f"Generation timed out after {timeout} seconds", {"timeout": timeout}) from None
+        elapsed_ms = (time.perf_counter() - t0) * 1000.0
+        if verbose:
+            logger.info("generate: %.1f ms, finish_reason=%s usage=%s response=%r", elapsed_ms,
+                        r.get("finish_reason"), r.get("usage"), r.get("response"))
+        return _build_response(response=r["response"], elapsed_ms=elapsed_ms, model=model or r.get("model"),
+                               prompt=prompt, finish_reason=r.get("finish_reason"), usage=r.get("usage"))
+
+    async def start_server(self, model: str, host: str = "127.0.0.1", port: int = 8080,
+                           temperature: float = 0.7, top_p: float = 0.7,
+                           top_k: int = 40) -> subprocess.Popen:
+        """Have oracd start (and supervise) a separate llama-server for ``model`` on ``host:port``.
+
+        Returns a ``ManagedServer`` (Popen's interface) once the server answers
+        ``/health``.  oracd only binds loopback hosts unless its config allows
+        more.  The warm server behind ``generate()`` is not touched.
+        """
+        if self._unchecked_models_path is not None:
+            await self._check_models_path()
+        try:
+            params = {"model": model, "host": host, "port": int(port), "temperature": float(temperature),
+                      "top_p": float(top_p), "top_k": int(top_k)}
+        except (TypeError, ValueError) as exc:
+            raise Exception(f"{_START_PREFIX}invalid parameter: {exc}") from None
+        try:
+            info = await self._rpc.call("start_server", params)
+        except (ModelNotFound, InvalidPath) as exc:
+            raise as_builtin(exc, FileNotFoundError) from None
+        except OracError as exc:
+            msg = exc.message if exc.message.startswith(_START_PREFIX) else _START_PREFIX + exc.message
+            raise with_message(exc, msg) from None
+        logger.info("oracd started llama-server pid %s for %s on %s:%s", info.get("pid"), model, host, port)
+        return ManagedServer(info, self._rpc.socket_path)  # type: ignore[return-value]
+
+    async def quantize_model(self, input_model: str, output_model: str, quantization_type: str = "q4_k") -> bool:
+        """Quantize ``input_model`` into ``output_model`` (both in oracd's models dir) and return True.
+
+        Overwrite decision: the old client ran llama-quantize, which silently
+        replaced an existing output file, so this compat client passes
+        ``overwrite=True`` and keeps that behaviour.  oracd still writes to a
+        temporary file and renames it into place only on success, so a failed
+        run never destroys the previous output.  (Call oracd's ``quantize_model``
+        without ``overwrite`` to get its refusal, ``OutputExists``.)
+        """
+        if self._unchecked_models_path is not None:
+            await self._check_models_path()
+        params = {"input_model": input_model, "output_model": output_model,
+                  "quantization_type": quantization_type, "overwrite": True}
+        try:
+            result = await self._rpc.call("quantize_model", params)
+        except ModelNotFound as exc:
+            raise as_builtin(exc, FileNotFoundError) from None
+        except OracError as exc:
+            msg = exc.message if exc.message.startswith(_QUANT_PREFIX) else _QUANT_PREFIX + exc.message
+            raise with_message(exc, msg) from None
+        logger.info("quantized %s -> %s (%s)", input_model, (result or {}).get("path"), quantization_type)
+        return bool((result or {}).get("ok", True))
+
+    # ------------------------------------------------------------------ the old private helpers
+    async def _ensure_server_running(self, model: Optional[str] = None, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        """Connect to oracd and return its ``status``; with ``model``, also make it the loaded model."""
+        st = await self._rpc.call("status", timeout=30, idempotent=True)
+        if model:
+            name = model if model.endswith(".gguf") else model + ".gguf"
+            child = st.get("child") or {}
+            if child.get("model") != name or child.get("state") != "ready":
+                await self._start_internal_server(model)
+                st = await self._rpc.call("status", timeout=30, idempotent=True)
+        return st
+
+    async def _start_internal_server(self, model: Optional[str] = None, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        """Load ``model`` (default: oracd's default model) into the warm llama-server."""
+        try:
+            return await self._rpc.call("load_model", {"model": model}, idempotent=True)
+        except (ModelNotFound, InvalidPath) as exc:
+            raise as_builtin(exc, FileNotFoundError) from None
+        except InvalidParams as exc:
+            raise as_builtin(exc, ValueError) from None
+
+    async def _stop_internal_server(self, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        """Unload the warm model (oracd keeps running; the next generate loads again)."""
+        return await self._rpc.call("unload_model", {}, idempotent=True)
+
+    # ------------------------------------------------------------------ lifetime
+    async def aclose(self) -> None:
+        """Close this client's connection(s) to oracd now; the client stays usable (it reconnects)."""
+        await self._rpc.aclose()
+
+    async def __aenter__(self) -> "LlamaCppClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<LlamaCppClient oracd={self._rpc.socket_path} models_path={self._models_path or '(oracd)'}>"
+
+
+def _generate_error(exc: OracError, timeout: Any) -> BaseException:
+    if isinstance(exc, GenerationTimeout):
+        return with_message(exc, f"Generation timed out after {timeout} seconds")
+    if isinstance(exc, (ModelNotFound, InvalidPath)):
+        return as_builtin(exc, FileNotFoundError)
+    if isinstance(exc, InvalidParams):
+        return as_builtin(exc, ValueError)
+    return exc
+
+
+__all__ = ["LlamaCppClient", "ManagedServer", "PromptResponse", "response_class", "ModelsPathNotServed",
+           "OracdUnavailable", "ConnectionLost", "MODELS_PATH", "DEFAULT_HOST", "DEFAULT_PORT",
+           "DEFAULT_TIMEOUT", "logger"]

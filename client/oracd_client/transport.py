@@ -1,0 +1,339 @@
+"""JSON-RPC 2.0 to oracd over its Unix socket: one pipelined connection per client per event loop.
+
+Wire format: one JSON object per line in each direction.  Requests are written
+as soon as they are made; a reader task per connection hands each response to
+the waiting call by ``id``, so concurrent calls share one connection and may be
+answered out of order.
+
+Why a connection per *event loop*: asyncio streams belong to the loop that made
+them, and old ORAC code runs ``asyncio.run()`` more than once (or in threads).
+The map is keyed by the running loop; a loop's connection is closed when that
+loop cancels its tasks at shutdown (``asyncio.run`` does), when the client is
+garbage-collected, or by ``aclose()``.
+
+Reconnects: before a request is written the connection is checked with a
+non-blocking ``MSG_PEEK``; a socket whose peer hung up (oracd restarted) is
+replaced, so the request goes to the new daemon and nothing is lost.  If the
+connection breaks *after* a request was written, the call fails with
+``ConnectionLost``; ``call(..., idempotent=True)`` then retries once on a new
+connection.  A failed connect is retried once after ``RECONNECT_DELAY`` for
+every method (nothing was sent yet).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import weakref
+from typing import Any, Dict, Optional
+
+from oracd.errors import ERRORS, RequestTooLarge, error_from_code
+
+from .exceptions import CallTimeout, ConnectionLost, OracdUnavailable
+from .paths import default_socket_path, start_hint
+
+#: Longest response line accepted (a long generation is one line).
+LINE_LIMIT = 64 * 1024 * 1024
+#: Request lines longer than this are remembered, to pin an id-less RequestTooLarge on the right call.
+_BIG_LINE = 64 * 1024
+_HIGH_WATER = 256 * 1024
+CONNECT_TIMEOUT = 5.0
+RECONNECT_DELAY = 0.2
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+_dumps = json.dumps
+_loads = json.loads
+
+
+def _rpc_error(err: Any) -> BaseException:
+    if not isinstance(err, dict):
+        return error_from_code(-32603, f"malformed error from oracd: {err!r}")
+    code = err.get("code")
+    code = code if isinstance(code, int) else -32603
+    message = str(err.get("message") or "")
+    data = err.get("data")
+    if isinstance(data, str) and data and message == getattr(ERRORS.get(code), "default_message", None):
+        message = f"{message}: {data}"     # "Invalid params: top_k: expected integer"
+    return error_from_code(code, message, data)
+
+
+def _expire(fut: "asyncio.Future[Any]", method: str, timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(CallTimeout(f"oracd did not answer {method} within {timeout:g} seconds"))
+
+
+class Connection:
+    """One stream connection to oracd and the reader task that dispatches its responses."""
+
+    def __init__(self, sock: socket.socket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 path: str, loop: asyncio.AbstractEventLoop):
+        self.sock = sock
+        self.reader = reader
+        self.writer = writer
+        self.transport = writer.transport
+        self.path = path
+        self.loop = loop
+        self.pending: Dict[int, "asyncio.Future[Any]"] = {}
+        self.big: Dict[int, int] = {}
+        self.closed = False          # reader finished or close() called: no new writes, pending failed
+        self.dead = False            # peer hung up (seen by peek): no new writes; reader drains what is left
+        self.close_reason: Optional[BaseException] = None
+        self._last_id = 0
+        self.reader_task = loop.create_task(self._read_loop())
+
+    @classmethod
+    async def open(cls, path: str, timeout: float = CONNECT_TIMEOUT) -> "Connection":
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, path), timeout)
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=LINE_LIMIT)
+        except BaseException as exc:
+            sock.close()
+            if isinstance(exc, (OSError, asyncio.TimeoutError)):
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
+                    str(exc) or type(exc).__name__)
+                raise OracdUnavailable(f"cannot connect to oracd at {path}: {reason}. {start_hint(path)}",
+                                       path) from None
+            raise
+        return cls(sock, reader, writer, path, loop)
+
+    # ------------------------------------------------------------------ writing
+    def usable(self) -> bool:
+        """True if a new request may be written (the peer has not hung up, as far as we can tell)."""
+        if self.closed or self.dead:
+            return False
+        try:
+            data = self.sock.recv(1, _PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            self.dead = True
+            return False
+        if data:
+            return True        # an answer is waiting to be read: the peer is alive
+        self.dead = True       # EOF queued: oracd closed (restart); let the reader drain, use a new connection
+        return False
+
+    async def call(self, method: str, params: Any, timeout: Optional[float] = None) -> Any:
+        self._last_id = rid = self._last_id + 1
+        line = _dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": rid}).encode() + b"\n"
+        fut = self.loop.create_future()
+        self.pending[rid] = fut
+        if len(line) > _BIG_LINE:
+            self.big[rid] = len(line)
+        self.transport.write(line)
+        timer = self.loop.call_later(timeout, _expire, fut, method, timeout) if timeout else None
+        try:
+            if self.transport.get_write_buffer_size() > _HIGH_WATER:
+                await self.writer.drain()
+            return await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.pending.pop(rid, None)
+            if self.big:
+                self.big.pop(rid, None)
+
+    # ------------------------------------------------------------------ reading
+    async def _read_loop(self) -> None:
+        readline = self.reader.readline
+        exc: Optional[BaseException] = None
+        try:
+            while True:
+                line = await readline()
+                if not line:
+                    break
+                try:
+                    msg = _loads(line)
+                except ValueError:
+                    continue
+                if isinstance(msg, dict):
+                    self._deliver(msg)
+                elif isinstance(msg, list):
+                    for m in msg:
+                        if isinstance(m, dict):
+                            self._deliver(m)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:   # reset, line over LINE_LIMIT...
+            exc = e
+        finally:
+            self._shutdown(exc)
+
+    def _deliver(self, msg: Dict[str, Any]) -> None:
+        rid = msg.get("id")
+        fut = self.pending.pop(rid, None) if rid is not None else None
+        if fut is None:
+            if rid is None and "error" in msg:
+                self._orphan_error(msg["error"])
+            return                # a late answer to a call that timed out or was cancelled
+        if fut.done():
+            return
+        if "error" in msg:
+            fut.set_exception(_rpc_error(msg["error"]))
+        else:
+            fut.set_result(msg.get("result"))
+
+    def _orphan_error(self, err: Any) -> None:
+        """An error without an id: a line oracd could not take (too large) or a refused connection."""
+        code = err.get("code") if isinstance(err, dict) else None
+        if code == RequestTooLarge.code and self.big:
+            rid = max(self.big, key=self.big.__getitem__)
+            del self.big[rid]
+            fut = self.pending.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(_rpc_error(err))
+            return
+        if not self.pending:
+            self.close_reason = _rpc_error(err)   # e.g. Busy: oracd is about to close this connection
+            return
+        for fut in list(self.pending.values()):
+            if not fut.done():
+                fut.set_exception(_rpc_error(err))
+        self.pending.clear()
+
+    # ------------------------------------------------------------------ closing
+    def _shutdown(self, exc: Optional[BaseException]) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.pending:
+                reason = f"{type(exc).__name__}: {exc}" if exc is not None else "closed by oracd"
+                for fut in self.pending.values():
+                    if not fut.done():
+                        fut.set_exception(self.close_reason if self.close_reason is not None else ConnectionLost(
+                            f"connection to oracd at {self.path} lost with the request in flight ({reason})",
+                            self.path))
+                self.pending.clear()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def close(self) -> None:
+        """Close now (any loop thread-safety is the caller's business: use call_soon_threadsafe)."""
+        self._shutdown(None)
+        if not self.reader_task.done():
+            self.reader_task.cancel()
+
+    async def aclose(self) -> None:
+        self.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.reader_task), 5)
+        except (asyncio.CancelledError, asyncio.TimeoutError, Exception):
+            pass
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), 5)
+        except (asyncio.CancelledError, asyncio.TimeoutError, Exception):
+            pass
+
+
+class _LoopState:
+    __slots__ = ("conn", "lock")
+
+    def __init__(self) -> None:
+        self.conn: Optional[Connection] = None
+        self.lock = asyncio.Lock()
+
+
+def _close_all(loops: Dict[Any, _LoopState]) -> None:
+    """Finalizer: close every connection a garbage-collected client left open."""
+    for loop, st in list(loops.items()):
+        conn, st.conn = st.conn, None
+        if conn is None or conn.closed:
+            continue
+        try:
+            if loop.is_closed():
+                continue
+            loop.call_soon_threadsafe(conn.close)
+        except RuntimeError:
+            pass
+    loops.clear()
+
+
+class OracdClient:
+    """Low-level async JSON-RPC client for oracd: ``await client.call(method, params)``.
+
+    Opens nothing until the first call.  Safe to share between tasks (calls
+    pipeline over one connection) and to use from several event loops (one
+    connection each).  Errors oracd returns are raised as the classes of
+    ``oracd.errors`` (``error_from_code``); no daemon -> ``OracdUnavailable``
+    (a ``ConnectionError`` naming the socket).
+    """
+
+    def __init__(self, socket_path: Optional[str] = None, connect_timeout: float = CONNECT_TIMEOUT):
+        self.socket_path = str(socket_path) if socket_path else default_socket_path()
+        self.connect_timeout = connect_timeout
+        self._loops: Dict[Any, _LoopState] = {}
+        fin = weakref.finalize(self, _close_all, self._loops)
+        fin.atexit = False
+
+    async def call(self, method: str, params: Optional[Dict[str, Any]] = None, *,
+                   timeout: Optional[float] = None, idempotent: bool = False) -> Any:
+        """Call ``method`` with named ``params``; ``idempotent`` calls are retried once if the
+        connection breaks with the request in flight (others raise ``ConnectionLost``)."""
+        st = self._loops.get(asyncio.get_running_loop())
+        conn = st.conn if st is not None else None
+        if conn is None or not conn.usable():
+            conn = await self._connect()
+        if params is None:
+            params = {}
+        if not idempotent:
+            return await conn.call(method, params, timeout)
+        try:
+            return await conn.call(method, params, timeout)
+        except ConnectionLost:
+            conn = await self._connect()
+            return await conn.call(method, params, timeout)
+
+    async def _connect(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        st = self._loops.get(loop)
+        if st is None:
+            for other in [lp for lp in self._loops if lp.is_closed()]:
+                del self._loops[other]
+            st = self._loops[loop] = _LoopState()
+        async with st.lock:
+            conn = st.conn
+            if conn is not None and conn.usable():
+                return conn
+            try:
+                conn = await Connection.open(self.socket_path, self.connect_timeout)
+            except OracdUnavailable:
+                await asyncio.sleep(RECONNECT_DELAY)   # oracd may be restarting: the socket comes back
+                conn = await Connection.open(self.socket_path, self.connect_timeout)
+            st.conn = conn
+            return conn
+
+    def connection(self) -> Optional[Connection]:
+        """The running loop's connection, if one is open (introspection and tests)."""
+        try:
+            st = self._loops.get(asyncio.get_running_loop())
+        except RuntimeError:
+            return None
+        return st.conn if st is not None and st.conn is not None and not st.conn.closed else None
+
+    async def aclose(self) -> None:
+        """Close this client's connections (the client stays usable: the next call reconnects)."""
+        try:
+            loop: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        for lp, st in list(self._loops.items()):
+            conn, st.conn = st.conn, None
+            if conn is None:
+                continue
+            if lp is loop:
+                await conn.aclose()
+            elif not lp.is_closed():
+                try:
+                    lp.call_soon_threadsafe(conn.close)
+                except RuntimeError:
+                    pass
+
+    async def __aenter__(self) -> "OracdClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def status(self) -> Dict[str, Any]:
+        return await self.call("status", timeout=30, idempotent=True)

@@ -1,0 +1,39 @@
+"""Talk HTTP straight to the llama-server that oracd supervises (for checks oracd cannot show)."""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from typing import Any
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = 10):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def llama_get(endpoint: str, path: str, timeout: float = 10) -> Any:
+    """GET from the child's endpoint as reported by status ("unix:/path" or "host:port")."""
+    if endpoint.startswith("unix:"):
+        conn: http.client.HTTPConnection = _UnixHTTPConnection(endpoint[5:], timeout)
+    else:
+        host, port = endpoint.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"null")
+    finally:
+        conn.close()
+
+
+def busy_slots(endpoint: str) -> int:
+    status, slots = llama_get(endpoint, "/slots")
+    assert status == 200, slots
+    return sum(1 for s in slots if s.get("is_processing"))

@@ -1,0 +1,121 @@
+"""generate against the real llama-server + SmolLM2 through oracd."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from helpers import SMOL, Conn
+from llama_direct import busy_slots
+from oracd.methods import strip_think
+
+
+def test_generate_fields_and_usage(oracd):
+    r = oracd.call("generate", model=SMOL, prompt="Turn on the kitchen lights.", max_tokens=4, temperature=0)
+    assert set(r) == {"response", "elapsed_ms", "model", "prompt", "finish_reason", "usage"}
+    assert r["response"].strip()
+    assert r["model"] == SMOL and r["prompt"] == "Turn on the kitchen lights."
+    assert r["elapsed_ms"] > 0
+    assert r["finish_reason"] == "length"
+    u = r["usage"]
+    assert u["completion_tokens"] == 4
+    assert u["prompt_tokens"] > 5
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+
+
+def test_model_name_without_suffix_and_default_model(oracd):
+    a = oracd.call("generate", model=SMOL[:-5], prompt="Say hello.", max_tokens=8, temperature=0)
+    b = oracd.call("generate", prompt="Say hello.", max_tokens=8, temperature=0)   # default_model
+    assert a["response"] == b["response"]          # temperature 0: same model, same answer
+    assert a["model"] == SMOL[:-5]
+
+
+def test_max_tokens_none_means_512(oracd):
+    r = oracd.call("generate", prompt="Reply with the single word: ok", max_tokens=None, temperature=0)
+    assert r["usage"]["completion_tokens"] <= 512
+    assert r["finish_reason"] in ("stop", "length")
+
+
+def test_grammar_constrains_output(oracd):
+    r = oracd.call("generate", prompt="Is the sky blue? Answer yes or no.", max_tokens=8, temperature=0.7,
+                   grammar='root ::= "yes" | "no"')
+    assert r["response"] in ("yes", "no")
+
+
+def test_json_schema_gives_valid_json(oracd):
+    schema = {"type": "object", "properties": {"device": {"type": "string"}, "on": {"type": "boolean"}},
+              "required": ["device", "on"]}
+    r = oracd.call("generate", prompt="Turn on the kitchen lights. Reply as JSON.", max_tokens=64,
+                   temperature=0, json_schema=schema)
+    obj = json.loads(r["response"])
+    assert isinstance(obj["device"], str) and isinstance(obj["on"], bool)
+
+
+def test_system_prompt_and_stop(oracd):
+    r = oracd.call("generate", prompt="List three colours, one per line.", max_tokens=64, temperature=0,
+                   system_prompt="You are terse.", stop=["\n"])
+    assert "\n" not in r["response"]
+    assert r["finish_reason"] == "stop"
+
+
+def test_bad_grammar_is_invalid_params_not_a_crash(oracd):
+    resp = oracd.request("generate", prompt="hi", max_tokens=4, grammar="root ::= (((")
+    assert resp["error"]["code"] == -32602
+    assert oracd.call("status")["child"]["state"] == "ready"
+
+
+def _wait_slots_idle(endpoint: str, timeout: float = 10) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if busy_slots(endpoint) == 0:
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    raise AssertionError(f"llama-server slot still busy after {timeout}s")
+
+
+def test_timeout_aborts_upstream_generation(oracd):
+    endpoint = oracd.call("status")["child"]["endpoint"]
+    resp = oracd.request("generate", prompt="Write a very long story about a dragon.", max_tokens=2000,
+                         temperature=0.8, timeout=0.3)
+    assert resp["error"]["code"] == -32003
+    assert resp["error"]["message"] == "Generation timed out after 0.3 seconds"
+    _wait_slots_idle(endpoint, 5)      # 2000 tokens would take >10 s here; the slot is freed at once
+
+
+def test_client_disconnect_aborts_upstream_generation(oracd):
+    endpoint = oracd.call("status")["child"]["endpoint"]
+    c = Conn(oracd.socket)
+    c.send_raw(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "generate",
+                           "params": {"prompt": "Write a very long story about a knight.", "max_tokens": 2000,
+                                      "temperature": 0.8, "timeout": 120}}).encode() + b"\n")
+    deadline = time.monotonic() + 10
+    while busy_slots(endpoint) == 0:           # generation under way
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    c.sock.shutdown(socket.SHUT_RDWR)
+    c.close()
+    _wait_slots_idle(endpoint, 5)
+    assert oracd.call("status")["child"]["state"] == "ready"
+
+
+def test_half_closed_client_still_gets_answer(oracd):
+    """Shell pipes (socat) send EOF after the request but still read the answer."""
+    c = Conn(oracd.socket)
+    c.send_raw(json.dumps({"jsonrpc": "2.0", "id": 5, "method": "generate",
+                           "params": {"prompt": "Say hi.", "max_tokens": 8, "temperature": 0}}).encode() + b"\n")
+    c.sock.shutdown(socket.SHUT_WR)
+    r = c.recv()
+    c.close()
+    assert r["id"] == 5 and r["result"]["usage"]["completion_tokens"] > 0
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("<think>hmm</think>\n\n{\"a\": 1}", "{\"a\": 1}"),
+    ("<think>never closed", ""),
+    ("plain", "plain"),
+    ("a <think>x</think> b", "a b"),
+])
+def test_strip_think(raw, expected):
+    assert strip_think(raw) == expected

@@ -1,0 +1,95 @@
+"""quantize_model with the real llama-quantize on a tiny F32 GGUF."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from helpers import write_tiny_f32
+from oracd.models import read_gguf_header
+
+
+@pytest.fixture(scope="module")
+def qd(oracd):
+    write_tiny_f32(oracd.models_dir / "tiny-f32.gguf")
+    return oracd
+
+
+def leftovers(d):
+    return sorted(p.name for p in d.iterdir() if p.name.startswith(".") or p.suffix == ".part")
+
+
+@pytest.mark.parametrize("qtype, expect", [("q8_0", "Q8_0"), ("q4_0", "Q4_0"), ("Q4_K", "Q4_K_M")])
+def test_quantize_tiny_model(qd, qtype, expect):
+    src = qd.models_dir / "tiny-f32.gguf"
+    before = src.read_bytes()
+    out = f"tiny-{qtype.lower()}.gguf"
+    r = qd.call("quantize_model", input_model="tiny-f32", output_model=out, quantization_type=qtype)
+    assert r["ok"] is True and r["path"] == str(qd.models_dir / out)
+    path = qd.models_dir / out
+    assert path.stat().st_size == r["size"] < src.stat().st_size
+    meta = read_gguf_header(path)
+    assert meta["valid"] and meta["quantization"].startswith(expect.split("_M")[0])
+    assert src.read_bytes() == before                      # input untouched
+    assert out in [m["name"] for m in qd.call("list_models")]
+    assert leftovers(qd.models_dir) == []
+
+
+def test_default_type_is_q4_k(qd):
+    r = qd.call("quantize_model", input_model="tiny-f32.gguf", output_model="tiny-default")
+    assert r["quantization_type"] == "q4_k"
+    assert r["name"] == "tiny-default.gguf"
+
+
+def test_bad_type_lists_allowed_types(qd):
+    resp = qd.request("quantize_model", input_model="tiny-f32", output_model="x1", quantization_type="q9_z")
+    assert resp["error"]["code"] == -32602
+    assert "q8_0" in resp["error"]["data"]["allowed"]
+    assert not (qd.models_dir / "x1.gguf").exists()
+
+
+def test_missing_input(qd):
+    resp = qd.request("quantize_model", input_model="nope", output_model="x2")
+    assert resp["error"]["code"] == -32001
+    assert resp["error"]["message"] == f"Input model not found: {qd.models_dir / 'nope.gguf'}"
+
+
+def test_existing_output_refused_unless_overwrite(qd):
+    qd.call("quantize_model", input_model="tiny-f32", output_model="tiny-ow", quantization_type="q8_0")
+    resp = qd.request("quantize_model", input_model="tiny-f32", output_model="tiny-ow", quantization_type="q4_0")
+    assert resp["error"]["code"] == -32011
+    assert read_gguf_header(qd.models_dir / "tiny-ow.gguf")["quantization"] == "Q8_0"
+    qd.call("quantize_model", input_model="tiny-f32", output_model="tiny-ow", quantization_type="q4_0",
+            overwrite=True)
+    assert read_gguf_header(qd.models_dir / "tiny-ow.gguf")["quantization"] == "Q4_0"
+
+
+def test_failure_leaves_no_partial_file(qd):
+    bad = qd.models_dir / "broken.gguf"
+    data = (qd.models_dir / "tiny-f32.gguf").read_bytes()
+    bad.write_bytes(data[: len(data) // 2])              # truncated: header fine, tensor data missing
+    resp = qd.request("quantize_model", input_model="broken", output_model="broken-q8", quantization_type="q8_0")
+    assert resp["error"]["code"] == -32004
+    assert resp["error"]["message"].startswith("Quantization error: ")
+    assert resp["error"]["data"]["stderr_tail"]
+    assert not (qd.models_dir / "broken-q8.gguf").exists()
+    assert leftovers(qd.models_dir) == []
+    assert qd.call("status")["child"]["state"] == "ready"
+
+
+@pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "sub/dir", ".hidden"])
+def test_output_name_confined(qd, name):
+    resp = qd.request("quantize_model", input_model="tiny-f32", output_model=name, quantization_type="q8_0")
+    assert resp["error"]["code"] == -32008
+
+
+def test_symlink_escaping_models_dir_rejected(qd, tmp_path):
+    outside = tmp_path / "outside.gguf"
+    shutil.copyfile(qd.models_dir / "tiny-f32.gguf", outside)
+    (qd.models_dir / "sneaky.gguf").symlink_to(outside)
+    try:
+        resp = qd.request("quantize_model", input_model="sneaky", output_model="sneaky-q8", quantization_type="q8_0")
+        assert resp["error"]["code"] == -32008
+        assert "sneaky.gguf" not in [m["name"] for m in qd.call("list_models")]
+    finally:
+        (qd.models_dir / "sneaky.gguf").unlink()
