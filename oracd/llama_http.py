@@ -9,9 +9,10 @@ new peer).
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Awaitable, Callable, Dict, Optional
 
 import aiohttp
+import anyio
 
 
 class LlamaEndpoint:
@@ -46,6 +47,10 @@ class LlamaHTTPError(Exception):
         self.body = body
 
 
+class LlamaStalled(Exception):
+    """A streamed generation produced no token for longer than the hang timeout."""
+
+
 class LlamaHTTP:
     """A reusable client for one llama-server endpoint (rebuilt when the endpoint changes)."""
 
@@ -77,23 +82,67 @@ class LlamaHTTP:
         except Exception:  # pragma: no cover - closing a broken session is best-effort
             pass
 
-    async def request(self, method: str, path: str, body: Optional[Dict[str, Any]] = None) -> Any:
-        """One call; JSON in, JSON out.  Raises LlamaHTTPError or aiohttp.ClientError."""
+    async def chat_stream(self, body: Dict[str, Any], idle_timeout: Optional[float] = None,
+                          on_delta: Optional[Callable[[str], Awaitable[None]]] = None) -> Dict[str, Any]:
+        """POST /v1/chat/completions with stream=true and collect the answer.
+
+        Why stream even when the caller wants one result: llama-server aborts a
+        streamed generation as soon as our connection closes (timeout, client
+        gone), while a non-streamed one runs to the end and keeps its slot busy.
+        Streaming also shows progress, so a generation that stops producing
+        tokens for ``idle_timeout`` seconds raises LlamaStalled.
+        Returns {content, finish_reason, usage}.
+        """
+        body = dict(body, stream=True, stream_options={"include_usage": True})
         session = self._get_session()
+        parts = []
+        finish = None
+        usage: Dict[str, Any] = {}
         try:
-            async with session.request(method, path, json=body) as resp:
-                raw = await resp.read()
-                status = resp.status
+            async with session.post("/v1/chat/completions", json=body) as resp:
+                if resp.status >= 400:
+                    raw = await resp.read()
+                    try:
+                        data: Any = json.loads(raw)
+                    except ValueError:
+                        data = raw.decode("utf-8", "replace")
+                    raise LlamaHTTPError(resp.status, _error_text(data), data)
+                readline = resp.content.readline
+                first = True
+                while True:
+                    if idle_timeout is None or first:
+                        line = await readline()
+                    else:
+                        with anyio.move_on_after(idle_timeout) as scope:
+                            line = await readline()
+                        if scope.cancelled_caught:
+                            raise LlamaStalled(f"no token from llama-server for {idle_timeout:g}s")
+                    if not line:
+                        break
+                    if not line.startswith(b"data: "):
+                        continue
+                    payload = line[6:].strip()
+                    if payload == b"[DONE]":
+                        break
+                    first = False
+                    obj = json.loads(payload)
+                    if "error" in obj:
+                        raise LlamaHTTPError(500, _error_text(obj), obj)
+                    for choice in obj.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content")
+                        if text:
+                            parts.append(text)
+                            if on_delta is not None:
+                                await on_delta(text)
+                        if choice.get("finish_reason"):
+                            finish = choice["finish_reason"]
+                    if obj.get("usage"):
+                        usage = obj["usage"]
         except (aiohttp.ClientError, OSError):
             await self._drop_session()
             raise
-        try:
-            data = json.loads(raw) if raw else None
-        except ValueError:
-            data = raw.decode("utf-8", "replace")
-        if status >= 400:
-            raise LlamaHTTPError(status, _error_text(data), data)
-        return data
+        return {"content": "".join(parts), "finish_reason": finish, "usage": usage}
 
     async def health(self) -> int:
         """HTTP status of GET /health (200 ready, 503 loading)."""

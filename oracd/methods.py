@@ -20,7 +20,7 @@ from . import __version__
 from .config import Config
 from .errors import (GenerationFailed, GenerationTimeout, InvalidParams, InvalidPath, ModelLoadFailed,
                      ShuttingDown)
-from .llama_http import LlamaHTTPError
+from .llama_http import LlamaHTTPError, LlamaStalled
 from .logs import get as get_logger
 from .models import ModelStore
 from .quantize import quantize
@@ -110,15 +110,14 @@ class App:
         finally:
             self.requests_in_flight -= 1
         self.generations += 1
-        choice = (data.get("choices") or [{}])[0]
-        text = strip_think((choice.get("message") or {}).get("content") or "")
-        usage = data.get("usage") or {}
+        text = strip_think(data["content"])
+        usage = data["usage"]
         return {
             "response": text,
             "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
             "model": model or name,
             "prompt": prompt,
-            "finish_reason": choice.get("finish_reason"),
+            "finish_reason": data["finish_reason"],
             "usage": {k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
         }
 
@@ -131,18 +130,19 @@ class App:
         for attempt in (1, 2):
             async with self.supervisor.use(path.name, path, deadline) as child:
                 try:
-                    return await child.http.request("POST", "/v1/chat/completions", body)
+                    return await child.http.chat_stream(body, idle_timeout=self.cfg.llama.hang_timeout)
                 except LlamaHTTPError as exc:
                     if exc.status == 400:
                         raise InvalidParams(f"llama-server rejected the request: {exc.message}") from None
                     raise GenerationFailed(f"llama-server error {exc.status}: {exc.message}") from None
+                except LlamaStalled as exc:
+                    self.supervisor.report_hang(child, str(exc))
+                    failure = f"generation stalled: {exc}"
                 except (aiohttp.ClientError, OSError) as exc:
-                    if attempt == 2:
-                        raise GenerationFailed(
-                            f"lost connection to llama-server twice during generation ({type(exc).__name__})",
-                            {"retryable": True}) from None
-                    log.warning("llama-server connection lost during generation, retrying once",
-                                error=type(exc).__name__, pid=child.proc.pid)
+                    failure = f"lost connection to llama-server ({type(exc).__name__})"
+                if attempt == 2:
+                    raise GenerationFailed(f"{failure}, twice; giving up", {"retryable": True})
+                log.warning("generation failed, retrying once after restart", error=failure, pid=child.proc.pid)
             with anyio.move_on_after(self.cfg.llama.health_timeout):
                 await child.exited.wait()     # let the supervisor see the exit before we ask again
         raise AssertionError("unreachable")  # pragma: no cover

@@ -7,9 +7,17 @@ import time
 
 import pytest
 
-from helpers import SMOL, Conn
+from helpers import SMOL, Conn, Oracd
 from llama_direct import busy_slots
 from oracd.methods import strip_think
+
+
+@pytest.fixture(scope="module")
+def oracd():
+    """A big context (4096 tokens a slot), so a 2000-token generation cannot end early by itself."""
+    o = Oracd(llama={"ctx_size": 8192}).start()
+    yield o
+    o.cleanup()
 
 
 def test_generate_fields_and_usage(oracd):
@@ -81,7 +89,7 @@ def test_timeout_aborts_upstream_generation(oracd):
                          temperature=0.8, timeout=0.3)
     assert resp["error"]["code"] == -32003
     assert resp["error"]["message"] == "Generation timed out after 0.3 seconds"
-    _wait_slots_idle(endpoint, 5)      # 2000 tokens would take >10 s here; the slot is freed at once
+    _wait_slots_idle(endpoint, 2)      # 2000 tokens would take >10 s here; the slot is freed at once
 
 
 def test_client_disconnect_aborts_upstream_generation(oracd):
@@ -96,7 +104,7 @@ def test_client_disconnect_aborts_upstream_generation(oracd):
         time.sleep(0.02)
     c.sock.shutdown(socket.SHUT_RDWR)
     c.close()
-    _wait_slots_idle(endpoint, 5)
+    _wait_slots_idle(endpoint, 2)
     assert oracd.call("status")["child"]["state"] == "ready"
 
 

@@ -139,6 +139,10 @@ def test_ready_status_watchdog_stopping(fresh_oracd, notify_socket):
     assert ns.all[0] is ready, f"something was sent before READY: {[x.text for x in ns.all]}"
     assert ready.fields.get("MAINPID") == str(pid), ready.text
     assert ready.fields.get("STATUS", "").startswith("ready"), ready.text
+    # llama-server must not inherit the notify socket or the watchdog settings
+    with open(f"/proc/{st['child']['pid']}/environ", "rb") as fh:
+        child_env = {kv.split(b"=", 1)[0].decode() for kv in fh.read().split(b"\0") if kv}
+    assert not child_env & {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}, child_env
 
     # WATCHDOG=1 at half of WATCHDOG_USEC (a loose protocol check, not a benchmark)
     pings = [ns.wait_for(is_ping, d.proc, 10, "WATCHDOG=1") for _ in range(7)]

@@ -319,8 +319,10 @@ class LlamaCppClient:
         if verbose:
             logger.info("generate: %.1f ms, finish_reason=%s usage=%s response=%r", elapsed_ms,
                         r.get("finish_reason"), r.get("usage"), r.get("response"))
+        # oracd echoes prompt and model as sent: the caller's own arguments
         return _build_response(response=r["response"], elapsed_ms=elapsed_ms, model=model or r.get("model"),
-                               prompt=prompt, finish_reason=r.get("finish_reason"), usage=r.get("usage"))
+                               prompt=r.get("prompt", prompt), finish_reason=r.get("finish_reason"),
+                               usage=r.get("usage"))
 
     async def start_server(self, model: str, host: str = "127.0.0.1", port: int = 8080,
                            temperature: float = 0.7, top_p: float = 0.7,
