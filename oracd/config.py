@@ -9,6 +9,7 @@ point inside the checkout and a system config at absolute paths.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -140,7 +141,7 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
             raise _fail(key, "expected a list of strings", value)
         return tuple(value)
     if name == "log_level":
-        if value not in _LOG_LEVELS:
+        if not isinstance(value, str) or value not in _LOG_LEVELS:
             raise _fail(key, f"expected one of {sorted(_LOG_LEVELS)}", value)
         return value
     if ftype in (bool, "bool"):
@@ -152,7 +153,7 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
             raise _fail(key, "expected an integer >= 0", value)
         return value
     if ftype in (float, "float"):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or value <= 0:
             raise _fail(key, "expected a number > 0 (seconds)", value)
         return float(value)
     if ftype in (str, "str"):
@@ -202,10 +203,14 @@ def _check(cfg: Config) -> None:
         raise _fail("llama.default_max_tokens", "expected an integer >= 1", l.default_max_tokens)
     if l.preload and not l.default_model:
         raise ConfigError("llama.preload: preload = true needs llama.default_model")
-    if len(str(cfg.runtime_dir / "llama-server.sock")) > 100:
-        raise _fail("server.runtime_dir", "path too long for a Unix socket (max ~100 bytes)", str(cfg.runtime_dir))
     if len(str(s.socket)) > 104:
         raise _fail("server.socket", "path too long for a Unix socket (max ~104 bytes)", str(s.socket))
+    if len(str(cfg.runtime_dir / "llama-server.sock")) > 100:
+        if s.runtime_dir is None:   # derived from the socket: name the key the user actually set
+            raise _fail("server.socket", "directory too deep: llama-server's socket goes in <socket dir>/llama "
+                        "and would exceed ~100 bytes; use a shorter path or set server.runtime_dir",
+                        str(s.socket))
+        raise _fail("server.runtime_dir", "path too long for a Unix socket (max ~100 bytes)", str(cfg.runtime_dir))
 
 
 def load(path: Path) -> Config:
@@ -216,6 +221,10 @@ def load(path: Path) -> Config:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:          # a directory, no permission, I/O error
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: not UTF-8 ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from None
     cfg = from_dict(data, path.resolve().parent)

@@ -19,6 +19,7 @@ Where is the child restarted?  ``_on_child_lost`` (crash/hang -> backoff) and th
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import signal
 import time
@@ -63,6 +64,9 @@ _LOAD_REASONS = (
     ("tensor data is not within the file bounds", "corrupt"),
     ("failed to load model", "load_failed"),
 )
+
+
+_LLAMA_LEVELS = {"W ": logging.WARNING, "E ": logging.ERROR, "D ": logging.DEBUG}
 
 
 def classify_load_failure(tail: List[str]) -> str:
@@ -526,4 +530,6 @@ class Supervisor:
             if not line:
                 continue
             child.tail.append(line)
-            child_log.info(line, source="llama-server", stream=name, pid=pid)
+            # llama.cpp lines look like "0.00.177.025 W msg": keep its level
+            level = _LLAMA_LEVELS.get(line[13:15], logging.INFO)
+            child_log.log(level, line, source="llama-server", stream=name, pid=pid)

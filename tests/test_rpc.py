@@ -184,9 +184,12 @@ def test_socat_and_jq_from_a_shell(oracd):
 def test_second_oracd_on_same_socket_refuses(oracd):
     other = Oracd(server={"socket": str(oracd.socket)})
     other.start(wait=False)
-    rc = other.proc.wait(60)
-    other._stderr.close()
+    try:
+        rc = other.proc.wait(60)
+        tail = other.stderr_tail()
+    finally:
+        other.cleanup()
     assert rc == 1
-    assert "another oracd" in other.stderr_tail() or "already serving" in other.stderr_tail()
+    assert "another oracd" in tail or "already serving" in tail
     assert oracd.call("status")["child"]["state"] == "ready"      # the first one is untouched
     assert oracd.socket.exists()
