@@ -181,9 +181,10 @@ class Oracd:
     def log_file(self) -> Path:
         return self.log_dir / "orac.log"
 
-    def start(self, wait: bool = True, timeout: float = 90) -> "Oracd":
+    def start(self, wait: bool = True, timeout: float = 90, wrapper: List[str] = ()) -> "Oracd":
+        """Run oracd (optionally under a wrapper command such as systemd-socket-activate)."""
         self._stderr = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "oracd", "--config", str(self.config)],
+        self.proc = subprocess.Popen([*wrapper, sys.executable, "-m", "oracd", "--config", str(self.config)],
                                      cwd=str(REPO), env=self.env, stdout=self._stderr, stderr=self._stderr)
         if wait:
             self.wait_ready(timeout)

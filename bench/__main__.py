@@ -1,0 +1,273 @@
+"""python -m bench: oracd vs direct llama-server vs the old per-call CLI, interleaved, one run.
+
+Prints a markdown table and writes bench/results/<timestamp>.json and .md.
+Variants are interleaved run by run so machine noise hits them alike.  Nothing
+here asserts: the figures are for people (README, closing notes).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import aiohttp
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from helpers import BIN, SMOL, Oracd  # noqa: E402  (the same real-process launcher the tests use)
+
+from .old_cli import OldCliClient  # noqa: E402
+
+PROMPT = "Turn on the kitchen lights."
+MAX_TOKENS = 16
+
+
+def pct(xs: List[float], p: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def summary(xs: List[float]) -> Dict[str, float]:
+    return {"n": len(xs), "p50": round(pct(xs, 50), 3), "p95": round(pct(xs, 95), 3),
+            "p99": round(pct(xs, 99), 3), "mean": round(statistics.fmean(xs), 3) if xs else None}
+
+
+class RawRPC:
+    """A minimal persistent JSON-RPC connection (what a socat-like client does, kept open)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.n = 0
+
+    async def open(self) -> None:
+        self.r, self.w = await asyncio.open_unix_connection(str(self.path), limit=1 << 24)
+
+    async def call(self, method: str, params: Dict[str, Any] = None) -> Any:
+        self.n += 1
+        msg = {"jsonrpc": "2.0", "id": self.n, "method": method}
+        if params:
+            msg["params"] = params
+        self.w.write(json.dumps(msg).encode() + b"\n")
+        resp = json.loads(await self.r.readline())
+        if "error" in resp:
+            raise RuntimeError(resp["error"])
+        return resp["result"]
+
+    async def close(self) -> None:
+        self.w.close()
+        await self.w.wait_closed()
+
+
+def direct_session(endpoint: str) -> aiohttp.ClientSession:
+    if endpoint.startswith("unix:"):
+        return aiohttp.ClientSession("http://localhost", connector=aiohttp.UnixConnector(path=endpoint[5:]))
+    return aiohttp.ClientSession(f"http://{endpoint}")
+
+
+async def direct_generate(session: aiohttp.ClientSession, prompt: str, max_tokens: int) -> Dict[str, Any]:
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "top_p": 0.7, "top_k": 40}
+    async with session.post("/v1/chat/completions", json=body) as resp:
+        return await resp.json()
+
+
+async def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    await fn()
+    return (time.perf_counter() - t0) * 1000
+
+
+async def bench_generate(o: Oracd, runs: int, cli_runs: int) -> Dict[str, Any]:
+    from oracd_client.compat import LlamaCppClient
+    os.environ["ORACD_SOCKET"] = str(o.socket)
+    client = LlamaCppClient()
+    raw = RawRPC(o.socket)
+    await raw.open()
+    endpoint = (await raw.call("status"))["child"]["endpoint"]
+    session = direct_session(endpoint)
+    old = OldCliClient(BIN / "llama-completion", o.models_dir)
+    params = {"model": SMOL, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
+    variants = {
+        "compat client": lambda: client.generate(SMOL, PROMPT, temperature=0, max_tokens=MAX_TOKENS),
+        "raw JSON-RPC": lambda: raw.call("generate", params),
+        "direct HTTP": lambda: direct_generate(session, PROMPT, MAX_TOKENS),
+    }
+    for fn in variants.values():          # warm-up: first request fills caches
+        await fn()
+    times: Dict[str, List[float]] = {k: [] for k in variants}
+    times["old per-call CLI"] = []
+    every = max(1, runs // max(cli_runs, 1))
+    for i in range(runs):
+        order = list(variants.items())
+        if i % 2:
+            order.reverse()
+        for name, fn in order:
+            times[name].append(await timed(fn))
+        if i % every == 0 and len(times["old per-call CLI"]) < cli_runs:
+            times["old per-call CLI"].append(await timed(
+                lambda: old.generate(SMOL, PROMPT, temperature=0, max_tokens=MAX_TOKENS)))
+    await session.close()
+    await raw.close()
+    await client.aclose()
+    res = {k: summary(v) for k, v in times.items()}
+    d, c, r = res["direct HTTP"]["p50"], res["compat client"]["p50"], res["raw JSON-RPC"]["p50"]
+    cli = res["old per-call CLI"]["p50"]
+    res["overhead_ms_p50"] = {"compat client": round(c - d, 3), "raw JSON-RPC": round(r - d, 3)}
+    res["overhead_ratio_p50"] = {"compat client": round(c / d, 4), "raw JSON-RPC": round(r / d, 4)}
+    res["speedup_vs_old_cli"] = {"direct HTTP": round(cli / d, 2), "compat client": round(cli / c, 2),
+                                 "raw JSON-RPC": round(cli / r, 2),
+                                 "share_of_direct_speedup": round((cli / c) / (cli / d), 4)}
+    return res
+
+
+async def bench_rpc_floor(o: Oracd, calls: int) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    raw = RawRPC(o.socket)
+    await raw.open()
+    for method in ("status", "list_models"):
+        await raw.call(method)
+        ts = [await timed(lambda: raw.call(method)) for _ in range(calls)]
+        out[f"{method} latency ms (1 conn)"] = summary(ts)
+    await raw.close()
+    for conns in (1, 8):
+        clients = [RawRPC(o.socket) for _ in range(conns)]
+        for c in clients:
+            await c.open()
+        per = calls // conns
+        t0 = time.perf_counter()
+
+        async def loop(c: RawRPC) -> None:
+            for _ in range(per):
+                await c.call("status")
+
+        await asyncio.gather(*(loop(c) for c in clients))
+        dt = time.perf_counter() - t0
+        out[f"status throughput req/s ({conns} conn)"] = round(per * conns / dt, 1)
+        for c in clients:
+            await c.close()
+    return out
+
+
+async def bench_memory(o: Oracd, requests: int) -> Dict[str, Any]:
+    proc = psutil.Process(o.proc.pid)
+    idle = proc.memory_info().rss
+    raw = RawRPC(o.socket)
+    await raw.open()
+    for i in range(requests):
+        await raw.call("list_models" if i % 10 == 0 else "status")
+    await raw.close()
+    after = proc.memory_info().rss
+    return {"oracd RSS idle MB": round(idle / 2**20, 1), f"oracd RSS after {requests} requests MB":
+            round(after / 2**20, 1), "growth MB": round((after - idle) / 2**20, 1)}
+
+
+def bench_cold_start(runs: int) -> Dict[str, Any]:
+    oracd_ms, llama_ms = [], []
+    for _ in range(runs):
+        o = Oracd()
+        t0 = time.perf_counter()
+        o.start()
+        oracd_ms.append((time.perf_counter() - t0) * 1000)
+        o.cleanup()
+        d = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
+        sock = d / "l.sock"
+        t0 = time.perf_counter()
+        p = subprocess.Popen([str(BIN / "llama-server"), "-m", str(REPO / "models" / SMOL), "--host", str(sock),
+                              "-c", "1024", "-np", "2", "--no-webui"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        import http.client
+        import socket as so
+
+        while True:
+            try:
+                s = so.socket(so.AF_UNIX)
+                s.connect(str(sock))
+                conn = http.client.HTTPConnection("localhost")
+                conn.sock = s
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.01)
+        llama_ms.append((time.perf_counter() - t0) * 1000)
+        p.terminate()
+        p.wait(10)
+    return {"oracd start to READY (preload) ms": summary(oracd_ms),
+            "llama-server alone to /health 200 ms": summary(llama_ms)}
+
+
+def fmt(v: Any, with_p99: bool = False) -> str:
+    if not isinstance(v, dict):
+        return str(v)
+    return f"p50 {v['p50']} / p99 {v['p99']}" if with_p99 else f"p50 {v['p50']}"
+
+
+def to_markdown(res: Dict[str, Any]) -> str:
+    g = res["generate"]
+    lines = [f"Benchmark {res['when']} on {res['machine']} (SmolLM2-135M Q4_1, max_tokens {MAX_TOKENS}, "
+             f"temperature 0, {g['direct HTTP']['n']} interleaved runs)", "",
+             "| warm generate | p50 ms | p95 ms |", "|---|---|---|"]
+    for k in ("direct HTTP", "raw JSON-RPC", "compat client", "old per-call CLI"):
+        lines.append(f"| {k} | {g[k]['p50']} | {g[k]['p95']} |")
+    lines += ["", f"oracd overhead at p50: raw JSON-RPC {g['overhead_ms_p50']['raw JSON-RPC']} ms "
+              f"(x{g['overhead_ratio_p50']['raw JSON-RPC']}), compat client {g['overhead_ms_p50']['compat client']} ms "
+              f"(x{g['overhead_ratio_p50']['compat client']}).",
+              f"Speed-up over the old per-call CLI: direct x{g['speedup_vs_old_cli']['direct HTTP']}, "
+              f"compat client x{g['speedup_vs_old_cli']['compat client']} "
+              f"({g['speedup_vs_old_cli']['share_of_direct_speedup'] * 100:.1f}% of direct's).", ""]
+    lines += ["| RPC floor | value |", "|---|---|"]
+    for k, v in res["rpc"].items():
+        lines.append(f"| {k} | {fmt(v, with_p99=True)} |")
+    lines += ["", "| cold start / memory | value |", "|---|---|"]
+    for k, v in {**res["cold_start"], **res["memory"]}.items():
+        lines.append(f"| {k} | {fmt(v)} |")
+    return "\n".join(lines) + "\n"
+
+
+async def run_all(args: argparse.Namespace) -> Dict[str, Any]:
+    res: Dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "machine": f"{os.cpu_count()} CPU, {round(psutil.virtual_memory().total / 2**30)} GiB"}
+    with Oracd() as o:
+        res["generate"] = await bench_generate(o, args.runs, args.cli_runs)
+        res["rpc"] = await bench_rpc_floor(o, args.rpc_calls)
+        res["memory"] = await bench_memory(o, args.memory_requests)
+    res["cold_start"] = bench_cold_start(args.cold_runs)
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=30, help="warm generate runs per variant")
+    ap.add_argument("--cli-runs", type=int, default=10, help="old per-call CLI runs")
+    ap.add_argument("--rpc-calls", type=int, default=2000)
+    ap.add_argument("--memory-requests", type=int, default=10000)
+    ap.add_argument("--cold-runs", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = ap.parse_args()
+    res = asyncio.run(run_all(args))
+    md = to_markdown(res)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / res["when"].replace(":", "")
+    stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(md)
+    print(md)
+    print(f"written: {stem}.json, {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
