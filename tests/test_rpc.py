@@ -193,3 +193,19 @@ def test_second_oracd_on_same_socket_refuses(oracd):
     assert "another oracd" in tail or "already serving" in tail
     assert oracd.call("status")["child"]["state"] == "ready"      # the first one is untouched
     assert oracd.socket.exists()
+
+
+def test_list_models_fields(oracd):
+    (item,) = [m for m in oracd.call("list_models") if m["name"] == SMOL]
+    path = oracd.models_dir / SMOL
+    assert item["size"] == path.stat().st_size
+    assert item["modified"] == path.stat().st_mtime
+    assert item["backend"] == "llama_cpp"
+    assert item["loaded"] is True
+    assert item["architecture"] == "llama" and item["quantization"] == "Q4_1"
+    assert item["context_length"] == 8192 and item["valid"] is True
+    # the models dir itself is accepted as models_path; hidden and non-gguf files are not listed
+    (oracd.models_dir / "notes.txt").write_text("x")
+    (oracd.models_dir / ".partial.gguf").write_text("x")
+    names = [m["name"] for m in oracd.call("list_models", models_path=str(oracd.models_dir))]
+    assert "notes.txt" not in names and ".partial.gguf" not in names
