@@ -110,8 +110,12 @@ class Conn:
 
     def __init__(self, path: Path, timeout: float = 60):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
+        try:
+            self.sock.settimeout(timeout)
+            self.sock.connect(str(path))
+        except BaseException:
+            self.sock.close()
+            raise
         self.file = self.sock.makefile("rb")
 
     def send_raw(self, data: bytes) -> None:

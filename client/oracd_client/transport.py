@@ -126,7 +126,10 @@ class Connection:
         timer = self.loop.call_later(timeout, _expire, fut, method, timeout) if timeout else None
         try:
             if self.transport.get_write_buffer_size() > _HIGH_WATER:
-                await self.writer.drain()
+                try:
+                    await self.writer.drain()
+                except OSError:
+                    pass        # connection lost: the reader fails this call with ConnectionLost
             return await fut
         finally:
             if timer is not None:
@@ -288,8 +291,8 @@ class OracdClient:
         loop = asyncio.get_running_loop()
         st = self._loops.get(loop)
         if st is None:
-            for other in [lp for lp in self._loops if lp.is_closed()]:
-                del self._loops[other]
+            for other in [lp for lp in list(self._loops) if lp.is_closed()]:
+                self._loops.pop(other, None)     # list() first: other threads may use this client too
             st = self._loops[loop] = _LoopState()
         async with st.lock:
             conn = st.conn

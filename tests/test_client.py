@@ -1,0 +1,820 @@
+"""The client library (client/): ORAC's old LlamaCppClient interface against a real oracd.
+
+Everything runs against real oracd + llama-server + SmolLM2 (fixtures), except a
+few transport edge cases (a connection dropped mid-request, answers out of
+order) that a real daemon does not produce on cue: those use a scripted
+JSON-RPC server on a Unix socket.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Dict, List, Optional
+
+import anyio
+import pytest
+
+from helpers import REPO, SMOL, Oracd
+
+from oracd.errors import (GenerationTimeout, InvalidParams, ModelNotFound, OracError, QuantizeFailed,
+                          ServerStartFailed)
+from oracd_client import OracdClient, call_sync
+from oracd_client.compat import LlamaCppClient, ManagedServer
+from oracd_client.exceptions import ConnectionLost, ModelsPathNotServed, OracdUnavailable
+from oracd_client.paths import DEV_SOCKET, SYSTEM_SOCKET, default_socket_path
+
+pytestmark = pytest.mark.anyio
+SMOL_STEM = SMOL[:-len(".gguf")]
+
+
+@pytest.fixture
+def env(oracd, monkeypatch):
+    """The module's oracd, found through ORACD_SOCKET; no ORAC_MODELS_PATH."""
+    monkeypatch.setenv("ORACD_SOCKET", str(oracd.socket))
+    monkeypatch.delenv("ORAC_MODELS_PATH", raising=False)
+    return oracd
+
+
+@pytest.fixture
+def no_daemon(tmp_path, monkeypatch):
+    path = tmp_path / "nobody-here.sock"
+    monkeypatch.setenv("ORACD_SOCKET", str(path))
+    monkeypatch.delenv("ORAC_MODELS_PATH", raising=False)
+    return path
+
+
+def gen_kw(**kw: Any) -> Dict[str, Any]:
+    base = {"temperature": 0.0, "max_tokens": 4, "timeout": 120}
+    base.update(kw)
+    return base
+
+
+def daemon_connections(d: Oracd) -> int:
+    return d.call("status")["connections"] - 1    # minus the connection asking
+
+
+async def settled_connections(d: Oracd, timeout: float = 10) -> int:
+    """oracd's connection count once clients dropped by earlier tests have been collected and closed."""
+    gc.collect()
+    deadline = time.monotonic() + timeout
+    last = daemon_connections(d)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        now = daemon_connections(d)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def wait_connections(d: Oracd, n: int, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = daemon_connections(d)
+        if got == n or time.monotonic() > deadline:
+            return got
+        time.sleep(0.02)
+
+
+def log_tail(d: Oracd, n: int = 60) -> str:
+    """oracd's own log, minus llama-server's chatter (for failure messages)."""
+    try:
+        lines = d.log_file.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return ""
+    return "\n".join([ln for ln in lines if '"llama-server"' not in ln][-n:])
+
+
+def no_errors(results: List[Any], d: Oracd) -> List[Any]:
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert not errors, f"{len(errors)} failed: {errors[:3]!r}\n{log_tail(d)}"
+    return results
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------- imports and interface
+def test_standalone_imports_are_the_client():
+    from orac.llama_cpp_client import LlamaCppClient as L
+    from orac.models import PromptResponse as P
+
+    import oracd_client
+    import orac
+    assert L is oracd_client.LlamaCppClient is LlamaCppClient
+    assert P is oracd_client.PromptResponse
+    assert Path(orac.__file__).parent == REPO / "client" / "orac"
+    assert set(P.model_fields) == {"response", "elapsed_ms", "model", "prompt", "finish_reason", "usage"}
+    assert not P.model_fields["finish_reason"].is_required() and not P.model_fields["usage"].is_required()
+
+
+def test_old_interface_is_kept():
+    def sig(f):
+        return [(p.name, p.default) for p in inspect.signature(f).parameters.values() if p.name != "self"]
+
+    E = inspect.Parameter.empty
+    assert sig(LlamaCppClient.__init__)[:1] == [("models_path", None)]
+    assert sig(LlamaCppClient.list_models) == []
+    assert sig(LlamaCppClient.generate) == [
+        ("model", E), ("prompt", E), ("stream", False), ("temperature", 0.7), ("top_p", 0.7), ("top_k", 40),
+        ("max_tokens", None), ("verbose", False), ("timeout", 30)]
+    assert sig(LlamaCppClient.start_server) == [
+        ("model", E), ("host", "127.0.0.1"), ("port", 8080), ("temperature", 0.7), ("top_p", 0.7), ("top_k", 40)]
+    assert sig(LlamaCppClient.quantize_model) == [
+        ("input_model", E), ("output_model", E), ("quantization_type", "q4_k")]
+    for name in ("list_models", "generate", "start_server", "quantize_model", "_ensure_server_running",
+                 "_start_internal_server", "_stop_internal_server", "aclose"):
+        assert inspect.iscoroutinefunction(getattr(LlamaCppClient, name)), name
+    ann = {n: inspect.signature(getattr(LlamaCppClient, n)).return_annotation
+           for n in ("list_models", "generate", "start_server", "quantize_model")}
+    assert ann == {"list_models": "List[Dict[str, Any]]", "generate": "PromptResponse",
+                   "start_server": "subprocess.Popen", "quantize_model": "bool"}
+
+
+def test_socket_path_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("ORACD_SOCKET", str(tmp_path / "x.sock"))
+    assert default_socket_path() == str(tmp_path / "x.sock")
+    assert LlamaCppClient().socket_path == str(tmp_path / "x.sock")
+    assert LlamaCppClient(socket_path="/elsewhere.sock").socket_path == "/elsewhere.sock"
+    monkeypatch.delenv("ORACD_SOCKET")
+    expected = SYSTEM_SOCKET if os.path.exists(SYSTEM_SOCKET) else DEV_SOCKET
+    assert default_socket_path() == expected
+    assert DEV_SOCKET == str(REPO / "run" / "oracd.sock")
+
+
+# ---------------------------------------------------------------------- laziness, no daemon
+async def test_init_opens_nothing(env):
+    before = await settled_connections(env)
+    clients = [LlamaCppClient() for _ in range(5)]
+    assert daemon_connections(env) == before
+    with anyio.fail_after(60):
+        await clients[0].list_models()
+    assert daemon_connections(env) == before + 1
+    await clients[0].aclose()
+    assert wait_connections(env, before) == before
+
+
+async def test_no_daemon_is_a_connection_error_naming_the_socket(no_daemon):
+    c = LlamaCppClient()
+    calls: List[Callable[[], Awaitable[Any]]] = [
+        lambda: c.generate(SMOL, "hello"), c.list_models, lambda: c.quantize_model("a", "b"),
+        lambda: c.start_server(SMOL, port=free_port()), c._ensure_server_running]
+    for call in calls:
+        t0 = time.monotonic()
+        with anyio.fail_after(30):
+            with pytest.raises(ConnectionError) as ei:
+                await call()
+        assert time.monotonic() - t0 < 10
+        assert isinstance(ei.value, OracdUnavailable)
+        assert not isinstance(ei.value, FileNotFoundError)   # that would read as "model not found"
+        msg = str(ei.value)
+        assert str(no_daemon) in msg and "oracd" in msg
+        assert "systemctl start oracd" in msg and "python -m oracd" in msg and "ORACD_SOCKET" in msg
+    with pytest.raises(ConnectionError, match="nobody-here.sock"):
+        call_sync("status")
+    with pytest.raises(ConnectionError, match="nobody-here.sock"):
+        c.models_path   # noqa: B018  (asks oracd for its models dir)
+
+
+async def test_blank_prompt_is_refused_before_any_io(no_daemon):
+    c = LlamaCppClient()
+    for prompt in ("", "   ", "\n\t"):
+        with pytest.raises(ValueError) as ei:
+            await c.generate(SMOL, prompt)
+        assert str(ei.value) == "Prompt cannot be empty"
+
+
+# ---------------------------------------------------------------------- generate
+async def test_generate_returns_prompt_response(env):
+    from orac.models import PromptResponse
+    c = LlamaCppClient()
+    with anyio.fail_after(150):
+        r = await c.generate(SMOL, "Say hello.", **gen_kw(max_tokens=8))
+    assert type(r) is PromptResponse
+    assert isinstance(r.response, str) and r.response
+    assert r.model == SMOL and r.prompt == "Say hello."
+    assert r.elapsed_ms > 0
+    assert r.finish_reason in ("stop", "length")
+    assert set(r.usage) == {"prompt_tokens", "completion_tokens", "total_tokens"}
+    assert r.usage["prompt_tokens"] > 0 and 0 < r.usage["completion_tokens"] <= 8
+    assert r.usage["total_tokens"] == r.usage["prompt_tokens"] + r.usage["completion_tokens"]
+
+
+async def test_generate_without_gguf_suffix_and_old_flags(env, caplog):
+    c = LlamaCppClient()
+    with anyio.fail_after(330):
+        with caplog.at_level(logging.INFO, logger="oracd_client.compat"):
+            r = await c.generate(SMOL_STEM, "Name a colour.", stream=True, verbose=True, **gen_kw())
+        assert any("Name a colour." in m for m in caplog.messages)      # verbose logs the exchange
+        # old defaults otherwise (max_tokens None: oracd's 512); a longer timeout for a loaded CI box
+        r2 = await c.generate(model=SMOL_STEM, prompt="Name a fruit.", timeout=150)
+    assert r.model == SMOL_STEM and r.prompt == "Name a colour." and r.usage["completion_tokens"] <= 4
+    assert r2.model == SMOL_STEM and 0 < r2.usage["completion_tokens"] <= 512
+
+
+async def test_generate_missing_model(env):
+    c = LlamaCppClient()
+    with anyio.fail_after(60):
+        with pytest.raises(FileNotFoundError) as ei:
+            await c.generate("no-such-model", "hello")
+    assert str(ei.value) == f"Model not found: {env.models_dir / 'no-such-model.gguf'}"
+    assert isinstance(ei.value, ModelNotFound) and ei.value.code == ModelNotFound.code
+    with anyio.fail_after(60):
+        with pytest.raises(FileNotFoundError):
+            await c.generate("../etc/passwd", "hello")
+
+
+async def test_generate_bad_parameters_are_value_errors(env):
+    c = LlamaCppClient()
+    with anyio.fail_after(60):
+        with pytest.raises(ValueError, match="temperature"):
+            await c.generate(SMOL, "hello", temperature=99)
+        with pytest.raises(ValueError):
+            await c.generate(SMOL, "hello", top_k="many")
+
+
+async def test_generate_timeout_message(env):
+    c = LlamaCppClient()
+    for timeout in (0.01, 0.02):
+        with anyio.fail_after(60):
+            with pytest.raises(Exception) as ei:
+                await c.generate(SMOL, "Write a long story about the sea.", max_tokens=200, timeout=timeout)
+        assert str(ei.value) == f"Generation timed out after {timeout} seconds"
+        assert isinstance(ei.value, GenerationTimeout)
+    with anyio.fail_after(150):   # the client (and its connection) still works
+        r = await c.generate(SMOL, "Say yes.", **gen_kw())
+    assert r.response
+
+
+async def test_twenty_concurrent_generates_on_one_client(env):
+    c = LlamaCppClient()
+    with anyio.fail_after(60):
+        await c.list_models()
+    conn = c._rpc.connection()
+    prompts = [f"Repeat the number {i}." for i in range(20)]
+    with anyio.fail_after(300):
+        rs = no_errors(await asyncio.gather(*(c.generate(SMOL, p, **gen_kw()) for p in prompts),
+                                            return_exceptions=True), env)
+    assert [r.prompt for r in rs] == prompts
+    assert all(r.usage["completion_tokens"] > 0 for r in rs)
+    assert c._rpc.connection() is conn          # all twenty pipelined on the one connection
+    assert conn._last_id == 21
+
+
+async def test_twenty_concurrent_generates_on_five_clients(env):
+    clients = [LlamaCppClient() for _ in range(5)]
+    jobs = [(clients[i % 5], f"Say the word number {i}.") for i in range(20)]
+    with anyio.fail_after(300):
+        rs = no_errors(await asyncio.gather(*(c.generate(SMOL, p, **gen_kw()) for c, p in jobs),
+                                            return_exceptions=True), env)
+    assert [r.prompt for r in rs] == [p for _, p in jobs]
+    conns = [c._rpc.connection() for c in clients]
+    assert all(x is not None for x in conns) and len({id(x) for x in conns}) == 5
+    for c in clients:
+        await c.aclose()
+
+
+async def test_low_level_pipelining_matches_ids(env):
+    """The daemon's own echo of each prompt comes back to the call that sent it."""
+    rpc = OracdClient()
+    prompts = [f"Echo {i} {uuid.uuid4().hex[:6]}" for i in range(12)]
+    with anyio.fail_after(300):
+        rs = await asyncio.gather(*(rpc.call("generate", {"prompt": p, "model": SMOL, "max_tokens": 2,
+                                                          "temperature": 0.0, "timeout": 120}) for p in prompts))
+    assert [r["prompt"] for r in rs] == prompts
+    await rpc.aclose()
+
+
+async def test_one_connection_per_event_loop(env):
+    c = LlamaCppClient()
+    with anyio.fail_after(120):
+        await c.list_models()
+        other = await anyio.to_thread.run_sync(lambda: asyncio.run(c.list_models()))
+        mine = await c.list_models()
+    assert [m["name"] for m in other] == [m["name"] for m in mine]
+    loops = c._rpc._loops
+    assert len(loops) == 2                   # this loop's connection and the thread's
+    (other_loop,) = [lp for lp in loops if lp is not asyncio.get_running_loop()]
+    assert other_loop.is_closed() and loops[other_loop].conn.closed   # asyncio.run's teardown closed it
+    await c.aclose()
+
+
+# ---------------------------------------------------------------------- list_models, models_path
+async def test_list_models_fields(env):
+    c = LlamaCppClient()
+    with anyio.fail_after(60):
+        models = await c.list_models()
+    smol = [m for m in models if m["name"] == SMOL]
+    assert len(smol) == 1
+    m = smol[0]
+    assert m["backend"] == "llama_cpp"
+    assert m["size"] == (env.models_dir / SMOL).stat().st_size
+    assert abs(m["modified"] - (env.models_dir / SMOL).stat().st_mtime) < 1e-3
+    assert all(x["name"].endswith(".gguf") for x in models)
+    assert c.models_path == str(env.models_dir)     # oracd's own models dir by default
+
+
+async def test_models_path_env_served(env, monkeypatch):
+    monkeypatch.setenv("ORAC_MODELS_PATH", str(env.models_dir))
+    c = LlamaCppClient()
+    assert c.models_path == str(env.models_dir)
+    with anyio.fail_after(150):
+        assert SMOL in [m["name"] for m in await c.list_models()]
+        assert (await c.generate(SMOL, "Hi.", **gen_kw())).response
+
+
+async def test_models_path_env_not_served(env, monkeypatch, tmp_path):
+    monkeypatch.setenv("ORAC_MODELS_PATH", str(tmp_path))
+    c = LlamaCppClient()
+    assert c.models_path == str(tmp_path)
+    with anyio.fail_after(60):
+        with pytest.raises(ModelsPathNotServed) as ei:
+            await c.list_models()
+    err = ei.value
+    assert isinstance(err, FileNotFoundError) and isinstance(err, ValueError)
+    assert str(tmp_path) in str(err) and str(env.models_dir) in str(err) and "ORAC_MODELS_PATH" in str(err)
+    assert err.served == [str(env.models_dir)]
+    with anyio.fail_after(60):   # generate refuses too, rather than silently using another dir
+        with pytest.raises(ModelsPathNotServed):
+            await c.generate(SMOL, "hello")
+        with pytest.raises(FileNotFoundError):
+            await c.quantize_model(SMOL, "x.gguf", "q8_0")
+    explicit = LlamaCppClient(models_path=str(env.models_dir))   # the argument beats the env var
+    with anyio.fail_after(60):
+        assert await explicit.list_models()
+
+
+# ---------------------------------------------------------------------- quantize
+async def test_quantize_success_and_overwrite(env, tiny_f32):
+    stem = f"tiny-{uuid.uuid4().hex[:8]}"
+    src = env.models_dir / f"{stem}.gguf"
+    shutil.copyfile(tiny_f32, src)
+    out = env.models_dir / f"{stem}-q8.gguf"
+    c = LlamaCppClient()
+    try:
+        with anyio.fail_after(300):
+            assert await c.quantize_model(stem, f"{stem}-q8", "q8_0") is True
+            assert out.is_file() and out.stat().st_size > 0
+            names = [m["name"] for m in await c.list_models()]
+            assert out.name in names
+            first = out.stat().st_ino
+            # the old llama-quantize CLI overwrote silently: so does the compat client (overwrite=True)
+            assert await c.quantize_model(src.name, out.name, "q8_0") is True
+            assert out.stat().st_ino != first
+    finally:
+        src.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
+
+
+async def test_quantize_missing_input(env):
+    c = LlamaCppClient()
+    with anyio.fail_after(60):
+        with pytest.raises(FileNotFoundError) as ei:
+            await c.quantize_model("no-such-input", "whatever", "q8_0")
+    assert str(ei.value) == f"Input model not found: {env.models_dir / 'no-such-input.gguf'}"
+
+
+async def test_quantize_errors_are_quantization_errors(env, tiny_f32):
+    stem = f"tiny-{uuid.uuid4().hex[:8]}"
+    src = env.models_dir / f"{stem}.gguf"
+    shutil.copyfile(tiny_f32, src)
+    junk = env.models_dir / f"junk-{stem}.gguf"
+    junk.write_bytes(b"GGUF" + b"\x00" * 64)
+    c = LlamaCppClient()
+    try:
+        with anyio.fail_after(120):
+            with pytest.raises(Exception) as ei:
+                await c.quantize_model(stem, f"{stem}-x", "not_a_type")      # daemon -32602
+            assert str(ei.value).startswith("Quantization error: ") and "not_a_type" in str(ei.value)
+            assert isinstance(ei.value, InvalidParams) and not isinstance(ei.value, FileNotFoundError)
+            with pytest.raises(Exception) as ei:
+                await c.quantize_model(junk.name, f"{stem}-y", "q8_0")      # llama-quantize fails
+            assert str(ei.value).startswith("Quantization error: ")
+            assert isinstance(ei.value, QuantizeFailed)
+            with pytest.raises(Exception) as ei:
+                await c.quantize_model(stem, stem, "q8_0")                  # daemon refuses in == out
+            assert str(ei.value).startswith("Quantization error: ")
+        assert not (env.models_dir / f"{stem}-x.gguf").exists() and not (env.models_dir / f"{stem}-y.gguf").exists()
+    finally:
+        src.unlink(missing_ok=True)
+        junk.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- start_server
+def http(method: str, url: str, body: Optional[Dict[str, Any]] = None, timeout: float = 60) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.status, json.loads(resp.read())
+
+
+async def test_start_server_is_a_popen_for_a_supervised_llama_server(env):
+    c = LlamaCppClient()
+    port = free_port()
+    with anyio.fail_after(180):
+        proc = await c.start_server(SMOL, port=port, temperature=0.1)
+    try:
+        assert isinstance(proc, ManagedServer)
+        assert isinstance(proc.pid, int) and proc.pid > 0
+        assert proc.args and "--port" in proc.args and str(port) in proc.args
+        assert proc.returncode is None and proc.poll() is None
+        assert proc.stdin is None and proc.stdout is None and proc.stderr is None
+        status, health = await anyio.to_thread.run_sync(http, "GET", f"http://127.0.0.1:{port}/health")
+        assert status == 200 and health.get("status") == "ok"
+        status, out = await anyio.to_thread.run_sync(
+            http, "POST", f"http://127.0.0.1:{port}/completion", {"prompt": "Once upon a time", "n_predict": 4})
+        assert status == 200 and isinstance(out.get("content"), str)
+        with anyio.fail_after(150):   # the warm path keeps working meanwhile
+            assert (await c.generate(SMOL, "Say hi.", **gen_kw())).response
+        assert [s["pid"] for s in env.call("status")["http_servers"]] == [proc.pid]
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.2)
+    finally:
+        proc.terminate()
+    assert proc.poll() is not None
+    assert proc.wait(timeout=30) == proc.returncode
+    proc.kill()                        # no-op on an exited server, like Popen
+    assert proc.communicate(timeout=1) == (None, None)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+    # context manager + send_signal: leaving the block stops the server
+    port2 = free_port()
+    with anyio.fail_after(180):
+        proc2 = await c.start_server(SMOL_STEM, port=port2)
+    with proc2 as p:
+        assert p is proc2 and p.poll() is None
+        p.send_signal(0)
+        assert p.poll() is None
+    assert proc2.returncode is not None
+    proc3_port = free_port()
+    with anyio.fail_after(180):
+        proc3 = await c.start_server(SMOL, port=proc3_port)
+    proc3.send_signal(signal.SIGKILL)
+    assert proc3.wait(timeout=30) is not None
+    assert env.call("status")["http_servers"] == []
+
+
+async def test_start_server_failures(env):
+    c = LlamaCppClient()
+    with anyio.fail_after(60):
+        with pytest.raises(FileNotFoundError) as ei:
+            await c.start_server("no-such-model", port=free_port())
+    assert str(ei.value) == f"Model not found: {env.models_dir / 'no-such-model.gguf'}"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        with anyio.fail_after(60):
+            with pytest.raises(Exception) as ei:
+                await c.start_server(SMOL, port=port)
+    assert str(ei.value).startswith("Failed to start llama server: ")
+    assert isinstance(ei.value, ServerStartFailed)
+    with anyio.fail_after(60):
+        with pytest.raises(Exception) as ei:
+            await c.start_server(SMOL, host="8.8.8.8", port=free_port())   # oracd binds loopback only
+    assert str(ei.value).startswith("Failed to start llama server: ") and "loopback" in str(ei.value)
+    assert not isinstance(ei.value, FileNotFoundError)
+
+
+# ---------------------------------------------------------------------- internals the old code had
+async def test_private_server_helpers(env):
+    c = LlamaCppClient()
+    with anyio.fail_after(180):
+        st = await c._ensure_server_running()
+        assert st["child"]["model"] == SMOL and st["socket"] == str(env.socket)
+        await c._stop_internal_server()
+        assert env.call("status")["child"]["model"] is None
+        loaded = await c._start_internal_server(SMOL_STEM)
+        assert loaded["model"] == SMOL
+        await c._stop_internal_server()
+        st = await c._ensure_server_running(SMOL)
+        assert st["child"]["model"] == SMOL and st["child"]["state"] == "ready"
+        with pytest.raises(FileNotFoundError):
+            await c._start_internal_server("no-such-model")
+        assert (await c.generate(SMOL, "Hi.", **gen_kw())).response
+
+
+# ---------------------------------------------------------------------- lifetime
+async def test_aclose_and_async_with(env):
+    before = await settled_connections(env)
+    async with LlamaCppClient() as c:
+        with anyio.fail_after(150):
+            assert (await c.generate(SMOL, "Hi.", **gen_kw())).response
+        assert daemon_connections(env) == before + 1
+    assert c._rpc.connection() is None
+    assert wait_connections(env, before) == before
+    with anyio.fail_after(60):       # still usable after aclose: reconnects
+        assert await c.list_models()
+    await c.aclose()
+    await c.aclose()                 # idempotent
+    assert wait_connections(env, before) == before
+
+
+async def test_garbage_collected_client_closes_its_connection(env):
+    before = await settled_connections(env)
+    c = LlamaCppClient()
+    with anyio.fail_after(60):
+        await c.list_models()
+    assert daemon_connections(env) == before + 1
+    del c
+    gc.collect()
+    await asyncio.sleep(0.05)
+    assert await anyio.to_thread.run_sync(wait_connections, env, before) == before
+
+
+NO_WARNINGS_SCRIPT = textwrap.dedent("""
+    import asyncio, gc, sys, threading
+    from orac.llama_cpp_client import LlamaCppClient
+
+    SMOL = sys.argv[1]
+
+    async def main(c):
+        r = await c.generate(SMOL, "Hi.", max_tokens=2, temperature=0.0, timeout=120)
+        assert r.response is not None
+        await c.list_models()
+        tmp = LlamaCppClient()
+        await tmp.list_models()
+        del tmp
+        gc.collect()
+        await asyncio.sleep(0.05)
+        async with LlamaCppClient() as c2:
+            await c2.list_models()
+        try:
+            await c.generate(SMOL, "Hi.", max_tokens=200, timeout=0.01)
+        except Exception as e:
+            assert "timed out" in str(e)
+        await asyncio.gather(*(c.generate(SMOL, f"Say {i}.", max_tokens=2, timeout=120) for i in range(4)))
+
+    c = LlamaCppClient()
+    asyncio.run(main(c))
+    asyncio.run(main(c))          # a second event loop, same client, no close
+    t = threading.Thread(target=lambda: asyncio.run(c.list_models()))
+    t.start()
+    t.join(120)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(c.list_models())
+    loop.run_until_complete(c.aclose())
+    loop.close()
+    print("done")
+""")
+
+
+def test_no_warnings_at_exit(env, tmp_path):
+    script = tmp_path / "no_warnings.py"
+    script.write_text(NO_WARNINGS_SCRIPT)
+    res = subprocess.run([sys.executable, "-W", "error", str(script), SMOL], cwd=str(tmp_path),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip() == "done"
+    assert res.stderr == "", res.stderr
+
+
+# ---------------------------------------------------------------------- daemon restart
+async def test_daemon_restart_between_calls(fresh_oracd, monkeypatch):
+    d = fresh_oracd().start()
+    monkeypatch.setenv("ORACD_SOCKET", str(d.socket))
+    monkeypatch.delenv("ORAC_MODELS_PATH", raising=False)
+    c = LlamaCppClient()
+    with anyio.fail_after(150):
+        assert (await c.generate(SMOL, "Hi.", **gen_kw())).response
+    conn1 = c._rpc.connection()
+    # 1) stopped and restarted while this loop is blocked: the client only finds out when it next
+    #    writes; the stale connection is noticed before the request goes out, so generate just works
+    d.stop()
+    d2 = fresh_oracd(root=d.root).start()
+    with anyio.fail_after(150):
+        r = await c.generate(SMOL, "Hi again.", **gen_kw())
+    assert r.response and r.prompt == "Hi again."
+    conn2 = c._rpc.connection()
+    assert conn2 is not conn1 and conn1.closed
+    # 2) restarted while the loop runs: the reader sees the hang-up first
+    await anyio.to_thread.run_sync(d2.stop)
+    with anyio.fail_after(10):
+        while not conn2.closed:
+            await asyncio.sleep(0.01)
+    d3 = await anyio.to_thread.run_sync(lambda: fresh_oracd(root=d.root).start())
+    with anyio.fail_after(150):
+        assert SMOL in [m["name"] for m in await c.list_models()]
+        assert (await c.generate(SMOL, "And again.", **gen_kw())).response
+    # 3) down: a clear ConnectionError, and back up: works again, same client
+    await anyio.to_thread.run_sync(d3.stop)
+    with anyio.fail_after(30):
+        with pytest.raises(ConnectionError, match=str(d.socket)):
+            await c.generate(SMOL, "Anyone?", **gen_kw())
+    await anyio.to_thread.run_sync(lambda: fresh_oracd(root=d.root).start())
+    with anyio.fail_after(150):
+        assert (await c.generate(SMOL, "Back.", **gen_kw())).response
+
+
+# ---------------------------------------------------------------------- scripted server: transport edges
+class ScriptedServer:
+    """A JSON-RPC server on a Unix socket whose answers a test scripts (``handler(req, conn_no)``).
+
+    The handler returns ("result", value), ("error", code, message), ("drop",) to close the
+    connection without answering, or ("delay", seconds, value) to answer later (concurrently).
+    """
+
+    def __init__(self, path: Path, handler: Callable[[Dict[str, Any], int], Any]):
+        self.path = path
+        self.handler = handler
+        self.requests: List[Dict[str, Any]] = []
+        self.connections = 0
+        self._tasks: set = set()
+
+    async def __aenter__(self) -> "ScriptedServer":
+        self.server = await asyncio.start_unix_server(self._serve, str(self.path))
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn_no = self.connections
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                req = json.loads(line)
+                self.requests.append(req)
+                action = self.handler(req, conn_no)
+                if action[0] == "drop":
+                    break
+                if action[0] == "delay":
+                    t = asyncio.ensure_future(self._later(writer, req["id"], action[1], action[2]))
+                    self._tasks.add(t)
+                    t.add_done_callback(self._tasks.discard)
+                    continue
+                if action[0] == "result":
+                    msg = {"jsonrpc": "2.0", "result": action[1], "id": req["id"]}
+                else:
+                    msg = {"jsonrpc": "2.0", "error": {"code": action[1], "message": action[2]}, "id": req["id"]}
+                writer.write(json.dumps(msg).encode() + b"\n")
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def _later(writer: asyncio.StreamWriter, rid: Any, delay: float, value: Any) -> None:
+        await asyncio.sleep(delay)
+        writer.write(json.dumps({"jsonrpc": "2.0", "result": value, "id": rid}).encode() + b"\n")
+
+
+def gen_result(req: Dict[str, Any]) -> Dict[str, Any]:
+    p = req["params"]
+    return {"response": "ok", "elapsed_ms": 1.0, "model": p["model"], "prompt": p["prompt"],
+            "finish_reason": "stop", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+@pytest.fixture
+def short_sock(monkeypatch):
+    d = Path(f"/tmp/oc-{uuid.uuid4().hex[:8]}")
+    d.mkdir()
+    monkeypatch.setenv("ORACD_SOCKET", str(d / "s.sock"))
+    monkeypatch.delenv("ORAC_MODELS_PATH", raising=False)
+    yield d / "s.sock"
+    shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_parameters_sent_to_oracd(short_sock, monkeypatch, tmp_path):
+    def handler(req, _):
+        m = req["method"]
+        if m == "generate":
+            return ("result", gen_result(req))
+        if m == "list_models":
+            return ("result", [])
+        if m == "quantize_model":
+            return ("result", {"ok": True, "path": "/x"})
+        return ("error", -32601, "Method not found")
+
+    monkeypatch.setenv("ORAC_MODELS_PATH", f"{tmp_path}/./models/")
+    async with ScriptedServer(short_sock, handler) as srv:
+        c = LlamaCppClient()
+        with anyio.fail_after(30):
+            await c.generate("m", "p1")
+            await c.generate("m", "p2", max_tokens=7, timeout=5, top_k=3)
+            await c.quantize_model("a", "b")
+            await c.list_models()
+        await c.aclose()
+    reqs = [(r["method"], r["params"]) for r in srv.requests]
+    abs_models = str(tmp_path / "models")
+    assert reqs[0] == ("list_models", {"models_path": abs_models})         # checked once, before the first use
+    assert reqs[1] == ("generate", {"prompt": "p1", "model": "m", "temperature": 0.7, "top_p": 0.7, "top_k": 40,
+                                    "max_tokens": None, "timeout": 30.0})
+    assert reqs[2][1]["max_tokens"] == 7 and reqs[2][1]["timeout"] == 5.0 and reqs[2][1]["top_k"] == 3
+    assert reqs[3] == ("quantize_model", {"input_model": "a", "output_model": "b", "quantization_type": "q4_k",
+                                          "overwrite": True})
+    assert reqs[4] == ("list_models", {"models_path": abs_models})
+    assert len(reqs) == 5 and srv.connections == 1
+    assert all(r["jsonrpc"] == "2.0" and isinstance(r["id"], int) for r in srv.requests)
+
+
+async def test_generate_is_not_resent_after_a_lost_connection_but_idempotent_calls_are(short_sock):
+    seen: Dict[str, int] = {}
+
+    def handler(req, conn_no):
+        m = req["method"]
+        seen[m] = seen.get(m, 0) + 1
+        if m == "generate" or seen[m] == 1:
+            return ("drop",)         # generate always, and the first try of the others, die in flight
+        return ("result", [] if m == "list_models" else {"ok": conn_no})
+
+    async with ScriptedServer(short_sock, handler) as srv:
+        c = LlamaCppClient()
+        with anyio.fail_after(30):
+            with pytest.raises(ConnectionError) as ei:
+                await c.generate("m", "hello")
+            assert isinstance(ei.value, ConnectionLost)
+            assert [r["method"] for r in srv.requests] == ["generate"]       # sent once, never again
+            assert await c._ensure_server_running() == {"ok": 3}
+            assert await c.list_models() == []
+        await c.aclose()
+    assert [r["method"] for r in srv.requests] == ["generate", "status", "status", "list_models", "list_models"]
+
+
+async def test_answers_out_of_order_reach_their_callers(short_sock):
+    def handler(req, _):
+        i = req["params"]["i"]
+        return ("delay", (10 - i) * 0.02, {"i": i})
+
+    async with ScriptedServer(short_sock, handler) as srv:
+        rpc = OracdClient()
+        with anyio.fail_after(30):
+            got = await asyncio.gather(*(rpc.call("echo", {"i": i}) for i in range(10)))
+        await rpc.aclose()
+    assert [g["i"] for g in got] == list(range(10))
+    assert srv.connections == 1
+
+
+async def test_daemon_errors_map_through_the_shared_table(short_sock):
+    from oracd.errors import ERRORS
+
+    codes = sorted(ERRORS)
+
+    def handler(req, _):
+        code = req["params"]["code"]
+        return ("error", code, f"message {code}")
+
+    async with ScriptedServer(short_sock, handler):
+        rpc = OracdClient()
+        with anyio.fail_after(30):
+            for code in codes + [-32099]:
+                with pytest.raises(OracError) as ei:
+                    await rpc.call("x", {"code": code})
+                assert type(ei.value) is ERRORS.get(code, OracError) and ei.value.code == code
+                assert str(ei.value) == f"message {code}"
+        await rpc.aclose()
+
+
+async def test_connect_is_retried_once_when_oracd_is_not_there_yet(short_sock):
+    """A generate that finds no socket (oracd restarting) tries once more before failing: nothing was sent."""
+    srv = ScriptedServer(short_sock, lambda req, _: ("result", gen_result(req)))
+
+    async def start_soon() -> None:
+        await asyncio.sleep(0.05)     # well inside the client's one reconnect delay (0.2 s)
+        await srv.__aenter__()
+
+    starter = asyncio.ensure_future(start_soon())
+    c = LlamaCppClient()
+    try:
+        with anyio.fail_after(30):
+            r = await c.generate("m", "late daemon")
+        assert r.prompt == "late daemon" and srv.connections == 1
+    finally:
+        await c.aclose()
+        await starter
+        await srv.__aexit__()
+
+
+async def test_oversized_request_fails_alone(env):
+    """oracd answers an over-long line with an id-less RequestTooLarge: only the big call gets it."""
+    from oracd.errors import RequestTooLarge
+    c = LlamaCppClient()
+    with anyio.fail_after(120):
+        big, models = await asyncio.gather(c.generate(SMOL, "x " * 1_000_000, timeout=60), c.list_models(),
+                                           return_exceptions=True)
+    assert isinstance(big, RequestTooLarge), big
+    assert isinstance(models, list) and models
+    with anyio.fail_after(150):
+        assert (await c.generate(SMOL, "Still there?", **gen_kw())).response
