@@ -47,6 +47,9 @@ class LlamaHTTPError(Exception):
         self.body = body
 
 
+_CLOSE = {"Connection": "close"}
+
+
 class LlamaStalled(Exception):
     """A streamed generation produced no token for longer than the hang timeout."""
 
@@ -99,7 +102,9 @@ class LlamaHTTP:
         finish = None
         usage: Dict[str, Any] = {}
         try:
-            async with session.post("/v1/chat/completions", json=body) as resp:
+            # llama-server closes the connection after a streamed answer although it says keep-alive;
+            # "Connection: close" keeps that dead connection out of aiohttp's pool.
+            async with session.post("/v1/chat/completions", json=body, headers=_CLOSE) as resp:
                 if resp.status >= 400:
                     raw = await resp.read()
                     try:
