@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 class ServerConfig:
     socket: Path = Path("/run/oracd/oracd.sock")
     socket_mode: int = 0o660
-    socket_group: str = ""            # chgrp the socket to this group if set (e.g. "orac")
+    socket_group: str = "orac"        # the socket's group (members may connect); "" = oracd's own group
     runtime_dir: Optional[Path] = None  # private dir for llama-server's socket + pidfile; default <socket dir>/llama
     log_dir: Path = Path("/var/log/oracd")
     log_max_bytes: int = 10 * 1024 * 1024
@@ -39,6 +39,11 @@ class ServerConfig:
     log_stderr: bool = True
     max_line_bytes: int = 1024 * 1024
     max_connections: int = 256
+    max_pending_per_connection: int = 64   # requests in flight on one connection before we stop reading it
+    idle_timeout: float = 300.0       # close a connection with nothing in flight and no complete line this long
+    send_timeout: float = 30.0        # a client that does not read its answers this long is dropped
+    allowed_uids: Tuple[int, ...] = ()  # if either list is set, only these peers may talk to oracd
+    allowed_gids: Tuple[int, ...] = ()  # (primary or supplementary group of the peer process)
     shutdown_grace: float = 30.0      # seconds in-flight requests get to finish on SIGTERM
 
 
@@ -59,6 +64,7 @@ class LlamaConfig:
     extra_args: Tuple[str, ...] = ()
     default_max_tokens: int = 512
     allow_remote_http: bool = False   # start_server() may bind non-loopback hosts
+    quantize_max_output_bytes: int = 0    # RLIMIT_FSIZE for llama-quantize (0 = unlimited): a disk guard
     # timeouts (seconds)
     load_timeout: float = 120.0
     health_interval: float = 2.0
@@ -136,6 +142,11 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
             raise _fail(key, "expected an octal mode like \"0660\"", value)
         return value
+    if name in ("allowed_uids", "allowed_gids"):
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                  for v in value):
+            raise _fail(key, "expected a list of integer ids", value)
+        return tuple(value)
     if name == "extra_args":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise _fail(key, "expected a list of strings", value)
@@ -195,6 +206,8 @@ def _check(cfg: Config) -> None:
         raise _fail("server.log_max_bytes", "expected at least 1024", s.log_max_bytes)
     if s.max_line_bytes < 1024:
         raise _fail("server.max_line_bytes", "expected at least 1024", s.max_line_bytes)
+    if s.max_pending_per_connection < 1:
+        raise _fail("server.max_pending_per_connection", "expected an integer >= 1", s.max_pending_per_connection)
     if s.max_connections < 1:
         raise _fail("server.max_connections", "expected an integer >= 1", s.max_connections)
     if l.parallel < 1:

@@ -133,13 +133,19 @@ class ServerStartFailed(OracError):
     default_message = "Failed to start llama server"
 
 
+class AccessDenied(OracError):
+    """The peer's uid/gid is not in allowed_uids/allowed_gids."""
+    code = -32013
+    default_message = "Access denied"
+
+
 ERRORS: Dict[int, Type[OracError]] = {
     cls.code: cls
     for cls in (
         ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError,
         ModelNotFound, ModelLoadFailed, GenerationTimeout, QuantizeFailed, Busy,
         ServerUnavailable, GenerationFailed, InvalidPath, ShuttingDown, RequestTooLarge,
-        OutputExists, ServerStartFailed,
+        OutputExists, ServerStartFailed, AccessDenied,
     )
 }
 

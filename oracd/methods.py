@@ -171,7 +171,8 @@ class App:
         self.requests_in_flight += 1
         try:
             return await quantize(self.store, self.cfg.llama.quantize_bin, input_model, output_model,
-                                  quantization_type, overwrite, self.cfg.llama.quantize_timeout)
+                                  quantization_type, overwrite, self.cfg.llama.quantize_timeout,
+                                  max_output_bytes=self.cfg.llama.quantize_max_output_bytes)
         finally:
             self.requests_in_flight -= 1
 

@@ -12,11 +12,12 @@ import re
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from collections import deque
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -51,9 +52,21 @@ def find_quantize_bin(path: Path) -> str:
     return found
 
 
+def with_file_size_limit(cmd: List[str], max_bytes: int) -> List[str]:
+    """Run ``cmd`` under RLIMIT_FSIZE (no shell): writes past the limit fail like a full disk."""
+    if max_bytes <= 0:
+        return cmd
+    code = ("import os, resource, signal, sys; "
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "   # write() fails with EFBIG instead of killing
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1]))); "
+            "os.execv(sys.argv[2], sys.argv[2:])")
+    return [sys.executable, "-c", code, str(max_bytes), *cmd]
+
+
 async def quantize(store: ModelStore, quantize_bin: Path, input_model: str, output_model: str,
                    quantization_type: str, overwrite: bool, timeout: float,
-                   progress: Optional[Callable[[Dict[str, Any]], Any]] = None) -> Dict[str, Any]:
+                   progress: Optional[Callable[[Dict[str, Any]], Any]] = None,
+                   max_output_bytes: int = 0) -> Dict[str, Any]:
     """Run llama-quantize input -> output with the given type; returns {ok, path, size, elapsed_ms}."""
     binary = find_quantize_bin(quantize_bin)
     try:
@@ -72,7 +85,7 @@ async def quantize(store: ModelStore, quantize_bin: Path, input_model: str, outp
         raise InvalidParams(f"unknown quantization_type {quantization_type!r}",
                             {"allowed": [t.lower() for t in types]})
     tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part")
-    cmd = [binary, str(src), str(tmp), qtype]
+    cmd = with_file_size_limit([binary, str(src), str(tmp), qtype], max_output_bytes)
     t0 = time.monotonic()
     tail: Deque[str] = deque(maxlen=20)
     log.info("quantize start", input=str(src), output=str(dst), type=qtype)

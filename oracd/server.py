@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import math
 import os
 import signal
 import socket
@@ -18,14 +19,14 @@ import stat
 import struct
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import anyio
 import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from .config import Config
-from .errors import Busy, RequestTooLarge
+from .errors import AccessDenied, Busy, RequestTooLarge
 from .logs import get as get_logger
 from .methods import App
 from .notify import Notifier
@@ -33,7 +34,6 @@ from .rpc import CallContext, Dispatcher, Peer, error_obj
 from .supervisor import ChildState
 
 log = get_logger("oracd.server")
-SEND_TIMEOUT = 30.0
 
 
 class StartupError(RuntimeError):
@@ -156,13 +156,19 @@ class Connections:
                             limit=self.cfg.server.max_connections)
                 await self._send_raw(stream, Busy(f"too many connections (limit {self.cfg.server.max_connections})"))
                 return
+            if not _allowed(self.cfg, peer):
+                log.warning("connection refused: peer not allowed", peer_pid=peer.pid, peer_uid=peer.uid,
+                            peer_gid=peer.gid)
+                await self._send_raw(stream, AccessDenied(
+                    f"uid {peer.uid} / gid {peer.gid} may not use oracd (server.allowed_uids/allowed_gids)"))
+                return
             app.connections += 1
-            log.debug("connection open", peer_pid=peer.pid, peer_uid=peer.uid, peer_gid=peer.gid)
+            log.info("connection open", peer_pid=peer.pid, peer_uid=peer.uid, peer_gid=peer.gid)
             try:
                 await self._serve(stream, raw, peer)
             finally:
                 app.connections -= 1
-                log.debug("connection closed", peer_pid=peer.pid)
+                log.info("connection closed", peer_pid=peer.pid)
 
     async def _send_raw(self, stream: anyio.abc.SocketStream, err: Any) -> None:
         with anyio.move_on_after(1):
@@ -180,6 +186,11 @@ class Connections:
         pending = 0
         all_done = anyio.Event()
         all_done.set()
+        room = anyio.Event()          # set when pending drops below max_pending again
+        room.set()
+        max_pending = self.cfg.server.max_pending_per_connection
+        idle_timeout = self.cfg.server.idle_timeout
+        send_timeout = self.cfg.server.send_timeout
         too_long = Dispatcher._encode(error_obj(RequestTooLarge.code, RequestTooLarge.default_message,
                                                 f"request line longer than {max_line} bytes"))
 
@@ -189,7 +200,7 @@ class Connections:
                 return
             async with send_lock:
                 try:
-                    with anyio.fail_after(SEND_TIMEOUT):
+                    with anyio.fail_after(send_timeout):
                         await stream.send(data)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError, OSError):
                     broken = True
@@ -204,6 +215,7 @@ class Connections:
             finally:
                 pending -= 1
                 self.tasks -= 1
+                room.set()
                 if pending == 0:
                     all_done.set()
                 if self.tasks == 0:
@@ -211,8 +223,16 @@ class Connections:
 
         async with anyio.create_task_group() as tg:
             while True:
+                if pending >= max_pending:      # backpressure: a client that floods us waits
+                    room = anyio.Event()
+                    await room.wait()
                 try:
-                    line = await buffered.receive_until(b"\n", max_line)
+                    # idle: nothing in flight and no complete line for idle_timeout -> close
+                    with anyio.fail_after(idle_timeout if pending == 0 else math.inf):
+                        line = await buffered.receive_until(b"\n", max_line)
+                except TimeoutError:
+                    log.info("closing idle connection", peer_pid=peer.pid, idle_timeout_s=idle_timeout)
+                    break
                 except anyio.DelimiterNotFound:
                     await send(too_long)
                     if not await self._skip_to_newline(buffered, max_line):
@@ -260,6 +280,30 @@ class Connections:
             if idx >= 0:
                 buffered.feed_data(chunk[idx + 1:])
                 return True
+
+
+def _supplementary_gids(pid: Optional[int]) -> Tuple[int, ...]:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("Groups:"):
+                    return tuple(int(g) for g in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return ()
+
+
+def _allowed(cfg: Config, peer: Peer) -> bool:
+    """allowed_uids/allowed_gids: empty lists mean the socket's permissions alone decide."""
+    uids, gids = cfg.server.allowed_uids, cfg.server.allowed_gids
+    if not uids and not gids:
+        return True
+    if peer.uid is not None and peer.uid in uids:
+        return True
+    if gids and peer.gid is not None:
+        if peer.gid in gids or any(g in gids for g in _supplementary_gids(peer.pid)):
+            return True
+    return False
 
 
 def _hung_up(sock: socket.socket) -> bool:

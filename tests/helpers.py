@@ -169,7 +169,7 @@ class Oracd:
                 link_model(self.models_dir, m)
         self.socket = self.root / "run" / "oracd.sock"
         self.log_dir = self.root / "logs"
-        srv = {"socket": str(self.socket), "log_dir": str(self.log_dir), "shutdown_grace": 10}
+        srv = {"socket": str(self.socket), "log_dir": str(self.log_dir), "shutdown_grace": 10, "socket_group": ""}
         srv.update(server or {})
         lla = {"server_bin": str(BIN / "llama-server"), "quantize_bin": str(BIN / "llama-quantize"),
                "models_dir": str(self.models_dir), "default_model": SMOL, "preload": True,
