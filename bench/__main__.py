@@ -123,6 +123,7 @@ async def bench_generate(o: Oracd, runs: int, cli_runs: int) -> Dict[str, Any]:
     await raw.close()
     await client.aclose()
     res = {k: summary(v) for k, v in times.items()}
+    res["_raw"] = times
     d, c, r = res["direct HTTP"]["p50"], res["compat client"]["p50"], res["raw JSON-RPC"]["p50"]
     cli = res["old per-call CLI"]["p50"]
     res["overhead_ms_p50"] = {"compat client": round(c - d, 3), "raw JSON-RPC": round(r - d, 3)}
@@ -172,6 +173,49 @@ async def bench_memory(o: Oracd, requests: int) -> Dict[str, Any]:
     after = proc.memory_info().rss
     return {"oracd RSS idle MB": round(idle / 2**20, 1), f"oracd RSS after {requests} requests MB":
             round(after / 2**20, 1), "growth MB": round((after - idle) / 2**20, 1)}
+
+
+async def bench_concurrency(levels: List[int], rounds: int, per_client: int) -> Dict[str, Any]:
+    """Aggregate completion tokens/s with N concurrent clients and N llama-server slots: oracd vs direct."""
+    out: Dict[str, Any] = {}
+    for n in levels:
+        with Oracd(llama={"parallel": n, "ctx_size": 1024 * n}) as o:
+            conns = [RawRPC(o.socket) for _ in range(n)]
+            for c in conns:
+                await c.open()
+            endpoint = (await conns[0].call("status"))["child"]["endpoint"]
+            session = direct_session(endpoint)
+            prompts = [f"Write one sentence about room number {i}." for i in range(n)]
+
+            async def via_oracd(i: int) -> int:
+                toks = 0
+                for _ in range(per_client):
+                    r = await conns[i].call("generate", {"model": SMOL, "prompt": prompts[i], "max_tokens": 32,
+                                                         "temperature": 0})
+                    toks += r["usage"]["completion_tokens"]
+                return toks
+
+            async def via_direct(i: int) -> int:
+                toks = 0
+                for _ in range(per_client):
+                    r = await direct_generate(session, prompts[i], 32)
+                    toks += r["usage"]["completion_tokens"]
+                return toks
+
+            rates: Dict[str, List[float]] = {"oracd": [], "direct": []}
+            for rnd in range(rounds):
+                for name, fn in ((("oracd", via_oracd), ("direct", via_direct)) if rnd % 2 == 0
+                                 else (("direct", via_direct), ("oracd", via_oracd))):
+                    t0 = time.perf_counter()
+                    toks = sum(await asyncio.gather(*(fn(i) for i in range(n))))
+                    rates[name].append(toks / (time.perf_counter() - t0))
+            await session.close()
+            for c in conns:
+                await c.close()
+        o_rate, d_rate = statistics.median(rates["oracd"]), statistics.median(rates["direct"])
+        out[str(n)] = {"oracd_tok_s": round(o_rate, 1), "direct_tok_s": round(d_rate, 1),
+                       "ratio": round(o_rate / d_rate, 4)}
+    return out
 
 
 def bench_cold_start(runs: int) -> Dict[str, Any]:
@@ -232,9 +276,15 @@ def to_markdown(res: Dict[str, Any]) -> str:
     lines += ["| RPC floor | value |", "|---|---|"]
     for k, v in res["rpc"].items():
         lines.append(f"| {k} | {fmt(v, with_p99=True)} |")
+    lines += ["", "| concurrent clients | oracd tok/s | direct tok/s | oracd/direct |", "|---|---|---|---|"]
+    for n, v in sorted(res["concurrency"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {n} | {v['oracd_tok_s']} | {v['direct_tok_s']} | {v['ratio']} |")
     lines += ["", "| cold start / memory | value |", "|---|---|"]
     for k, v in {**res["cold_start"], **res["memory"]}.items():
         lines.append(f"| {k} | {fmt(v)} |")
+    lines += ["", "| target | met | value |", "|---|---|---|"]
+    for k, v in res["targets"].items():
+        lines.append(f"| {k} | {'yes' if v['met'] else 'NO'} | {v['value']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -246,7 +296,56 @@ async def run_all(args: argparse.Namespace) -> Dict[str, Any]:
         res["rpc"] = await bench_rpc_floor(o, args.rpc_calls)
         res["memory"] = await bench_memory(o, args.memory_requests)
     res["cold_start"] = bench_cold_start(args.cold_runs)
+    res["concurrency"] = await bench_concurrency(args.levels, args.conc_rounds, args.conc_per_client)
+    res["targets"] = check_targets(res)
     return res
+
+
+def check_targets(res: Dict[str, Any]) -> Dict[str, Any]:
+    """The issue's goals, met or missed, from this run's figures."""
+    g = res["generate"]
+    d50 = g["direct HTTP"]["p50"]
+    over = g["overhead_ms_p50"]["compat client"]
+    conc8 = res["concurrency"].get("8", {}).get("ratio")
+    rss = max(res["memory"]["oracd RSS idle MB"], list(res["memory"].values())[1])
+    rows = {
+        "generate overhead p50 <= max(1 ms, 2% of direct)": (over <= max(1.0, 0.02 * d50), f"{over} ms"),
+        "status p50 <= 0.3 ms (1 conn)": (res["rpc"]["status latency ms (1 conn)"]["p50"] <= 0.3,
+                                          f"{res['rpc']['status latency ms (1 conn)']['p50']} ms"),
+        "speed-up vs old CLI >= 97% of direct's": (g["speedup_vs_old_cli"]["share_of_direct_speedup"] >= 0.97,
+                                                   f"{g['speedup_vs_old_cli']['share_of_direct_speedup'] * 100:.1f}%"),
+        ">= 95% of direct throughput at 8 clients": (conc8 is not None and conc8 >= 0.95,
+                                                     f"{conc8 * 100:.1f}%" if conc8 else "not measured"),
+        "oracd RSS <= 60 MB": (rss <= 60, f"{rss} MB"),
+    }
+    return {k: {"met": bool(ok), "value": v} for k, (ok, v) in rows.items()}
+
+
+def write_chart(res: Dict[str, Any], raw: Dict[str, List[float]], path: Path) -> bool:
+    """Latency distributions and the concurrency curve as a PNG (needs matplotlib: scripts/bench installs it)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = [k for k in ("direct HTTP", "raw JSON-RPC", "compat client", "old per-call CLI") if raw.get(k)]
+    ax1.boxplot([raw[k] for k in names], showfliers=False)
+    ax1.set_xticks(range(1, len(names) + 1), names, rotation=15)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("ms (log)")
+    ax1.set_title(f"warm generate, max_tokens {MAX_TOKENS}")
+    levels = sorted(res["concurrency"], key=int)
+    ax2.plot([int(n) for n in levels], [res["concurrency"][n]["direct_tok_s"] for n in levels], "o-", label="direct")
+    ax2.plot([int(n) for n in levels], [res["concurrency"][n]["oracd_tok_s"] for n in levels], "s--", label="oracd")
+    ax2.set_xlabel("concurrent clients (= parallel slots)")
+    ax2.set_ylabel("completion tokens/s")
+    ax2.set_title("aggregate throughput")
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
 
 
 def main() -> int:
@@ -256,16 +355,22 @@ def main() -> int:
     ap.add_argument("--rpc-calls", type=int, default=2000)
     ap.add_argument("--memory-requests", type=int, default=10000)
     ap.add_argument("--cold-runs", type=int, default=3)
+    ap.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--conc-rounds", type=int, default=3)
+    ap.add_argument("--conc-per-client", type=int, default=4)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args()
     res = asyncio.run(run_all(args))
+    raw = res["generate"].pop("_raw")
     md = to_markdown(res)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / res["when"].replace(":", "")
+    res["generate_raw_ms"] = raw
     stem.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     stem.with_suffix(".md").write_text(md)
+    charted = write_chart(res, raw, stem.with_suffix(".png"))
     print(md)
-    print(f"written: {stem}.json, {stem}.md")
+    print(f"written: {stem}.json, {stem}.md" + (f", {stem}.png" if charted else " (no PNG: matplotlib missing)"))
     return 0
 
 
