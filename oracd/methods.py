@@ -52,6 +52,7 @@ class App:
         self.generations = 0
         self.accepting = True
         self.dispatcher_stats: Any = None   # set by server: the Dispatcher (served/errors)
+        self._self_proc = psutil.Process()
 
     def _check_accepting(self) -> None:
         if not self.accepting:
@@ -235,7 +236,7 @@ class App:
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3),
-            "rss_bytes": psutil.Process().memory_info().rss,
+            "rss_bytes": self._self_proc.memory_info().rss,
             "child": self.supervisor.status(),
             "requests": {"served": d.served if d else 0, "errors": d.errors if d else 0,
                          "in_flight": self.requests_in_flight, "generations": self.generations},

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
 import anyio
+import jsonrpcserver.dispatcher
 from jsonrpcserver import Success
 from jsonrpcserver.async_dispatcher import dispatch_request
 from jsonrpcserver.exceptions import JsonRpcError
@@ -30,6 +31,10 @@ from .logs import get as get_logger
 
 log = get_logger("oracd.rpc")
 req_log = get_logger("oracd.request")
+
+# jsonrpcserver binds params with inspect.signature(method) on every call (-32602 on mismatch);
+# our methods never change, so compute each signature once (was ~50 us of a 200 us status call).
+jsonrpcserver.dispatcher.signature = functools.lru_cache(maxsize=None)(inspect.signature)  # type: ignore[attr-defined]
 
 _dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
 MAX_DEPTH = 64
