@@ -26,7 +26,7 @@ from .models import ModelStore
 from .quantize import quantize
 from .rpc import CallContext, Method, rpc_method
 from .http_servers import ExtraServers
-from .supervisor import Supervisor
+from .supervisor import Supervisor, rss_of
 
 log = get_logger("oracd.methods")
 _THINK = re.compile(r"<think>.*?(</think>\s*|$)", re.S)
@@ -53,6 +53,7 @@ class App:
         self.accepting = True
         self.dispatcher_stats: Any = None   # set by server: the Dispatcher (served/errors)
         self._self_proc = psutil.Process()
+        self._log_file = str(cfg.log_file)
 
     def _check_accepting(self) -> None:
         if not self.accepting:
@@ -236,14 +237,14 @@ class App:
             "version": __version__,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3),
-            "rss_bytes": self._self_proc.memory_info().rss,
+            "rss_bytes": rss_of(self._self_proc),
             "child": self.supervisor.status(),
             "requests": {"served": d.served if d else 0, "errors": d.errors if d else 0,
                          "in_flight": self.requests_in_flight, "generations": self.generations},
             "connections": self.connections,
             "http_servers": [s.info() for s in self.extra_servers.servers.values() if s.returncode is None],
             "socket": str(self.cfg.server.socket),
-            "log_file": str(self.cfg.log_file),
+            "log_file": self._log_file,
             "models_dirs": [str(p) for p in self.cfg.models_dirs],
             "default_model": self.cfg.llama.default_model or None,
             "config": str(self.cfg.path) if self.cfg.path else None,

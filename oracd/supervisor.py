@@ -66,6 +66,25 @@ _LOAD_REASONS = (
 )
 
 
+_RSS_CACHE: Dict[int, Tuple[float, Optional[int]]] = {}
+
+
+def rss_of(proc: psutil.Process, max_age: float = 1.0) -> Optional[int]:
+    """A process's RSS, read at most once a second (status is polled; /proc reads are not free)."""
+    now = time.monotonic()
+    hit = _RSS_CACHE.get(proc.pid)
+    if hit is not None and now - hit[0] < max_age:
+        return hit[1]
+    try:
+        rss: Optional[int] = proc.memory_info().rss
+    except psutil.Error:
+        rss = None
+    if len(_RSS_CACHE) > 64:
+        _RSS_CACHE.clear()
+    _RSS_CACHE[proc.pid] = (now, rss)
+    return rss
+
+
 _LLAMA_LEVELS = {"W ": logging.WARNING, "E ": logging.ERROR, "D ": logging.DEBUG}
 
 
@@ -92,6 +111,7 @@ class Child:
         self.started_at = time.monotonic()
         self.ready_at: Optional[float] = None
         self.killed_for: Optional[str] = None   # "hang" / "stop" when we killed it ourselves
+        self.ps: Optional[psutil.Process] = None
 
 
 class Supervisor:
@@ -143,10 +163,9 @@ class Supervisor:
             "last_error": self.last_error, "last_exit": self.last_exit,
         }
         if child and child.returncode is None:
-            try:
-                st["rss_bytes"] = psutil.Process(child.proc.pid).memory_info().rss
-            except psutil.Error:
-                st["rss_bytes"] = None
+            if child.ps is None:
+                child.ps = psutil.Process(child.proc.pid)
+            st["rss_bytes"] = rss_of(child.ps)
             st["uptime_s"] = round(time.monotonic() - child.started_at, 3)
         if self.state == ChildState.BACKOFF:
             st["retry_in_s"] = round(max(0.0, self._backoff_until - time.monotonic()), 3)
