@@ -179,7 +179,7 @@ async def bench_concurrency(levels: List[int], rounds: int, per_client: int) -> 
     """Aggregate completion tokens/s with N concurrent clients and N llama-server slots: oracd vs direct."""
     out: Dict[str, Any] = {}
     for n in levels:
-        with Oracd(llama={"parallel": n, "ctx_size": 1024 * n}) as o:
+        with Oracd(llama={"parallel": n, "ctx_size": 1024 * n, "threads": 0}) as o:
             conns = [RawRPC(o.socket) for _ in range(n)]
             for c in conns:
                 await c.open()
@@ -221,7 +221,7 @@ async def bench_concurrency(levels: List[int], rounds: int, per_client: int) -> 
 def bench_cold_start(runs: int) -> Dict[str, Any]:
     oracd_ms, llama_ms = [], []
     for _ in range(runs):
-        o = Oracd()
+        o = Oracd(llama={"threads": 0})
         t0 = time.perf_counter()
         o.start()
         oracd_ms.append((time.perf_counter() - t0) * 1000)
@@ -291,7 +291,7 @@ def to_markdown(res: Dict[str, Any]) -> str:
 async def run_all(args: argparse.Namespace) -> Dict[str, Any]:
     res: Dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "machine": f"{os.cpu_count()} CPU, {round(psutil.virtual_memory().total / 2**30)} GiB"}
-    with Oracd() as o:
+    with Oracd(llama={"threads": 0}) as o:
         res["generate"] = await bench_generate(o, args.runs, args.cli_runs)
         res["rpc"] = await bench_rpc_floor(o, args.rpc_calls)
         res["memory"] = await bench_memory(o, args.memory_requests)

@@ -174,6 +174,8 @@ class Oracd:
         lla = {"server_bin": str(BIN / "llama-server"), "quantize_bin": str(BIN / "llama-quantize"),
                "models_dir": str(self.models_dir), "default_model": SMOL, "preload": True,
                "ctx_size": 1024, "parallel": 2, "health_interval": 0.5, "hang_timeout": 6,
+               # one thread: ggml's spinning thread pool slows to a crawl when the 2 cores are shared
+               "threads": 1,
                "restart_backoff_initial": 0.2}
         lla.update(llama or {})
         self.config = write_config(self.root / "oracd.toml", srv, lla)

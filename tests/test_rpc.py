@@ -121,7 +121,7 @@ def test_pipelining_answers_by_id_concurrently(oracd):
     with oracd.conn() as c:
         lines = [json.dumps({"jsonrpc": "2.0", "method": "generate", "id": "gen",
                              "params": {"prompt": "Count from one to twenty.", "max_tokens": 48,
-                                        "temperature": 0}})]
+                                        "temperature": 0, "timeout": 120}})]
         lines += [json.dumps({"jsonrpc": "2.0", "method": "status", "id": i}) for i in range(5)]
         c.send_raw(("\n".join(lines) + "\n").encode())
         got = [c.recv() for _ in range(6)]

@@ -52,7 +52,8 @@ def test_swap_between_models_serves_every_request(fresh_oracd):
 
     def ask(model: str, i: int) -> None:
         try:
-            r = o.call("generate", model=model, prompt=f"Say the number {i}.", max_tokens=4, temperature=0)
+            r = o.call("generate", model=model, prompt=f"Say the number {i}.", max_tokens=4, temperature=0,
+                       timeout=120)
             results.append((model, r["model"], r["prompt"]))
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
@@ -150,7 +151,8 @@ def test_sigterm_lets_in_flight_requests_finish(fresh_oracd):
     out = {}
 
     def slow() -> None:
-        out["r"] = o.request("generate", prompt="Tell me about the sea.", max_tokens=48, temperature=0)
+        out["r"] = o.request("generate", prompt="Tell me about the sea.", max_tokens=48, temperature=0,
+                             timeout=120)
 
     t = threading.Thread(target=slow)
     t.start()
