@@ -70,7 +70,9 @@ class App:
                        max_tokens: Optional[int] = None, timeout: float = 30,
                        system_prompt: Optional[str] = None, stop: Optional[List[str]] = None,
                        grammar: Optional[str] = None, json_schema: Optional[Dict[str, Any]] = None,
-                       ) -> Dict[str, Any]:
+                       stream: bool = False) -> Dict[str, Any]:
+        """Chat completion with the model's template.  ``stream=true`` also sends each piece of text
+        as a ``generate.chunk`` notification {id, text} before the final result."""
         t0 = time.perf_counter()
         self._check_accepting()
         if not prompt.strip():
@@ -105,7 +107,8 @@ class App:
         self.requests_in_flight += 1
         try:
             with anyio.fail_after(timeout):
-                data = await self._complete(path, body, deadline)
+                on_delta = (lambda text: ctx.progress("generate.chunk", text=text)) if stream else None
+                data = await self._complete(path, body, deadline, on_delta)
         except TimeoutError:
             raise GenerationTimeout(f"Generation timed out after {timeout:g} seconds",
                                     {"timeout": timeout}) from None
@@ -123,7 +126,8 @@ class App:
             "usage": {k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
         }
 
-    async def _complete(self, path: Path, body: Dict[str, Any], deadline: float) -> Dict[str, Any]:
+    async def _complete(self, path: Path, body: Dict[str, Any], deadline: float,
+                        on_delta: Any = None) -> Dict[str, Any]:
         """POST the chat completion; if llama-server died under us, retry once on the restarted one.
 
         A generation has no side effects, so one transparent retry after a crash
@@ -132,7 +136,8 @@ class App:
         for attempt in (1, 2):
             async with self.supervisor.use(path.name, path, deadline) as child:
                 try:
-                    return await child.http.chat_stream(body, idle_timeout=self.cfg.llama.hang_timeout)
+                    return await child.http.chat_stream(body, idle_timeout=self.cfg.llama.hang_timeout,
+                                                        on_delta=on_delta)
                 except LlamaHTTPError as exc:
                     if exc.status == 400:
                         raise InvalidParams(f"llama-server rejected the request: {exc.message}") from None
@@ -172,9 +177,15 @@ class App:
         self._check_accepting()
         self.requests_in_flight += 1
         try:
+            t0 = time.monotonic()
+
+            async def progress(done: int, total: int, tensor: str) -> None:
+                await ctx.progress("quantize.progress", done=done, total=total, tensor=tensor,
+                                   elapsed_ms=round((time.monotonic() - t0) * 1000, 1))
+
             return await quantize(self.store, self.cfg.llama.quantize_bin, input_model, output_model,
                                   quantization_type, overwrite, self.cfg.llama.quantize_timeout,
-                                  max_output_bytes=self.cfg.llama.quantize_max_output_bytes)
+                                  progress=progress, max_output_bytes=self.cfg.llama.quantize_max_output_bytes)
         finally:
             self.requests_in_flight -= 1
 
@@ -189,9 +200,19 @@ class App:
         path = self.store.resolve(name)
         self._check_loadable(path)
         t0 = time.perf_counter()
+
+        async def report() -> None:      # load.progress every half second until the model is ready
+            while True:
+                await ctx.progress("load.progress", model=path.name, state=self.supervisor.state.value,
+                                   elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
+                await anyio.sleep(0.5)
+
         try:
             with anyio.fail_after(timeout):
-                child = await self.supervisor.load(path.name, path, time.monotonic() + timeout)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(report)
+                    child = await self.supervisor.load(path.name, path, time.monotonic() + timeout)
+                    tg.cancel_scope.cancel()
         except TimeoutError:
             raise GenerationTimeout(f"load of {path.name} timed out after {timeout:g} seconds") from None
         return {"model": child.model, "state": self.supervisor.state.value, "pid": child.proc.pid,

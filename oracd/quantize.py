@@ -17,7 +17,7 @@ import time
 from collections import deque
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Tuple
 
 import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -28,6 +28,7 @@ from .logs import get as get_logger
 from .models import ModelStore
 
 log = get_logger("oracd.quantize")
+_TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")   # "[  12/ 272] blk.0.attn_q.weight - ..."
 _TYPE_LINE = re.compile(r"^\s*\d+\s+or\s+([A-Z0-9_]+)\s*:", re.M)
 
 
@@ -65,7 +66,7 @@ def with_file_size_limit(cmd: List[str], max_bytes: int) -> List[str]:
 
 async def quantize(store: ModelStore, quantize_bin: Path, input_model: str, output_model: str,
                    quantization_type: str, overwrite: bool, timeout: float,
-                   progress: Optional[Callable[[Dict[str, Any]], Any]] = None,
+                   progress: Optional[Callable[[int, int, str], Awaitable[None]]] = None,
                    max_output_bytes: int = 0) -> Dict[str, Any]:
     """Run llama-quantize input -> output with the given type; returns {ok, path, size, elapsed_ms}."""
     binary = find_quantize_bin(quantize_bin)
@@ -104,8 +105,9 @@ async def quantize(store: ModelStore, quantize_bin: Path, input_model: str, outp
                 line = raw.decode("utf-8", "replace").rstrip()
                 if line:
                     tail.append(line)
-                    if progress is not None:
-                        await progress({"line": line})
+                    m = _TENSOR_LINE.match(line)
+                    if m and progress is not None:
+                        await progress(int(m.group(1)), int(m.group(2)), m.group(3))
 
         with anyio.fail_after(timeout):
             async with anyio.create_task_group() as tg:

@@ -53,6 +53,12 @@ class CallContext:
     """Passed as the first argument to every method."""
     peer: Peer
     notify: Optional[Callable[[str, Any], Awaitable[None]]] = None  # server -> client notifications
+    request_id: Any = None            # the id of the request being served (None for notifications)
+
+    async def progress(self, method: str, **params: Any) -> None:
+        """Send a JSON-RPC notification about this request (``params.id`` names it) on its connection."""
+        if self.notify is not None and self.request_id is not None:
+            await self.notify(method, {"id": self.request_id, **params})
 
 
 Method = Callable[..., Awaitable[Any]]
@@ -210,7 +216,8 @@ class Dispatcher:
         rid = obj.get("id", NOID)
         request = Request(obj["method"], obj.get("params", []), rid)
         try:
-            _, result = await dispatch_request(self.methods, ctx, request)
+            rctx = CallContext(ctx.peer, ctx.notify, None if rid is NOID else rid)
+            _, result = await dispatch_request(self.methods, rctx, request)
         except Exception:  # pragma: no cover - jsonrpcserver itself failed
             incident = uuid.uuid4().hex[:12]
             log.exception("dispatch failed", incident=incident)

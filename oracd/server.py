@@ -206,6 +206,11 @@ class Connections:
                     broken = True
                     tg.cancel_scope.cancel()   # the client is gone: abort its requests upstream
 
+        async def notify(method: str, params: Any) -> None:
+            await send(Dispatcher._encode({"jsonrpc": "2.0", "method": method, "params": params}))
+
+        ctx.notify = notify
+
         async def process(line: bytes) -> None:
             nonlocal pending, all_done
             try:
