@@ -117,6 +117,7 @@ class Conn:
             self.sock.close()
             raise
         self.file = self.sock.makefile("rb")
+        self.notifications: List[Dict[str, Any]] = []
 
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -134,6 +135,9 @@ class Conn:
             msg["params"] = params
         self.send_raw(json.dumps(msg).encode() + b"\n")
         resp = self.recv()
+        while "method" in resp and "id" not in resp:       # progress notifications before the answer
+            self.notifications.append(resp)
+            resp = self.recv()
         assert resp.get("id") == rid, resp
         return resp
 
