@@ -22,6 +22,9 @@ else:  # pragma: no cover - Python 3.10 on the Jetson
     import tomli as tomllib
 
 
+from .profiles import Profile, ProfileError, load_profiles_file, parse_profiles  # noqa: E402
+
+
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the key."""
 
@@ -63,6 +66,9 @@ class LlamaConfig:
     ubatch_size: int = 0
     extra_args: Tuple[str, ...] = ()
     default_max_tokens: int = 512
+    fallback_models: Tuple[str, ...] = ()  # tried in order when default_model cannot be loaded
+    profiles_file: Optional[Path] = None   # extra [profiles."x.gguf"] tables (e.g. etc/models.toml)
+    warmup: bool = True                    # prefill every slot with the profile's system prompt after a load
     allow_remote_http: bool = False   # start_server() may bind non-loopback hosts
     quantize_max_output_bytes: int = 0    # RLIMIT_FSIZE for llama-quantize (0 = unlimited): a disk guard
     # timeouts (seconds)
@@ -85,6 +91,10 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     llama: LlamaConfig = field(default_factory=LlamaConfig)
     path: Optional[Path] = None
+    profiles: Dict[str, Profile] = field(default_factory=dict)   # model file name -> profile
+
+    def profile_for(self, model: Optional[str]) -> Optional[Profile]:
+        return self.profiles.get(model) if model else None
 
     @property
     def runtime_dir(self) -> Path:
@@ -100,7 +110,7 @@ class Config:
 
 
 _SECTIONS = {"server": ServerConfig, "llama": LlamaConfig}
-_PATH_KEYS = {"socket", "runtime_dir", "log_dir", "models_dir", "extra_models_dirs"}
+_PATH_KEYS = {"socket", "runtime_dir", "log_dir", "models_dir", "extra_models_dirs", "profiles_file"}
 _BIN_KEYS = {"server_bin", "quantize_bin"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 
@@ -147,6 +157,10 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
                                                   for v in value):
             raise _fail(key, "expected a list of integer ids", value)
         return tuple(value)
+    if name == "fallback_models":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v and "/" not in v for v in value):
+            raise _fail(key, "expected a list of model file names", value)
+        return tuple(v if v.endswith(".gguf") else v + ".gguf" for v in value)
     if name == "extra_args":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise _fail(key, "expected a list of strings", value)
@@ -190,10 +204,18 @@ def from_dict(data: Dict[str, Any], base: Path) -> Config:
     """Build a Config from parsed TOML; relative paths resolve against ``base``."""
     sections: Dict[str, Any] = {}
     for name, table in data.items():
+        if name == "profiles":
+            continue
         if name not in _SECTIONS:
-            raise ConfigError(f"{name}: unknown section (known: {', '.join(sorted(_SECTIONS))})")
+            raise ConfigError(f"{name}: unknown section (known: {', '.join(sorted([*_SECTIONS, 'profiles']))})")
         sections[name] = _build_section(name, _SECTIONS[name], table, base)
     cfg = Config(**sections)
+    try:
+        profiles = load_profiles_file(cfg.llama.profiles_file) if cfg.llama.profiles_file else {}
+        profiles.update(parse_profiles(data.get("profiles", {}), base))
+    except ProfileError as exc:
+        raise ConfigError(str(exc)) from None
+    cfg = dataclasses.replace(cfg, profiles=profiles)
     _check(cfg)
     return cfg
 
@@ -214,6 +236,8 @@ def _check(cfg: Config) -> None:
         raise _fail("llama.parallel", "expected an integer >= 1", l.parallel)
     if l.default_max_tokens < 1:
         raise _fail("llama.default_max_tokens", "expected an integer >= 1", l.default_max_tokens)
+    if l.default_model and not l.default_model.endswith(".gguf"):
+        raise _fail("llama.default_model", "expected a model file name ending in .gguf", l.default_model)
     if l.preload and not l.default_model:
         raise ConfigError("llama.preload: preload = true needs llama.default_model")
     if len(str(s.socket)) > 104:

@@ -16,7 +16,7 @@ import socket
 import subprocess
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import psutil
 
@@ -78,22 +78,31 @@ def make_endpoint(cfg: Config, binary: str) -> LlamaEndpoint:
 
 
 def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEndpoint) -> List[str]:
-    """The llama-server command line for one model (GPU options stay configurable)."""
+    """The llama-server command line for one model: [llama] options, overridden by its profile's."""
     l = cfg.llama
+    prof = cfg.profile_for(model_path.name)
+
+    def opt(name: str) -> Any:
+        v = getattr(prof, name, None) if prof is not None else None
+        return v if v is not None else getattr(l, name)
+
     cmd = [binary, "-m", str(model_path), "--alias", model_path.name,
-           "-c", str(l.ctx_size), "-np", str(l.parallel), "-ngl", str(l.n_gpu_layers),
+           "-c", str(opt("ctx_size")), "-np", str(l.parallel), "-ngl", str(opt("n_gpu_layers")),
            "--no-webui", "--log-colors", "off"]
     if endpoint.unix_path:
         cmd += ["--host", endpoint.unix_path]
     else:
         cmd += ["--host", "127.0.0.1", "--port", str(endpoint.port)]
-    if l.threads:
-        cmd += ["-t", str(l.threads)]
-    if l.batch_size:
-        cmd += ["-b", str(l.batch_size)]
-    if l.ubatch_size:
-        cmd += ["-ub", str(l.ubatch_size)]
-    cmd += list(l.extra_args)
+    if opt("threads"):
+        cmd += ["-t", str(opt("threads"))]
+    if opt("batch_size"):
+        cmd += ["-b", str(opt("batch_size"))]
+    if opt("ubatch_size"):
+        cmd += ["-ub", str(opt("ubatch_size"))]
+    template = prof.chat_template if prof is not None else None
+    if template:
+        cmd += ["--chat-template-file", template] if "/" in template else ["--chat-template", template]
+    cmd += list(opt("extra_args"))
     return cmd
 
 

@@ -6,6 +6,7 @@ and raises the named errors from ``errors.py``; the transport is in ``rpc.py``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -16,13 +17,14 @@ import aiohttp
 import anyio
 import psutil
 
-from . import __version__
+from . import __version__, config
 from .config import Config
 from .errors import (GenerationFailed, GenerationTimeout, InvalidParams, InvalidPath, ModelLoadFailed,
                      ShuttingDown)
 from .llama_http import LlamaHTTPError, LlamaStalled
 from .logs import get as get_logger
 from .models import ModelStore
+from .profiles import Profile, ProfileError, resolve_grammar, resolve_schema
 from .quantize import quantize
 from .rpc import CallContext, Method, rpc_method
 from .http_servers import ExtraServers
@@ -54,6 +56,8 @@ class App:
         self.dispatcher_stats: Any = None   # set by server: the Dispatcher (served/errors)
         self._self_proc = psutil.Process()
         self._log_file = str(cfg.log_file)
+        self.active_default: str = cfg.llama.default_model    # a fallback model after a failed preload
+        self.fallback: Optional[Dict[str, Any]] = None
 
     def _check_accepting(self) -> None:
         if not self.accepting:
@@ -62,47 +66,69 @@ class App:
     def methods(self) -> Dict[str, Method]:
         return {name: rpc_method(getattr(self, name)) for name in
                 ("generate", "list_models", "quantize_model", "load_model", "unload_model", "status",
-                 "start_server", "stop_server", "server_info")}
+                 "start_server", "stop_server", "server_info", "reload")}
 
     # ------------------------------------------------------------------ generate
     async def generate(self, ctx: CallContext, *, prompt: str, model: Optional[str] = None,
-                       temperature: float = 0.7, top_p: float = 0.7, top_k: int = 40,
-                       max_tokens: Optional[int] = None, timeout: float = 30,
+                       temperature: Optional[float] = None, top_p: Optional[float] = None,
+                       top_k: Optional[int] = None, max_tokens: Optional[int] = None, timeout: float = 30,
                        system_prompt: Optional[str] = None, stop: Optional[List[str]] = None,
-                       grammar: Optional[str] = None, json_schema: Optional[Dict[str, Any]] = None,
+                       grammar: Optional[str] = None, json_schema: Optional[Any] = None,
                        stream: bool = False) -> Dict[str, Any]:
-        """Chat completion with the model's template.  ``stream=true`` also sends each piece of text
-        as a ``generate.chunk`` notification {id, text} before the final result."""
+        """Chat completion with the model's template.
+
+        Omitted (or null) parameters come from the model's profile, then from the
+        defaults (temperature 0.7, top_p 0.7, top_k 40, max_tokens 512).
+        ``grammar`` may be GBNF or "json"; ``json_schema`` a schema or "command".
+        ``stream=true`` also sends each piece of text as a ``generate.chunk``
+        notification {id, text} before the final result.
+        """
         t0 = time.perf_counter()
         self._check_accepting()
         if not prompt.strip():
             raise InvalidParams("Prompt cannot be empty", "prompt: must not be blank")
-        name = model or self.cfg.llama.default_model
+        name = model or self.active_default
         if not name:
             raise InvalidParams("model is required (no llama.default_model is configured)", "model")
+        path = self.store.resolve(name)
+        prof = self.cfg.profile_for(path.name) or Profile(model=path.name)
+        temperature = _pick(temperature, prof.temperature, 0.7)
+        top_p = _pick(top_p, prof.top_p, 0.7)
+        top_k = _pick(top_k, prof.top_k, 40)
+        max_tokens = _pick(max_tokens, prof.max_tokens, self.cfg.llama.default_max_tokens)
         _check_range("temperature", temperature, 0, 10)
         _check_range("top_p", top_p, 0, 1)
         _check_range("top_k", top_k, 0, 100_000)
         _check_range("timeout", timeout, 0.001, MAX_TIMEOUT)
-        if max_tokens is None:
-            max_tokens = self.cfg.llama.default_max_tokens
         _check_range("max_tokens", max_tokens, 1, 1_000_000)
         if grammar is not None and json_schema is not None:
             raise InvalidParams("grammar and json_schema are mutually exclusive", "grammar")
-        path = self.store.resolve(name)
+        try:
+            if grammar is not None:
+                grammar = resolve_grammar(grammar, self.store.primary, "grammar")
+            elif json_schema is not None:
+                json_schema = resolve_schema(json_schema, self.store.primary, "json_schema")
+            elif prof.grammar or prof.json_schema:
+                grammar, json_schema = prof.grammar, prof.json_schema
+        except ProfileError as exc:
+            raise InvalidParams(str(exc)) from None
         self._check_loadable(path)
         messages = []
+        system_prompt = system_prompt if system_prompt is not None else prof.effective_system_prompt()
         if system_prompt:
             messages.append({"role": "system", "content": system_prompt})
         messages.append({"role": "user", "content": prompt})
         body: Dict[str, Any] = {"messages": messages, "temperature": temperature, "top_p": top_p,
                                 "top_k": top_k, "max_tokens": max_tokens, "cache_prompt": True}
+        stop = stop if stop is not None else (list(prof.stop) if prof.stop else None)
         if stop:
             body["stop"] = stop
         if grammar is not None:
             body["grammar"] = grammar
         if json_schema is not None:
             body["json_schema"] = json_schema
+        if not prof.think:
+            body["chat_template_kwargs"] = {"enable_thinking": False}
         deadline = time.monotonic() + timeout
         self.requests_in_flight += 1
         try:
@@ -170,7 +196,10 @@ class App:
                               f"{', '.join(str(d) for d in self.store.dirs)}",
                               {"served": [str(d) for d in self.store.dirs]})
         loaded = self.supervisor.model
-        return await anyio.to_thread.run_sync(self.store.list, loaded)
+        items = await anyio.to_thread.run_sync(self.store.list, loaded)
+        for item in items:
+            item["profile"] = item["name"] if item["name"] in self.cfg.profiles else None
+        return items
 
     async def quantize_model(self, ctx: CallContext, *, input_model: str, output_model: str,
                              quantization_type: str = "q4_k", overwrite: bool = False) -> Dict[str, Any]:
@@ -192,7 +221,7 @@ class App:
     async def load_model(self, ctx: CallContext, *, model: Optional[str] = None,
                          timeout: Optional[float] = None) -> Dict[str, Any]:
         self._check_accepting()
-        name = model or self.cfg.llama.default_model
+        name = model or self.active_default
         if not name:
             raise InvalidParams("model is required (no llama.default_model is configured)", "model")
         timeout = timeout or self.cfg.llama.load_timeout
@@ -200,19 +229,16 @@ class App:
         path = self.store.resolve(name)
         self._check_loadable(path)
         t0 = time.perf_counter()
-
-        async def report() -> None:      # load.progress every half second until the model is ready
-            while True:
-                await ctx.progress("load.progress", model=path.name, state=self.supervisor.state.value,
-                                   elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
-                await anyio.sleep(0.5)
-
+        deadline = time.monotonic() + timeout
+        seq = self.supervisor.failure_seq
         try:
             with anyio.fail_after(timeout):
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(report)
-                    child = await self.supervisor.load(path.name, path, time.monotonic() + timeout)
-                    tg.cancel_scope.cancel()
+                while True:       # load.progress every half second until the model is ready
+                    with anyio.move_on_after(0.5):
+                        child = await self.supervisor.load(path.name, path, deadline, seq)
+                        break
+                    await ctx.progress("load.progress", model=path.name, state=self.supervisor.state.value,
+                                       elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
         except TimeoutError:
             raise GenerationTimeout(f"load of {path.name} timed out after {timeout:g} seconds") from None
         return {"model": child.model, "state": self.supervisor.state.value, "pid": child.proc.pid,
@@ -249,6 +275,37 @@ class App:
     async def server_info(self, ctx: CallContext, *, pid: int) -> Dict[str, Any]:
         return self.extra_servers.info(pid)
 
+    async def reload(self, ctx: CallContext) -> Dict[str, Any]:
+        """Re-read model profiles (and fallback_models) from the config file (also on SIGHUP).
+
+        The warm model stays loaded unless its load options (ctx_size, n_gpu_layers,
+        ...) changed; then it is restarted with the new ones.  Other settings need
+        a restart of oracd and are reported as ignored.
+        """
+        if self.cfg.path is None:
+            raise InvalidParams("oracd was not started from a config file; nothing to reload")
+        try:
+            new = await anyio.to_thread.run_sync(config.load, self.cfg.path)
+        except config.ConfigError as exc:
+            raise InvalidParams(f"config not reloaded: {exc}") from None
+        ignored = [k for k in ("server",) if getattr(new, k) != getattr(self.cfg, k)]
+        llama_new = dataclasses.replace(new.llama, fallback_models=self.cfg.llama.fallback_models)
+        if llama_new != self.cfg.llama:
+            ignored.append("llama")
+        loaded = self.supervisor.model
+        old_opts = (self.cfg.profile_for(loaded) or Profile(model="")).load_options()
+        new_opts = (new.profile_for(loaded) or Profile(model="")).load_options()
+        self.cfg = dataclasses.replace(self.cfg, profiles=new.profiles,
+                                       llama=dataclasses.replace(self.cfg.llama,
+                                                                 fallback_models=new.llama.fallback_models))
+        self.supervisor.cfg = self.cfg
+        restart = bool(loaded) and old_opts != new_opts
+        if restart:
+            self.supervisor.request_restart("profile load options changed")
+        log.info("config reloaded", profiles=len(new.profiles), restart=restart, ignored=ignored)
+        return {"profiles": sorted(new.profiles), "restarted": restart,
+                "ignored_sections": ignored}
+
     async def status(self, ctx: CallContext) -> Dict[str, Any]:
         return self.status_dict()
 
@@ -268,8 +325,18 @@ class App:
             "log_file": self._log_file,
             "models_dirs": [str(p) for p in self.cfg.models_dirs],
             "default_model": self.cfg.llama.default_model or None,
+            "active_default_model": self.active_default or None,
+            "fallback": self.fallback,
+            "profiles": sorted(self.cfg.profiles),
             "config": str(self.cfg.path) if self.cfg.path else None,
         }
+
+
+def _pick(sent: Any, profile: Any, default: Any) -> Any:
+    """What a request sends wins; then the model's profile; then the built-in default."""
+    if sent is not None:
+        return sent
+    return profile if profile is not None else default
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:

@@ -379,7 +379,7 @@ async def serve(cfg: Config) -> int:
                     tg.start_soon(_heartbeat, app, notifier)
                     async for signum in signals:
                         if signum == signal.SIGHUP:
-                            log.info("SIGHUP received (nothing to reload yet)")
+                            tg.start_soon(_reload, app)
                             continue
                         log.info("signal received, shutting down", signal=signal.Signals(signum).name)
                         break
@@ -414,15 +414,36 @@ async def serve(cfg: Config) -> int:
 
 
 async def _preload(app: App) -> None:
+    """Load default_model before READY; if it cannot be loaded, try fallback_models in order."""
     cfg = app.cfg
-    name = cfg.llama.default_model
+    tried = []
+    for name in (cfg.llama.default_model, *cfg.llama.fallback_models):
+        try:
+            path = app.store.resolve(name)
+            app._check_loadable(path)
+            with anyio.fail_after(cfg.llama.load_timeout + 5):
+                await app.supervisor.load(path.name, path, time.monotonic() + cfg.llama.load_timeout)
+        except Exception as exc:  # reported in status; the next candidate is tried
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            log.error("preload failed", model=name, error=reason)
+            tried.append({"model": name, "error": reason})
+            continue
+        app.active_default = path.name
+        if tried:
+            app.fallback = {"serving": path.name, "failed": tried}
+            log.warning("serving a fallback model", model=path.name, failed=[t["model"] for t in tried])
+        else:
+            log.info("default model preloaded", model=name)
+        return
+    app.fallback = {"serving": None, "failed": tried}
+
+
+async def _reload(app: App) -> None:
+    """SIGHUP: re-read profiles like the ``reload`` RPC (errors are logged, the old config stays)."""
     try:
-        path = app.store.resolve(name)
-        with anyio.fail_after(cfg.llama.load_timeout + 5):
-            await app.supervisor.load(path.name, path, time.monotonic() + cfg.llama.load_timeout)
-        log.info("default model preloaded", model=name)
-    except Exception as exc:  # reported in status; the daemon still serves other models
-        log.error("preload failed", model=name, error=str(exc))
+        await app.reload(CallContext(peer=Peer()))
+    except Exception as exc:
+        log.error("reload on SIGHUP failed", error=getattr(exc, "message", str(exc)))
 
 
 async def _heartbeat(app: App, notifier: Notifier) -> None:

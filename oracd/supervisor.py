@@ -143,6 +143,8 @@ class Supervisor:
         self._drained.set()
         self._tg: Optional[anyio.abc.TaskGroup] = None
         self.finished = anyio.Event()        # set when run() has stopped the child for good
+        self._restart_why: Optional[str] = None
+        self.warmup_ms: Optional[float] = None
 
     # ------------------------------------------------------------------ queries
     @property
@@ -161,6 +163,7 @@ class Supervisor:
             "consecutive_failures": self.consecutive_failures, "in_flight": self._inflight,
             "endpoint": child.endpoint.describe() if child else None,
             "last_error": self.last_error, "last_exit": self.last_exit,
+            "profile": self.model if self.model in self.cfg.profiles else None, "warmup_ms": self.warmup_ms,
         }
         if child and child.returncode is None:
             if child.ps is None:
@@ -186,7 +189,12 @@ class Supervisor:
             return
         raise GenerationTimeout("timed out waiting for the model to become ready")
 
-    async def _settle_on(self, name: str, path: Path, deadline: float) -> Child:
+    @property
+    def failure_seq(self) -> int:
+        """Bumped at every load failure: pass it to load() to see failures since then."""
+        return self._failure_seq
+
+    async def _settle_on(self, name: str, path: Path, deadline: float, seq: Optional[int] = None) -> Child:
         """Wait until ``name`` is READY (or its load failed).
 
         Requests for other models queue up in arrival order (``_queue``); the owner
@@ -197,7 +205,7 @@ class Supervisor:
         if (self.state == ChildState.READY and child and child.model == name and self._want == name
                     and child.returncode is None):
             return child                                    # fast path: the warm model
-        seq = self._failure_seq
+        seq = self._failure_seq if seq is None else seq
         self._waiting[name] = self._waiting.get(name, 0) + 1
         try:
             while True:
@@ -264,13 +272,18 @@ class Supervisor:
             if self._inflight == 0:
                 self._drained.set()
 
-    async def load(self, name: str, path: Path, deadline: float) -> Child:
-        return await self._settle_on(name, path, deadline)
+    async def load(self, name: str, path: Path, deadline: float, since_seq: Optional[int] = None) -> Child:
+        return await self._settle_on(name, path, deadline, since_seq)
 
     async def unload(self, deadline: float) -> None:
         self._set_want(None, None)
         while self.state not in (ChildState.STOPPED, ChildState.FAILED, ChildState.SHUTDOWN):
             await self._wait_change(deadline)
+
+    def request_restart(self, why: str) -> None:
+        """Restart the warm model (same model, new load options), e.g. after a profile reload."""
+        self._restart_why = why
+        self._poke()
 
     def report_hang(self, child: Child, why: str) -> None:
         """A request saw no progress past the hang timeout: kill the child (the owner restarts it)."""
@@ -348,6 +361,11 @@ class Supervisor:
             if want != child.model:
                 await self._drain_inflight(self.cfg.llama.swap_drain_timeout)
                 await self._stop_child("swap" if want else "unload")
+                continue
+            if self._restart_why:
+                why, self._restart_why = self._restart_why, None
+                await self._drain_inflight(self.cfg.llama.swap_drain_timeout)
+                await self._stop_child(why)
                 continue
             await self._monitor(child)
 
@@ -443,6 +461,7 @@ class Supervisor:
         self._tg.start_soon(self._reap, child)
         err = await self._wait_healthy(child)
         if err is None and child.returncode is None and self._want == name and not self._shutdown:
+            await self._warm(child)
             child.ready_at = time.monotonic()
             self._want_fresh = False
             self.last_error = None
@@ -454,6 +473,31 @@ class Supervisor:
             return
         await self._stop_child("load failed")
         self._load_failed(name, err, fresh)
+
+    async def _warm(self, child: Child) -> None:
+        """Prefill every slot's KV cache with the profile's system prompt (cache_prompt keeps it),
+        so the first real request after a start, swap or restart pays only for its own tokens."""
+        prof = self.cfg.profile_for(child.model)
+        system = prof.effective_system_prompt() if prof is not None else None
+        if not system or not self.cfg.llama.warmup:
+            self.warmup_ms = None
+            return
+        t0 = time.monotonic()
+
+        async def one(slot: int) -> None:
+            body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "ok"}],
+                    "max_tokens": 1, "temperature": 0, "id_slot": slot, "cache_prompt": True}
+            try:
+                await child.http.chat_stream(body)
+            except Exception as exc:   # warm-up is an optimisation: never fail a load over it
+                log.warning("warm-up failed", slot=slot, error=str(exc))
+
+        with anyio.move_on_after(self.cfg.llama.load_timeout):
+            async with anyio.create_task_group() as tg:
+                for slot in range(self.cfg.llama.parallel):
+                    tg.start_soon(one, slot)
+        self.warmup_ms = round((time.monotonic() - t0) * 1000, 1)
+        log.info("slots warmed", model=child.model, slots=self.cfg.llama.parallel, ms=self.warmup_ms)
 
     def _load_failed(self, name: str, err: OracError, fresh: bool) -> None:
         self.last_error = {"message": err.message, "data": err.data, "at": time.time()}
