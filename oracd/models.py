@@ -58,7 +58,7 @@ class ModelStore:
         """True if ``path`` names one of the served models dirs."""
         try:
             real = Path(path).expanduser().resolve()
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError, ValueError):   # ValueError: embedded NUL byte
             return False
         return any(real == d.resolve() for d in self.dirs)
 

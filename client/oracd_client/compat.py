@@ -48,6 +48,7 @@ from .exceptions import (CallTimeout, ConnectionLost, ModelsPathNotServed, Oracd
                          with_message)
 from .models import PromptResponse
 from .paths import MODELS_PATH_ENV
+from .streaming import GenerateStream
 from .sync import call_sync
 from .transport import OracdClient
 
@@ -324,6 +325,56 @@ class LlamaCppClient:
                                prompt=r.get("prompt", prompt), finish_reason=r.get("finish_reason"),
                                usage=r.get("usage"))
 
+    def generate_stream(self, model: str, prompt: str, temperature: float = 0.7, top_p: float = 0.7,
+                        top_k: int = 40, max_tokens: Optional[int] = None, verbose: bool = False,
+                        timeout: int = 30, system_prompt: Optional[str] = None) -> GenerateStream:
+        """Stream a generation: ``async for text in client.generate_stream(model, prompt): ...``.
+
+        Same parameters as ``generate()`` (minus ``stream``), plus ``system_prompt``.
+        Yields the pieces of text as llama-server produces them (oracd's
+        ``generate.chunk`` notifications; raw text, so a model's ``<think>`` block is
+        included, while ``generate()`` strips it).  After the loop, ``stream.result``
+        is oracd's result and ``stream.response`` the ``PromptResponse``.  Errors are
+        raised from the loop, as ``generate()`` raises them (a blank prompt at once).
+
+        Each stream has a connection of its own; leaving early (``break``,
+        ``aclose()``, ``async with``, cancellation) closes it, and oracd then aborts
+        the generation and frees the llama-server slot.
+        """
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("Prompt cannot be empty")
+        try:
+            params: Dict[str, Any] = {
+                "prompt": prompt, "model": model, "temperature": float(temperature), "top_p": float(top_p),
+                "top_k": int(top_k), "max_tokens": None if max_tokens is None else int(max_tokens),
+                "timeout": MAX_TIMEOUT if timeout is None else float(timeout), "stream": True}
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid generation parameter: {exc}") from None
+        if system_prompt is not None:
+            params["system_prompt"] = str(system_prompt)
+        if verbose:
+            logger.info("generate_stream: model=%s temperature=%s top_p=%s top_k=%s max_tokens=%s timeout=%s "
+                        "prompt=%r", model, temperature, top_p, top_k, max_tokens, timeout, prompt)
+
+        def map_error(exc: BaseException) -> BaseException:
+            if isinstance(exc, OracError):
+                return _generate_error(exc, timeout)
+            if isinstance(exc, CallTimeout):
+                return GenerationTimeout(f"Generation timed out after {timeout} seconds", {"timeout": timeout})
+            return exc
+
+        def make_response(r: Dict[str, Any], elapsed_ms: float) -> Any:
+            if verbose:
+                logger.info("generate_stream: %.1f ms, finish_reason=%s usage=%s response=%r", elapsed_ms,
+                            r.get("finish_reason"), r.get("usage"), r.get("response"))
+            return _build_response(response=r["response"], elapsed_ms=elapsed_ms, model=model or r.get("model"),
+                                   prompt=r.get("prompt", prompt), finish_reason=r.get("finish_reason"),
+                                   usage=r.get("usage"))
+
+        before = self._check_models_path if self._unchecked_models_path is not None else None
+        return GenerateStream(self._rpc, params, params["timeout"] + _GENERATE_GRACE, before=before,
+                              map_error=map_error, make_response=make_response)
+
     async def start_server(self, model: str, host: str = "127.0.0.1", port: int = 8080,
                            temperature: float = 0.7, top_p: float = 0.7,
                            top_k: int = 40) -> subprocess.Popen:
@@ -424,6 +475,6 @@ def _generate_error(exc: OracError, timeout: Any) -> BaseException:
     return exc
 
 
-__all__ = ["LlamaCppClient", "ManagedServer", "PromptResponse", "response_class", "ModelsPathNotServed",
+__all__ = ["LlamaCppClient", "ManagedServer", "GenerateStream", "PromptResponse", "response_class", "ModelsPathNotServed",
            "OracdUnavailable", "ConnectionLost", "MODELS_PATH", "DEFAULT_HOST", "DEFAULT_PORT",
            "DEFAULT_TIMEOUT", "logger"]

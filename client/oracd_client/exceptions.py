@@ -15,11 +15,16 @@ from oracd.errors import OracError, error_from_code  # noqa: F401  (re-exported)
 
 
 class OracdUnavailable(ConnectionError):
-    """No oracd answers on the socket; the message names the socket and how to start oracd."""
+    """No oracd answers on the socket; the message names the socket and how to start oracd.
 
-    def __init__(self, message: str, socket_path: Optional[str] = None):
+    ``errno`` is the connect error (``ENOENT``/``ECONNREFUSED``: no daemon there; ``EACCES``:
+    this user may not open the socket or its directory), None for a connect timeout.
+    """
+
+    def __init__(self, message: str, socket_path: Optional[str] = None, errno: Optional[int] = None):
         super().__init__(message)
         self.socket_path = socket_path
+        self.errno = errno
 
 
 class ConnectionLost(ConnectionError):

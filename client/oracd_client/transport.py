@@ -18,6 +18,12 @@ connection breaks *after* a request was written, the call fails with
 ``ConnectionLost``; ``call(..., idempotent=True)`` then retries once on a new
 connection.  A failed connect is retried once after ``RECONNECT_DELAY`` for
 every method (nothing was sent yet).
+
+Notifications about a request in flight (``generate.chunk``, ``quantize.progress``,
+``load.progress``: JSON-RPC notifications whose ``params.id`` is the request's id)
+go to the ``on_notify(method, params)`` callback given to that call; without one
+they are dropped as before.  The lookup happens only for id-less messages, so
+plain responses take the same path as ever.
 """
 from __future__ import annotations
 
@@ -25,12 +31,15 @@ import asyncio
 import json
 import socket
 import weakref
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from oracd.errors import ERRORS, RequestTooLarge, error_from_code
 
 from .exceptions import CallTimeout, ConnectionLost, OracdUnavailable
 from .paths import default_socket_path, start_hint
+
+#: ``on_notify(method, params)``: called from the connection's reader for each notification about a call.
+NotifyCallback = Callable[[str, Dict[str, Any]], None]
 
 #: Longest response line accepted (a long generation is one line).
 LINE_LIMIT = 64 * 1024 * 1024
@@ -74,6 +83,7 @@ class Connection:
         self.loop = loop
         self.pending: Dict[int, "asyncio.Future[Any]"] = {}
         self.big: Dict[int, int] = {}
+        self.listeners: Dict[int, NotifyCallback] = {}   # request id -> on_notify, for calls that asked
         self.closed = False          # reader finished or close() called: no new writes, pending failed
         self.dead = False            # peer hung up (seen by peek): no new writes; reader drains what is left
         self.close_reason: Optional[BaseException] = None
@@ -94,7 +104,7 @@ class Connection:
                 reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
                     str(exc) or type(exc).__name__)
                 raise OracdUnavailable(f"cannot connect to oracd at {path}: {reason}. {start_hint(path)}",
-                                       path) from None
+                                       path, getattr(exc, "errno", None)) from None
             raise
         return cls(sock, reader, writer, path, loop)
 
@@ -115,11 +125,16 @@ class Connection:
         self.dead = True       # EOF queued: oracd closed (restart); let the reader drain, use a new connection
         return False
 
-    async def call(self, method: str, params: Any, timeout: Optional[float] = None) -> Any:
+    async def call(self, method: str, params: Any, timeout: Optional[float] = None,
+                   on_notify: Optional[NotifyCallback] = None) -> Any:
+        """Send one request and wait for its answer; ``on_notify(method, params)`` (optional) gets the
+        notifications oracd sends about this request (``params.id`` == its id) until the answer."""
         self._last_id = rid = self._last_id + 1
         line = _dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": rid}).encode() + b"\n"
         fut = self.loop.create_future()
         self.pending[rid] = fut
+        if on_notify is not None:
+            self.listeners[rid] = on_notify
         if len(line) > _BIG_LINE:
             self.big[rid] = len(line)
         self.transport.write(line)
@@ -137,6 +152,8 @@ class Connection:
             self.pending.pop(rid, None)
             if self.big:
                 self.big.pop(rid, None)
+            if on_notify is not None:
+                self.listeners.pop(rid, None)
 
     # ------------------------------------------------------------------ reading
     async def _read_loop(self) -> None:
@@ -168,8 +185,11 @@ class Connection:
         rid = msg.get("id")
         fut = self.pending.pop(rid, None) if rid is not None else None
         if fut is None:
-            if rid is None and "error" in msg:
-                self._orphan_error(msg["error"])
+            if rid is None:
+                if "error" in msg:
+                    self._orphan_error(msg["error"])
+                elif self.listeners:
+                    self._notification(msg)
             return                # a late answer to a call that timed out or was cancelled
         if fut.done():
             return
@@ -177,6 +197,21 @@ class Connection:
             fut.set_exception(_rpc_error(msg["error"]))
         else:
             fut.set_result(msg.get("result"))
+
+    def _notification(self, msg: Dict[str, Any]) -> None:
+        """A notification about a request in flight: hand it to that call's ``on_notify``."""
+        params = msg.get("params")
+        method = msg.get("method")
+        if not isinstance(params, dict) or not isinstance(method, str):
+            return
+        rid = params.get("id")
+        cb = self.listeners.get(rid) if isinstance(rid, int) else None
+        if cb is None:
+            return
+        try:
+            cb(method, params)
+        except Exception:     # a faulty callback must not kill the reader (and every pending call)
+            pass
 
     def _orphan_error(self, err: Any) -> None:
         """An error without an id: a line oracd could not take (too large) or a refused connection."""
@@ -270,9 +305,13 @@ class OracdClient:
         fin.atexit = False
 
     async def call(self, method: str, params: Optional[Dict[str, Any]] = None, *,
-                   timeout: Optional[float] = None, idempotent: bool = False) -> Any:
+                   timeout: Optional[float] = None, idempotent: bool = False,
+                   on_notify: Optional[NotifyCallback] = None) -> Any:
         """Call ``method`` with named ``params``; ``idempotent`` calls are retried once if the
-        connection breaks with the request in flight (others raise ``ConnectionLost``)."""
+        connection breaks with the request in flight (others raise ``ConnectionLost``).
+        ``on_notify(method, params)`` receives oracd's notifications about this call (progress,
+        ``generate.chunk`` with ``stream: true``).  Cancelling a call does not stop it in oracd
+        (the shared connection stays open); use ``open_connection()`` and close it for that."""
         st = self._loops.get(asyncio.get_running_loop())
         conn = st.conn if st is not None else None
         if conn is None or not conn.usable():
@@ -280,12 +319,22 @@ class OracdClient:
         if params is None:
             params = {}
         if not idempotent:
-            return await conn.call(method, params, timeout)
+            return await conn.call(method, params, timeout, on_notify)
         try:
-            return await conn.call(method, params, timeout)
+            return await conn.call(method, params, timeout, on_notify)
         except ConnectionLost:
             conn = await self._connect()
-            return await conn.call(method, params, timeout)
+            return await conn.call(method, params, timeout, on_notify)
+
+    async def open_connection(self) -> Connection:
+        """A new connection of its own (not shared, not cached), for a call that must be abortable:
+        oracd aborts a connection's requests when its client hangs up, so closing it stops the work
+        upstream and frees the llama-server slot.  The caller closes it (``await conn.aclose()``)."""
+        try:
+            return await Connection.open(self.socket_path, self.connect_timeout)
+        except OracdUnavailable:
+            await asyncio.sleep(RECONNECT_DELAY)      # oracd may be restarting: the socket comes back
+            return await Connection.open(self.socket_path, self.connect_timeout)
 
     async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
