@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from helpers import BIN, SMOL, Oracd  # noqa: E402  (the same real-process launcher the tests use)
+from helpers import BIN, SMOL, Oracd, toml_value  # noqa: E402  (the same real-process launcher the tests use)
 
 from .old_cli import OldCliClient  # noqa: E402
 
@@ -62,6 +63,8 @@ class RawRPC:
             msg["params"] = params
         self.w.write(json.dumps(msg).encode() + b"\n")
         resp = json.loads(await self.r.readline())
+        while "id" not in resp and "method" in resp:       # a progress notification (load.progress)
+            resp = json.loads(await self.r.readline())
         if "error" in resp:
             raise RuntimeError(resp["error"])
         return resp["result"]
@@ -254,6 +257,117 @@ def bench_cold_start(runs: int) -> Dict[str, Any]:
             "llama-server alone to /health 200 ms": summary(llama_ms)}
 
 
+# A long few-shot system prompt (~600 SmolLM2 tokens) for the warm-up measurement: the kind of
+# prompt a small model needs to parse commands, and the kind whose prefill warm-up saves.
+FEWSHOT_EXAMPLES = [
+    ("switch on the hallway lights", "lights", "on", "hallway", None),
+    ("dim the living room lights to 40 percent", "lights", "set", "living room", 40),
+    ("make the kitchen lights red", "lights", "set", "kitchen", "red"),
+    ("set the living room heating to 22 degrees", "heating", "set", "living room", 22),
+    ("make it cooler in the kitchen", "heating", "decrease", "kitchen", None),
+    ("set the thermostat to 19", "thermostat", "set", None, 19),
+    ("open the bedroom blinds", "blinds", "open", "bedroom", None),
+    ("turn on the fan in the office", "fan", "on", "office", None),
+    ("play some rock music in the living room", "music", "play", "living room", "rock"),
+    ("turn the volume down", "volume", "decrease", None, None),
+    ("activate the dinner party scene", "scene", "activate", None, "dinner party"),
+    ("lock the back door", "door", "lock", "back", None),
+    ("what's the weather today", "none", "none", None, None),
+]
+FEWSHOT_SYSTEM = (
+    "You are the command parser of a smart home. You turn one spoken command into one JSON object with "
+    "exactly the keys device, action, location and value, and you reply with that object only.\n"
+    "device: lights, heating, thermostat, blinds, fan, tv, music, volume, scene, door, an appliance, "
+    "or none.\naction: on, off, toggle, set, increase, decrease, open, close, play, pause, stop, "
+    "activate, lock, unlock, or none.\nlocation: the room as said, or null. value: a number without "
+    "units, a word such as a colour or a scene name, or null.\nQuestions and chit-chat are not commands: "
+    "device none, action none, location null, value null.\nExamples:\n"
+    + "\n".join(f'"{t}" -> ' + json.dumps({"device": d, "action": a, "location": loc, "value": v})
+                for t, d, a, loc, v in FEWSHOT_EXAMPLES))
+WARMUP_PROMPTS = ("Turn off the kitchen lights", "Set the bedroom heating to 20 degrees")
+
+
+async def _warmup_rounds(loads: int, common: Dict[str, Any]) -> Any:
+    times: Dict[str, Dict[str, List[float]]] = {}
+    prompt_tokens = None
+    with Oracd(llama={**common, "warmup": True}) as on, Oracd(llama={**common, "warmup": False}) as off:
+        variants = {"warmup on": on, "warmup off": off}
+        conns = {}
+        for name, o in variants.items():
+            conns[name] = RawRPC(o.socket)
+            await conns[name].open()
+            times[name] = {"load_ms": [], "first_ms": [], "load_plus_first_ms": [], "second_ms": [],
+                           "warmup_ms": []}
+        for i in range(loads):
+            order = list(variants) if i % 2 == 0 else list(reversed(variants))
+            for name in order:
+                raw, t = conns[name], times[name]
+                await raw.call("unload_model")
+                load = await timed(lambda: raw.call("load_model", {"model": SMOL}))
+                first_res: Dict[str, Any] = {}
+
+                async def first() -> None:
+                    first_res.update(await raw.call("generate", {"prompt": WARMUP_PROMPTS[0], "model": SMOL}))
+
+                first_ms = await timed(first)
+                second_ms = await timed(lambda: raw.call("generate", {"prompt": WARMUP_PROMPTS[1], "model": SMOL}))
+                st = (await raw.call("status"))["child"]
+                t["load_ms"].append(load)
+                t["first_ms"].append(first_ms)
+                t["load_plus_first_ms"].append(load + first_ms)
+                t["second_ms"].append(second_ms)
+                if st.get("warmup_ms") is not None:
+                    t["warmup_ms"].append(st["warmup_ms"])
+                prompt_tokens = first_res["usage"]["prompt_tokens"]
+        for c in conns.values():
+            await c.close()
+    return times, prompt_tokens
+
+
+async def bench_warmup(loads: int) -> Dict[str, Any]:
+    """First-request latency after a load, with and without slot warm-up (llama.warmup true/false).
+
+    Two oracd run side by side on the same model and long few-shot profile, one with warm-up, one
+    without; each round unloads and loads the model on both (order alternating) and times the load,
+    the first generate after it and a second one (the steady state).  The first request pays for
+    the whole system prompt unless warm-up already prefilled it into the slot's KV cache.
+    """
+    root = Path(tempfile.mkdtemp(prefix="bench-w-", dir="/tmp"))
+    prof = root / "models.toml"
+    prof.write_text(f'[profiles."{SMOL}"]\nsystem_prompt = {toml_value(FEWSHOT_SYSTEM)}\n'
+                    'temperature = 0.0\nmax_tokens = 64\njson_schema = "command"\n')
+    common = {"threads": 0, "profiles_file": str(prof), "preload": False, "ctx_size": 4096, "parallel": 2}
+    try:
+        times, prompt_tokens = await _warmup_rounds(loads, common)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    res: Dict[str, Any] = {"loads": loads, "first_request_prompt_tokens": prompt_tokens, "parallel": 2}
+    for name, t in times.items():
+        res[name] = {k: summary(v) for k, v in t.items() if v}
+        res[name]["_raw"] = t
+    on_first, off_first = res["warmup on"]["first_ms"]["p50"], res["warmup off"]["first_ms"]["p50"]
+    res["first_request_saving_ms_p50"] = round(off_first - on_first, 3)
+    res["first_request_speedup_p50"] = round(off_first / on_first, 2) if on_first else None
+    res["load_plus_first_saving_ms_p50"] = round(res["warmup off"]["load_plus_first_ms"]["p50"]
+                                                 - res["warmup on"]["load_plus_first_ms"]["p50"], 3)
+    return res
+
+
+def warmup_markdown(w: Dict[str, Any]) -> List[str]:
+    lines = [f"| warm-up ({w['loads']} loads each, {w['first_request_prompt_tokens']}-token few-shot prompt) "
+             "| warmup = true p50 ms | warmup = false p50 ms |", "|---|---|---|"]
+    labels = {"load_ms": "load_model (includes warm-up)", "first_ms": "first generate after the load",
+              "load_plus_first_ms": "load + first generate", "second_ms": "second generate (steady state)"}
+    for k, label in labels.items():
+        lines.append(f"| {label} | {w['warmup on'][k]['p50']} | {w['warmup off'][k]['p50']} |")
+    if "warmup_ms" in w["warmup on"]:
+        lines.append(f"| status.child.warmup_ms | {w['warmup on']['warmup_ms']['p50']} | - |")
+    lines += ["", f"Warm-up saves {w['first_request_saving_ms_p50']} ms on the first request after a load "
+              f"(x{w['first_request_speedup_p50']}); load + first request: "
+              f"{w['load_plus_first_saving_ms_p50']} ms saved."]
+    return lines
+
+
 def fmt(v: Any, with_p99: bool = False) -> str:
     if not isinstance(v, dict):
         return str(v)
@@ -282,6 +396,8 @@ def to_markdown(res: Dict[str, Any]) -> str:
     lines += ["", "| cold start / memory | value |", "|---|---|"]
     for k, v in {**res["cold_start"], **res["memory"]}.items():
         lines.append(f"| {k} | {fmt(v)} |")
+    if "warmup" in res:
+        lines += [""] + warmup_markdown(res["warmup"])
     lines += ["", "| target | met | value |", "|---|---|---|"]
     for k, v in res["targets"].items():
         lines.append(f"| {k} | {'yes' if v['met'] else 'NO'} | {v['value']} |")
@@ -297,6 +413,8 @@ async def run_all(args: argparse.Namespace) -> Dict[str, Any]:
         res["memory"] = await bench_memory(o, args.memory_requests)
     res["cold_start"] = bench_cold_start(args.cold_runs)
     res["concurrency"] = await bench_concurrency(args.levels, args.conc_rounds, args.conc_per_client)
+    if args.warmup_loads:
+        res["warmup"] = await bench_warmup(args.warmup_loads)
     res["targets"] = check_targets(res)
     return res
 
@@ -358,10 +476,28 @@ def main() -> int:
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--conc-rounds", type=int, default=3)
     ap.add_argument("--conc-per-client", type=int, default=4)
+    ap.add_argument("--warmup-loads", type=int, default=4, help="loads per variant for the warm-up measurement "
+                    "(0: skip it)")
+    ap.add_argument("--only-warmup", action="store_true", help="run only the warm-up measurement")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args()
+    if args.only_warmup:
+        w = asyncio.run(bench_warmup(max(1, args.warmup_loads)))
+        raw = {k: w[k].pop("_raw") for k in ("warmup on", "warmup off")}
+        md = "\n".join(warmup_markdown(w)) + "\n"
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        args.out.mkdir(parents=True, exist_ok=True)
+        stem = args.out / f"warmup-{when.replace(':', '')}"
+        stem.with_suffix(".json").write_text(json.dumps({"when": when, "warmup": w, "warmup_raw_ms": raw},
+                                                        indent=2) + "\n")
+        stem.with_suffix(".md").write_text(md)
+        print(md)
+        print(f"written: {stem}.json, {stem}.md")
+        return 0
     res = asyncio.run(run_all(args))
     raw = res["generate"].pop("_raw")
+    if "warmup" in res:
+        res["warmup_raw_ms"] = {k: res["warmup"][k].pop("_raw") for k in ("warmup on", "warmup off")}
     md = to_markdown(res)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / res["when"].replace(":", "")

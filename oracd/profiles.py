@@ -25,13 +25,16 @@ else:  # pragma: no cover
 # {"device": "none", "action": "none", "location": null, "value": null}.
 COMMAND_ACTIONS = ("on", "off", "toggle", "set", "increase", "decrease", "open", "close",
                    "play", "pause", "stop", "activate", "lock", "unlock", "none")
+COMMAND_MAX_STRING = 32
 COMMAND_SCHEMA: Dict[str, Any] = {
     "type": "object",
     "properties": {
-        "device": {"type": "string"},
+        # bounded strings: a small model stuck repeating itself ("john-john-...") still closes the
+        # object well within a profile's max_tokens instead of being cut off as invalid JSON
+        "device": {"type": "string", "maxLength": COMMAND_MAX_STRING},
         "action": {"type": "string", "enum": list(COMMAND_ACTIONS)},
-        "location": {"type": ["string", "null"]},
-        "value": {"type": ["number", "string", "null"]},
+        "location": {"type": ["string", "null"], "maxLength": COMMAND_MAX_STRING},
+        "value": {"type": ["number", "string", "null"], "maxLength": COMMAND_MAX_STRING},
     },
     "required": ["device", "action", "location", "value"],
     "additionalProperties": False,

@@ -61,7 +61,7 @@ _LOAD_REASONS = (
     ("cudaMalloc failed", "out_of_memory"),
     ("invalid magic", "not_gguf"),
     ("failed to read magic", "not_gguf"),
-    ("tensor data is not within the file bounds", "corrupt"),
+    ("data is not within the file bounds", "corrupt"),        # tensor 'x' data is not within...
     ("failed to load model", "load_failed"),
 )
 
@@ -526,8 +526,11 @@ class Supervisor:
             if child.returncode is not None:
                 tail = list(child.tail)[-15:]
                 reason = classify_load_failure(tail)
-                last = next((t for t in reversed(tail) if "error" in t.lower() or "failed" in t.lower()),
-                            tail[-1] if tail else "")
+                # llama.cpp's own reason ("error loading model: tensor 'x' data is not within the file
+                # bounds, ...") beats the generic last line ("exiting due to model loading error")
+                last = next((t for t in tail if "error loading model:" in t), None) or next(
+                    (t for t in reversed(tail) if "error" in t.lower() or "failed" in t.lower()),
+                    tail[-1] if tail else "")
                 return ModelLoadFailed(
                     f"llama-server exited with code {child.returncode} while loading {child.model}: {last}",
                     {"reason": reason, "returncode": child.returncode, "stderr_tail": tail})

@@ -1,0 +1,131 @@
+"""The command-parsing eval (python -m oracd.eval) against a real oracd with the shipped profiles.
+
+Accuracy is reported, not asserted (SmolLM2-135M is a weak parser); what is asserted is what the
+grammar promises: every answer is JSON and fits the built-in ``command`` schema.  The harness
+runs the whole corpus with 2 requests in flight on 2 llama-server slots (about a minute here).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import REPO, SMOL, Oracd
+
+CORPUS = REPO / "tests" / "data" / "commands.jsonl"
+FIELDS = ("device", "action", "location", "value")
+
+
+def corpus_items():
+    return [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
+
+
+def test_corpus_is_well_formed():
+    import jsonschema
+    from oracd.profiles import COMMAND_ACTIONS, COMMAND_SCHEMA
+    items = corpus_items()
+    assert len(items) >= 60
+    assert len({i["text"].lower() for i in items}) == len(items), "duplicate utterances"
+    cats = {i["category"] for i in items}
+    assert {"lights", "heating", "blinds", "media", "scene", "lock", "fan", "question"} <= cats
+    for i in items:
+        exp = i["expected"]
+        jsonschema.validate(exp, COMMAND_SCHEMA)
+        assert exp["action"] in COMMAND_ACTIONS
+        if exp["device"] == "none":
+            assert exp == {"device": "none", "action": "none", "location": None, "value": None}, i
+        for k in ("device", "location", "value"):   # tests/data/README.md: lower case, trimmed, no "the"
+            v = exp[k]
+            if isinstance(v, str):
+                assert v == " ".join(v.lower().split()), i
+                assert k == "value" or not v.startswith("the "), i
+    assert any(isinstance(i["expected"]["value"], (int, float)) and i["category"] == "heating" for i in items)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    o = Oracd(llama={"profiles_file": str(REPO / "etc" / "models.toml"), "parallel": 2, "ctx_size": 2048})
+    o.start()
+    yield o
+    o.cleanup()
+
+
+def run_eval(o: Oracd, *args: str, timeout: float = 170) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "oracd.eval", "--socket", str(o.socket), *args],
+                          cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
+
+
+def test_eval_full_corpus_grammar_gives_valid_json(shipped):
+    t0 = time.monotonic()
+    res = run_eval(shipped, "--json", "--concurrency", "2", "--timeout", "120")
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr + res.stdout[-2000:]
+    report = json.loads(res.stdout)
+    assert report["schema_constrained"] is True and report["n"] == len(corpus_items())
+    (m,) = report["models"]                         # no --model: the active default model
+    assert m["model"] == SMOL and "error" not in m, m.get("error")
+    assert m["errors"] == 0
+    bad = [(i["id"], i["finish_reason"], i["response"]) for i in m["items"] if not (i["json"] and i["schema"])]
+    assert m["valid_json"] == 1.0, f"not valid JSON (finish_reason 'length' = cut off at max_tokens): {bad}"
+    assert m["schema_valid"] == 1.0, bad
+    assert len(m["items"]) == report["n"]
+    for k in FIELDS:                                 # reported, not asserted: just well-formed figures
+        assert 0.0 <= m["field_accuracy"][k] <= 1.0
+    assert 0.0 <= m["all_fields"] <= min(m["field_accuracy"].values())
+    assert m["median_ms"] > 0
+    # the grammar came from the request, max_tokens from the shipped profile
+    from oracd.profiles import load_profiles_file
+    limit = load_profiles_file(REPO / "etc" / "models.toml")[SMOL].max_tokens
+    assert all(i["completion_tokens"] <= limit for i in m["items"])
+    print(f"\nSmolLM2 eval: {elapsed:.0f}s, all fields {m['all_fields']:.1%}, "
+          f"fields { {k: round(v, 3) for k, v in m['field_accuracy'].items()} }, median {m['median_ms']} ms")
+    assert elapsed < 180
+
+
+def test_eval_markdown_table_and_model_errors(shipped, tmp_path):
+    small = tmp_path / "small.jsonl"
+    small.write_text("\n".join(CORPUS.read_text().splitlines()[:2]) + "\n")
+    res = run_eval(shipped, "--corpus", str(small), "--model", SMOL, "--model", "no-such-model")
+    assert res.returncode == 1, res.stderr          # a model that could not be evaluated
+    lines = res.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| model"))
+    for col in ("valid JSON", "schema-valid", "device", "action", "location", "value", "all fields", "median ms"):
+        assert col in header
+    assert any(line.startswith(f"| {SMOL} | ") and "%" in line for line in lines), res.stdout
+    assert any("no-such-model" in line and "-32001" in line for line in lines), res.stdout
+    # the harness put the model it found back (no swap left behind)
+    assert shipped.call("status")["child"]["model"] == SMOL
+
+
+def test_eval_usage_errors(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "hi"}\n')
+    res = subprocess.run([sys.executable, "-m", "oracd.eval", "--socket", str(tmp_path / "none.sock"),
+                          "--corpus", str(bad)], cwd=str(REPO), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "expected" in res.stderr, res.stderr
+    res = subprocess.run([sys.executable, "-m", "oracd.eval", "--socket", str(tmp_path / "none.sock")],
+                         cwd=str(REPO), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "cannot connect" in res.stderr, res.stderr
+
+
+def test_scoring_rules():
+    from oracd.eval import parse_response, same, score, _mini_valid, _validator
+    assert same(21, "21") and same(19.5, 19.50) and same("Living  Room", "living room")
+    assert not same(None, "none") and not same(None, "null") and not same(1, True) and not same("21", "21 degrees")
+    assert parse_response('```json\n{"a": 1}\n```') == (True, {"a": 1})
+    assert parse_response('{"a": 1') == (False, None)
+    item = {"expected": {"device": "lights", "action": "on", "location": "kitchen", "value": None}}
+    s = score(item, '{"device": "Lights", "action": "on", "location": "hall", "value": null}', _validator())
+    assert s["json"] and s["schema"] and not s["all"]
+    assert s["fields"] == {"device": True, "action": True, "location": False, "value": True}
+    s = score(item, '{"device": "lights", "action": "dance", "location": "kitchen", "value": null}', _validator())
+    assert s["json"] and not s["schema"]
+    for v in (_validator(), _mini_valid):             # jsonschema and the hand-written fallback agree
+        assert v(item["expected"])
+        assert not v({**item["expected"], "extra": 1})
+        assert not v({**item["expected"], "value": True})
+        assert not v({**item["expected"], "action": "dance"})
+        assert not v({k: item["expected"][k] for k in ("device", "action", "location")})
