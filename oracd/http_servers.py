@@ -48,8 +48,8 @@ def _check_host(host: str, allow_remote: bool) -> None:
         return
     try:
         addrs = {ai[4][0] for ai in socket.getaddrinfo(host, None)}
-    except socket.gaierror:
-        raise InvalidParams(f"unknown host {host!r}") from None
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise InvalidParams(f"unknown host {host[:100]!r}") from None
     if not all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs):
         raise InvalidParams(f"host {host!r} is not a loopback address; set llama.allow_remote_http = true "
                             "to let oracd start llama-servers reachable from the network")

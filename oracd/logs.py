@@ -37,7 +37,7 @@ class LogSink:
         self.backups = backups
         self.stderr = stderr
         self.lock = threading.Lock()     # llama-server pumps and to_thread workers may log too
-        self.fh = open(path, "a", encoding="utf-8")
+        self.fh = open(path, "a", encoding="utf-8", errors="backslashreplace")   # lone surrogates from requests
         self.size = self.fh.tell()
 
     def _rotate(self) -> None:
@@ -47,7 +47,7 @@ class LogSink:
             if src.exists():
                 os.replace(src, self.path.with_name(f"{self.path.name}.{i + 1}"))
         os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self.fh = open(self.path, "a", encoding="utf-8")
+        self.fh = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
         self.size = 0
 
     def write(self, event: dict) -> None:

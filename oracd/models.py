@@ -33,6 +33,12 @@ def _check_name(name: Any, what: str = "model") -> str:
         raise InvalidParams(f"{what} must be a non-empty file name")
     if "\x00" in name:
         raise InvalidPath(f"{what} name contains a NUL byte")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidPath(f"{what} name is not valid Unicode") from None
+    if len(encoded) + (0 if name.endswith(".gguf") else 5) > 255:
+        raise InvalidPath(f"{what} name longer than 255 bytes")
     if name.startswith("/") or "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
         raise InvalidPath(f"{what} must be a file name inside the models dir, not a path: {name!r}")
     return name if name.endswith(".gguf") else name + ".gguf"

@@ -75,6 +75,8 @@ async def quantize(store: ModelStore, quantize_bin: Path, input_model: str, outp
     except ModelNotFound as exc:
         raise ModelNotFound(f"Input model not found: {exc.data['path']}", exc.data) from None
     dst = store.output_path(output_model)
+    if dst.exists() and not dst.is_file():
+        raise OutputExists(f"Output model exists and is not a regular file: {dst}", {"path": str(dst)})
     if dst.exists() and not overwrite:
         raise OutputExists(f"Output model already exists: {dst} (pass overwrite=true to replace it)",
                            {"path": str(dst)})

@@ -137,6 +137,17 @@ def error_obj(code: int, message: str, data: Any = None, id: Any = None) -> Dict
     return {"jsonrpc": "2.0", "error": err, "id": id}
 
 
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
 def _depth_ok(obj: Any) -> bool:
     """Reject absurd nesting before touching it (json itself already caps recursion)."""
     stack = [(obj, 0)]
@@ -181,7 +192,9 @@ class Dispatcher:
 
     async def handle_line(self, line: bytes, ctx: CallContext) -> Optional[bytes]:
         try:
-            obj = json.loads(line)
+            # strict UTF-8 (json.loads(bytes) would let encoded surrogates through), and RFC 8259
+            # numbers only: no NaN/Infinity, no float that overflows to inf
+            obj = json.loads(line.decode("utf-8"), parse_constant=_not_json, parse_float=_finite_float)
         except (ValueError, RecursionError) as exc:
             self.errors += 1
             self._log_one("-", None, ctx, 0.0, PARSE_ERROR)
@@ -242,7 +255,10 @@ class Dispatcher:
 
     @staticmethod
     def _encode(obj: Any) -> bytes:
-        return _dumps(obj).encode("utf-8") + b"\n"
+        try:
+            return _dumps(obj).encode("utf-8") + b"\n"
+        except UnicodeEncodeError:   # a lone surrogate ("\ud800" escape) somewhere: keep it escaped
+            return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n"
 
     @staticmethod
     def _log_one(method: str, rid: Any, ctx: CallContext, ms: float, code: Optional[int]) -> None:

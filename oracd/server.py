@@ -18,6 +18,7 @@ import socket
 import stat
 import struct
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
@@ -166,6 +167,8 @@ class Connections:
             log.info("connection open", peer_pid=peer.pid, peer_uid=peer.uid, peer_gid=peer.gid)
             try:
                 await self._serve(stream, raw, peer)
+            except Exception:      # never let one connection cancel every other one (conn_tg)
+                log.exception("connection failed", peer_pid=peer.pid)
             finally:
                 app.connections -= 1
                 log.info("connection closed", peer_pid=peer.pid)
@@ -214,7 +217,12 @@ class Connections:
         async def process(line: bytes) -> None:
             nonlocal pending, all_done
             try:
-                out = await self.dispatcher.handle_line(line, ctx)
+                try:
+                    out = await self.dispatcher.handle_line(line, ctx)
+                except Exception:
+                    incident = uuid.uuid4().hex[:12]
+                    log.exception("request failed", peer_pid=peer.pid, incident=incident)
+                    out = Dispatcher._encode(error_obj(-32603, "Internal error", {"incident": incident}))
                 if out is not None:
                     await send(out)
             finally:
@@ -234,7 +242,7 @@ class Connections:
                 try:
                     # idle: nothing in flight and no complete line for idle_timeout -> close
                     with anyio.fail_after(idle_timeout if pending == 0 else math.inf):
-                        line = await buffered.receive_until(b"\n", max_line)
+                        line = await buffered.receive_until(b"\n", max_line + 1)   # exactly max_line is allowed
                 except TimeoutError:
                     log.info("closing idle connection", peer_pid=peer.pid, idle_timeout_s=idle_timeout)
                     break

@@ -216,8 +216,12 @@ class Supervisor:
                     and child.returncode is None):
                     return child
                 if self._failure_seq != seq and self._failure_model == name and self._failure is not None:
-                    if self._want != name or self.consecutive_failures >= self.cfg.llama.crash_loop_threshold:
-                        raise self._failure
+                    if self._want != name:
+                        raise self._failure                     # an explicit load failed: its own error
+                    if self.consecutive_failures >= self.cfg.llama.crash_loop_threshold:
+                        raise ServerUnavailable(
+                            f"llama-server for {name} is in a crash loop ({self.consecutive_failures} failures)",
+                            {"last_error": self.last_error, "last_exit": self.last_exit})
                 if (self.state == ChildState.BACKOFF and self._want == name
                         and self.consecutive_failures >= self.cfg.llama.crash_loop_threshold):
                     raise ServerUnavailable(
