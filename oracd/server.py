@@ -215,7 +215,7 @@ class Connections:
         ctx.notify = notify
 
         async def process(line: bytes) -> None:
-            nonlocal pending, all_done
+            nonlocal pending
             try:
                 try:
                     out = await self.dispatcher.handle_line(line, ctx)

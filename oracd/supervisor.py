@@ -32,7 +32,6 @@ import anyio
 import anyio.abc
 import psutil
 from anyio.streams.buffered import BufferedByteReceiveStream
-from anyio.streams.text import TextReceiveStream
 
 from . import llama_process as lp
 from .config import Config

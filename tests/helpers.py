@@ -97,6 +97,20 @@ def write_tiny_f32(path: Path, n_embd: int = 64, n_layer: int = 1, n_vocab: int 
     return path
 
 
+def gone(pid: int, timeout: float = 15) -> bool:
+    """True once ``pid`` has exited (or is a zombie) within ``timeout`` seconds."""
+    import psutil
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 class RPCError(Exception):
     def __init__(self, error: Dict[str, Any]):
         super().__init__(f"{error.get('code')}: {error.get('message')}")

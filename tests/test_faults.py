@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-import psutil
 import pytest
 
-from helpers import SMOL, Conn, Oracd, RPCError, write_tiny_f32
+from helpers import SMOL, Conn, Oracd, RPCError, write_tiny_f32, gone
 from llama_direct import busy_slots
 from oracd.models import read_gguf_header
 
@@ -79,18 +78,6 @@ def log_events(o: Oracd, event: str) -> List[Dict[str, Any]]:
         if rec.get("event") == event:
             out.append(rec)
     return out
-
-
-def gone(pid: int, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def digest(path: Path) -> str:

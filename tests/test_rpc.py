@@ -6,7 +6,6 @@ import os
 import socket
 import stat
 import threading
-import time
 
 import pytest
 

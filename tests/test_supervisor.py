@@ -9,21 +9,9 @@ import time
 import psutil
 import pytest
 
-from helpers import SMOL, Oracd, link_model
+from helpers import SMOL, Oracd, gone
 
 SMOL_B = "smol-b.gguf"   # the same weights under another name: a real swap, cheaply
-
-
-def gone(pid: int, timeout: float = 15) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_preload_off_loads_on_first_request_and_unload(fresh_oracd):
