@@ -569,3 +569,17 @@ def test_logs_follow_waits_for_new_lines_in_a_file(tmp_path):
     got = f.poll() + f.poll()
     assert got == [b'{"e": "h"}'], got
     f.close()
+
+
+def test_eval_subcommand_runs_the_harness(tmp_path):
+    """`oracctl eval` runs oracd.eval on a small corpus against the real daemon."""
+    corpus = tmp_path / "mini.jsonl"
+    src = (REPO / "tests" / "data" / "commands.jsonl").read_text().splitlines()[:3]
+    corpus.write_text("\n".join(src) + "\n")
+    with Oracd(llama={"profiles_file": str(REPO / "etc" / "models.toml")}) as o:
+        out = subprocess.run([sys.executable, "-m", "oracd_client.cli", "--socket", str(o.socket), "eval",
+                              "--corpus", str(corpus), "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    text = json.dumps(report)
+    assert "valid" in text and "SmolLM2" in text

@@ -286,6 +286,27 @@ def cmd_unload(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------- eval
+def cmd_eval(ctx: Ctx) -> int:
+    """The command-parsing eval (``python -m oracd.eval``) against this oracd."""
+    from oracd import eval as oracd_eval
+    a = ctx.args
+    argv = ["--socket", ctx.socket, "-j", str(a.concurrency)]
+    for m in a.model or ():
+        argv += ["--model", m]
+    if a.all:
+        argv.append("--all")
+    if a.corpus:
+        argv += ["--corpus", a.corpus]
+    if a.no_schema:
+        argv.append("--no-schema")
+    if a.verbose:
+        argv.append("--verbose")
+    if ctx.json:
+        argv.append("--json")
+    return oracd_eval.main(argv)
+
+
 # ---------------------------------------------------------------------- quantize
 def cmd_quantize(ctx: Ctx) -> int:
     a = ctx.args
@@ -422,6 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", metavar="OUT")
     p.add_argument("-t", "--type", metavar="TYPE", help="quantization type, e.g. q4_k, q8_0 (default: q4_k)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+    p = add("eval", "run the command-parsing corpus against models and report accuracy (oracd.eval)", cmd_eval)
+    p.add_argument("-m", "--model", action="append", metavar="MODEL", help="model to evaluate (repeatable; "
+                   "default: the loaded/default model)")
+    p.add_argument("--all", action="store_true", help="every model oracd lists")
+    p.add_argument("--corpus", metavar="PATH", help="JSONL corpus (default: tests/data/commands.jsonl)")
+    p.add_argument("-j", "--concurrency", type=int, default=1, metavar="N")
+    p.add_argument("--no-schema", action="store_true", help="no grammar: measure the model unconstrained")
+    p.add_argument("-v", "--verbose", action="store_true", help="list the mismatches")
 
     p = add("logs", "pretty-print oracd's log (orac.log and its rotations)", cmd_logs)
     p.add_argument("-n", "--lines", type=_nonneg_int, default=20, metavar="N",
