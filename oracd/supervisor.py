@@ -165,9 +165,12 @@ class Supervisor:
             "profile": self.model if self.model in self.cfg.profiles else None, "warmup_ms": self.warmup_ms,
         }
         if child and child.returncode is None:
-            if child.ps is None:
-                child.ps = psutil.Process(child.proc.pid)
-            st["rss_bytes"] = rss_of(child.ps)
+            try:
+                if child.ps is None:
+                    child.ps = psutil.Process(child.proc.pid)
+                st["rss_bytes"] = rss_of(child.ps)
+            except psutil.Error:     # exited and reaped, but _reap has not run yet
+                st["rss_bytes"] = None
             st["uptime_s"] = round(time.monotonic() - child.started_at, 3)
         if self.state == ChildState.BACKOFF:
             st["retry_in_s"] = round(max(0.0, self._backoff_until - time.monotonic()), 3)

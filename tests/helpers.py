@@ -111,6 +111,19 @@ def gone(pid: int, timeout: float = 15) -> bool:
     return False
 
 
+def log_events(o: "Oracd", event: str) -> List[Dict[str, Any]]:
+    """The JSON records in oracd's orac.log whose ``event`` is ``event``."""
+    out = []
+    for line in o.log_file.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if rec.get("event") == event:
+            out.append(rec)
+    return out
+
+
 class RPCError(Exception):
     def __init__(self, error: Dict[str, Any]):
         super().__init__(f"{error.get('code')}: {error.get('message')}")

@@ -37,3 +37,14 @@ def busy_slots(endpoint: str) -> int:
     status, slots = llama_get(endpoint, "/slots")
     assert status == 200, slots
     return sum(1 for s in slots if s.get("is_processing"))
+
+
+def wait_slots_idle(endpoint: str, timeout: float = 10) -> float:
+    """Seconds until no llama-server slot is processing; AssertionError after ``timeout``."""
+    import time
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if busy_slots(endpoint) == 0:
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    raise AssertionError(f"llama-server slot still busy after {timeout}s")

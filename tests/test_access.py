@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import psutil
 import pytest
 
-from helpers import Conn, Oracd, write_tiny_f32
+from helpers import Conn, Oracd, write_tiny_f32, log_events
 
 FAST = {"threads": 1, "extra_args": ["--no-warmup"]}   # see test_faults.py
 OTHER_UID, OTHER_GID = 12345, 12345                    # nobody on this machine
@@ -128,18 +128,6 @@ def creq(c: Conn, method: str, **params: Any) -> Dict[str, Any]:
 def req(o: Oracd, method: str, **params: Any) -> Dict[str, Any]:
     with Conn(o.socket, 60) as c:
         return creq(c, method, **params)
-
-
-def log_events(o: Oracd, event: str) -> List[Dict[str, Any]]:
-    out = []
-    for line in o.log_file.read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("event") == event:
-            out.append(rec)
-    return out
 
 
 def wait_logged_ready(o: Oracd, timeout: float = 60) -> None:

@@ -27,7 +27,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from helpers import SMOL, Conn, Oracd, RPCError, write_tiny_f32, gone
+from helpers import SMOL, Conn, Oracd, RPCError, write_tiny_f32, gone, log_events
 from llama_direct import busy_slots
 from oracd.models import read_gguf_header
 
@@ -66,18 +66,6 @@ def req(o: Oracd, method: str, **params: Any) -> Dict[str, Any]:
 def call(o: Oracd, method: str, **params: Any) -> Any:
     with o.conn(timeout=150) as c:
         return ccall(c, method, **params)
-
-
-def log_events(o: Oracd, event: str) -> List[Dict[str, Any]]:
-    out = []
-    for line in o.log_file.read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("event") == event:
-            out.append(rec)
-    return out
 
 
 def digest(path: Path) -> str:

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from helpers import SMOL, Conn, Oracd
-from llama_direct import busy_slots
+from llama_direct import busy_slots, wait_slots_idle
 from oracd.methods import strip_think
 
 
@@ -74,22 +74,13 @@ def test_bad_grammar_is_invalid_params_not_a_crash(oracd):
     assert oracd.call("status")["child"]["state"] == "ready"
 
 
-def _wait_slots_idle(endpoint: str, timeout: float = 10) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if busy_slots(endpoint) == 0:
-            return time.monotonic() - t0
-        time.sleep(0.05)
-    raise AssertionError(f"llama-server slot still busy after {timeout}s")
-
-
 def test_timeout_aborts_upstream_generation(oracd):
     endpoint = oracd.call("status")["child"]["endpoint"]
     resp = oracd.request("generate", prompt="Write a very long story about a dragon.", max_tokens=2000,
                          temperature=0.8, timeout=0.3)
     assert resp["error"]["code"] == -32003
     assert resp["error"]["message"] == "Generation timed out after 0.3 seconds"
-    _wait_slots_idle(endpoint, 10)     # 2000 tokens take > 30 s here; the slot is freed at once
+    wait_slots_idle(endpoint, 10)     # 2000 tokens take > 30 s here; the slot is freed at once
 
 
 def test_client_disconnect_aborts_upstream_generation(oracd):
@@ -104,7 +95,7 @@ def test_client_disconnect_aborts_upstream_generation(oracd):
         time.sleep(0.02)
     c.sock.shutdown(socket.SHUT_RDWR)
     c.close()
-    _wait_slots_idle(endpoint, 10)
+    wait_slots_idle(endpoint, 10)
     assert oracd.call("status")["child"]["state"] == "ready"
 
 

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from helpers import BIN, REPO, SMOL, Conn, Oracd, write_tiny_f32
-from llama_direct import busy_slots
+from llama_direct import busy_slots, wait_slots_idle
 
 from oracd_client import cli_logs
 
@@ -50,15 +50,6 @@ def run(d: Optional[Oracd], *args: str, timeout: float = 120, socket_path: Optio
 def popen(d: Oracd, *args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([*CLI, "--socket", str(d.socket), *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=str(REPO), **kw)
-
-
-def wait_slots_idle(endpoint: str, timeout: float = 10) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if busy_slots(endpoint) == 0:
-            return time.monotonic() - t0
-        time.sleep(0.05)
-    raise AssertionError(f"llama-server slot still busy after {timeout}s")
 
 
 class Reader(threading.Thread):
@@ -248,7 +239,7 @@ def test_daemon_error_exits_1_with_code_and_message(d):
 
 def test_usage_errors_exit_2(d):
     for args in ([], ["generate"], ["logs", "-n", "-3"], ["frobnicate"], ["generate", "x", "--max-tokens", "many"],
-                 ["eval"]):
+                 ["eval", "-j", "x"]):
         r = run(d, *args)
         assert r.returncode == 2, (args, r.returncode, r.stderr)
         assert "usage" in r.stderr.lower(), r.stderr

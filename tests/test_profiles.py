@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pytest
 
-from helpers import MODELS, REPO, SMOL, Oracd, RPCError, toml_value
+from helpers import MODELS, REPO, SMOL, Oracd, RPCError, toml_value, log_events
 from llama_direct import _UnixHTTPConnection, llama_get
 
 NAME_PROMPT = "Your name is Zorblax."
@@ -91,18 +91,6 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
             return last
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
-def log_events(o: Oracd, event: str) -> List[Dict[str, Any]]:
-    out = []
-    for line in o.log_file.read_text(errors="replace").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if rec.get("event") == event:
-            out.append(rec)
-    return out
 
 
 def gen(o: Oracd, prompt: str, **kw: Any) -> Dict[str, Any]:
