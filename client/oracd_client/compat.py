@@ -215,6 +215,30 @@ class ManagedServer:
                 f"returncode={self.returncode}>")
 
 
+def _generate_params(model: str, prompt: Any, temperature: Any, top_p: Any, top_k: Any,
+                     max_tokens: Any, timeout: Any) -> Dict[str, Any]:
+    """The old argument checks (blank prompt first) and oracd's generate params."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("Prompt cannot be empty")
+    try:
+        return {"prompt": prompt, "model": model, "temperature": float(temperature), "top_p": float(top_p),
+                "top_k": int(top_k), "max_tokens": None if max_tokens is None else int(max_tokens),
+                "timeout": MAX_TIMEOUT if timeout is None else float(timeout)}
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"invalid generation parameter: {exc}") from None
+
+
+def _response_from(r: Dict[str, Any], elapsed_ms: float, model: str, prompt: str, verbose: bool,
+                   what: str) -> Any:
+    """oracd's generate result as the caller's PromptResponse (model/prompt echo the caller's arguments)."""
+    if verbose:
+        logger.info("%s: %.1f ms, finish_reason=%s usage=%s response=%r", what, elapsed_ms,
+                    r.get("finish_reason"), r.get("usage"), r.get("response"))
+    return _build_response(response=r["response"], elapsed_ms=elapsed_ms, model=model or r.get("model"),
+                           prompt=r.get("prompt", prompt), finish_reason=r.get("finish_reason"),
+                           usage=r.get("usage"))
+
+
 class LlamaCppClient:
     """ORAC's llama.cpp client, backed by oracd (one warm llama-server shared by all callers).
 
@@ -296,16 +320,9 @@ class LlamaCppClient:
         (``model``/``prompt`` echo the arguments, ``elapsed_ms`` is measured here,
         ``usage`` holds oracd's token counts).
         """
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("Prompt cannot be empty")
+        params = _generate_params(model, prompt, temperature, top_p, top_k, max_tokens, timeout)
         if self._unchecked_models_path is not None:
             await self._check_models_path()
-        try:
-            params = {"prompt": prompt, "model": model, "temperature": float(temperature), "top_p": float(top_p),
-                      "top_k": int(top_k), "max_tokens": None if max_tokens is None else int(max_tokens),
-                      "timeout": MAX_TIMEOUT if timeout is None else float(timeout)}
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"invalid generation parameter: {exc}") from None
         if verbose:
             logger.info("generate: model=%s temperature=%s top_p=%s top_k=%s max_tokens=%s timeout=%s stream=%s "
                         "prompt=%r", model, temperature, top_p, top_k, max_tokens, timeout, stream, prompt)
@@ -316,14 +333,7 @@ class LlamaCppClient:
             raise _generate_error(exc, timeout) from None
         except CallTimeout:
             raise GenerationTimeout(f"Generation timed out after {timeout} seconds", {"timeout": timeout}) from None
-        elapsed_ms = (time.perf_counter() - t0) * 1000.0
-        if verbose:
-            logger.info("generate: %.1f ms, finish_reason=%s usage=%s response=%r", elapsed_ms,
-                        r.get("finish_reason"), r.get("usage"), r.get("response"))
-        # oracd echoes prompt and model as sent: the caller's own arguments
-        return _build_response(response=r["response"], elapsed_ms=elapsed_ms, model=model or r.get("model"),
-                               prompt=r.get("prompt", prompt), finish_reason=r.get("finish_reason"),
-                               usage=r.get("usage"))
+        return _response_from(r, (time.perf_counter() - t0) * 1000.0, model, prompt, verbose, "generate")
 
     def generate_stream(self, model: str, prompt: str, temperature: float = 0.7, top_p: float = 0.7,
                         top_k: int = 40, max_tokens: Optional[int] = None, verbose: bool = False,
@@ -341,15 +351,8 @@ class LlamaCppClient:
         ``aclose()``, ``async with``, cancellation) closes it, and oracd then aborts
         the generation and frees the llama-server slot.
         """
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("Prompt cannot be empty")
-        try:
-            params: Dict[str, Any] = {
-                "prompt": prompt, "model": model, "temperature": float(temperature), "top_p": float(top_p),
-                "top_k": int(top_k), "max_tokens": None if max_tokens is None else int(max_tokens),
-                "timeout": MAX_TIMEOUT if timeout is None else float(timeout), "stream": True}
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"invalid generation parameter: {exc}") from None
+        params = _generate_params(model, prompt, temperature, top_p, top_k, max_tokens, timeout)
+        params["stream"] = True
         if system_prompt is not None:
             params["system_prompt"] = str(system_prompt)
         if verbose:
@@ -364,12 +367,7 @@ class LlamaCppClient:
             return exc
 
         def make_response(r: Dict[str, Any], elapsed_ms: float) -> Any:
-            if verbose:
-                logger.info("generate_stream: %.1f ms, finish_reason=%s usage=%s response=%r", elapsed_ms,
-                            r.get("finish_reason"), r.get("usage"), r.get("response"))
-            return _build_response(response=r["response"], elapsed_ms=elapsed_ms, model=model or r.get("model"),
-                                   prompt=r.get("prompt", prompt), finish_reason=r.get("finish_reason"),
-                                   usage=r.get("usage"))
+            return _response_from(r, elapsed_ms, model, prompt, verbose, "generate_stream")
 
         before = self._check_models_path if self._unchecked_models_path is not None else None
         return GenerateStream(self._rpc, params, params["timeout"] + _GENERATE_GRACE, before=before,
