@@ -66,6 +66,7 @@ class LlamaConfig:
     ubatch_size: int = 0
     extra_args: Tuple[str, ...] = ()
     default_max_tokens: int = 512
+    stream_above_tokens: int = 512    # generations asking for more tokens are streamed from llama-server
     fallback_models: Tuple[str, ...] = ()  # tried in order when default_model cannot be loaded
     profiles_file: Optional[Path] = None   # extra [profiles."x.gguf"] tables (e.g. etc/models.toml)
     warmup: bool = True                    # prefill every slot with the profile's system prompt after a load
@@ -234,6 +235,8 @@ def _check(cfg: Config) -> None:
         raise _fail("server.max_connections", "expected an integer >= 1", s.max_connections)
     if l.parallel < 1:
         raise _fail("llama.parallel", "expected an integer >= 1", l.parallel)
+    if l.stream_above_tokens < 0:
+        raise _fail("llama.stream_above_tokens", "expected an integer >= 0", l.stream_above_tokens)
     if l.default_max_tokens < 1:
         raise _fail("llama.default_max_tokens", "expected an integer >= 1", l.default_max_tokens)
     if l.default_model and not l.default_model.endswith(".gguf"):

@@ -12,7 +12,6 @@ import json
 from typing import Any, Awaitable, Callable, Dict, Optional
 
 import aiohttp
-import anyio
 
 
 class LlamaEndpoint:
@@ -50,10 +49,6 @@ class LlamaHTTPError(Exception):
 _CLOSE = {"Connection": "close"}
 
 
-class LlamaStalled(Exception):
-    """A streamed generation produced no token for longer than the hang timeout."""
-
-
 class LlamaHTTP:
     """A reusable client for one llama-server endpoint (rebuilt when the endpoint changes)."""
 
@@ -85,16 +80,45 @@ class LlamaHTTP:
         except Exception:  # pragma: no cover - closing a broken session is best-effort
             pass
 
-    async def chat_stream(self, body: Dict[str, Any], idle_timeout: Optional[float] = None,
-                          on_delta: Optional[Callable[[str], Awaitable[None]]] = None) -> Dict[str, Any]:
-        """POST /v1/chat/completions with stream=true and collect the answer.
+    async def _raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
+        if resp.status >= 400:
+            raw = await resp.read()
+            try:
+                data: Any = json.loads(raw)
+            except ValueError:
+                data = raw.decode("utf-8", "replace")
+            raise LlamaHTTPError(resp.status, _error_text(data), data)
 
-        Why stream even when the caller wants one result: llama-server aborts a
-        streamed generation as soon as our connection closes (timeout, client
-        gone), while a non-streamed one runs to the end and keeps its slot busy.
-        Streaming also shows progress, so a generation that stops producing
-        tokens for ``idle_timeout`` seconds raises LlamaStalled.
+    async def chat(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        """POST /v1/chat/completions (not streamed) on a kept-alive connection.
+
+        The fast path: one request, one answer, no per-token wake-ups of oracd
+        (on a 2-core box those wake-ups steal time from llama-server's threads).
+        Cancelling the call closes the connection, and llama-server drops the
+        task when it notices, which takes a second of quiet on its result queue
+        (see App._complete for when oracd streams instead).
         Returns {content, finish_reason, usage}.
+        """
+        session = self._get_session()
+        try:
+            async with session.post("/v1/chat/completions", json=dict(body, stream=False)) as resp:
+                await self._raise_for_status(resp)
+                data = json.loads(await resp.read())
+        except (aiohttp.ClientError, OSError):
+            await self._drop_session()
+            raise
+        choice = (data.get("choices") or [{}])[0]
+        return {"content": (choice.get("message") or {}).get("content") or "",
+                "finish_reason": choice.get("finish_reason"), "usage": data.get("usage") or {}}
+
+    async def chat_stream(self, body: Dict[str, Any],
+                          on_delta: Optional[Callable[[str], Awaitable[None]]] = None) -> Dict[str, Any]:
+        """POST /v1/chat/completions with stream=true, calling ``on_delta`` for each piece of text.
+
+        Streamed when the caller wants chunks (generate stream=true) or the generation
+        may be long: llama-server stops a streamed generation as soon as the
+        connection closes, so a timeout or a vanished client frees the slot at once.
+        Returns {content, finish_reason, usage} like ``chat``.
         """
         body = dict(body, stream=True, stream_options={"include_usage": True})
         session = self._get_session()
@@ -105,23 +129,10 @@ class LlamaHTTP:
             # llama-server closes the connection after a streamed answer although it says keep-alive;
             # "Connection: close" keeps that dead connection out of aiohttp's pool.
             async with session.post("/v1/chat/completions", json=body, headers=_CLOSE) as resp:
-                if resp.status >= 400:
-                    raw = await resp.read()
-                    try:
-                        data: Any = json.loads(raw)
-                    except ValueError:
-                        data = raw.decode("utf-8", "replace")
-                    raise LlamaHTTPError(resp.status, _error_text(data), data)
+                await self._raise_for_status(resp)
                 readline = resp.content.readline
-                first = True
                 while True:
-                    if idle_timeout is None or first:
-                        line = await readline()
-                    else:
-                        with anyio.move_on_after(idle_timeout) as scope:
-                            line = await readline()
-                        if scope.cancelled_caught:
-                            raise LlamaStalled(f"no token from llama-server for {idle_timeout:g}s")
+                    line = await readline()
                     if not line:
                         break
                     if not line.startswith(b"data: "):
@@ -129,7 +140,6 @@ class LlamaHTTP:
                     payload = line[6:].strip()
                     if payload == b"[DONE]":
                         break
-                    first = False
                     obj = json.loads(payload)
                     if "error" in obj:
                         raise LlamaHTTPError(500, _error_text(obj), obj)
@@ -148,6 +158,22 @@ class LlamaHTTP:
             await self._drop_session()
             raise
         return {"content": "".join(parts), "finish_reason": finish, "usage": usage}
+
+    async def main_loop_alive(self) -> int:
+        """HTTP status of GET /slots: answered by llama-server's main loop, between two decode steps.
+
+        /health is answered by the HTTP threads alone, so it stays 200 while a
+        decode is stuck (a GPU hang); /slots does not.  The supervisor asks it
+        while generations are in flight.  501 means slots are disabled (--no-slots).
+        """
+        session = self._get_session()
+        try:
+            async with session.get("/slots") as resp:
+                await resp.read()
+                return resp.status
+        except (aiohttp.ClientError, OSError):
+            await self._drop_session()
+            raise
 
     async def health(self) -> int:
         """HTTP status of GET /health (200 ready, 503 loading)."""

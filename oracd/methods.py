@@ -21,7 +21,7 @@ from . import __version__, config
 from .config import Config
 from .errors import (GenerationFailed, GenerationTimeout, InvalidParams, InvalidPath, ModelLoadFailed,
                      ShuttingDown)
-from .llama_http import LlamaHTTPError, LlamaStalled
+from .llama_http import LlamaHTTPError
 from .logs import get as get_logger
 from .models import ModelStore
 from .profiles import Profile, ProfileError, resolve_grammar, resolve_schema
@@ -156,21 +156,26 @@ class App:
                         on_delta: Any = None) -> Dict[str, Any]:
         """POST the chat completion; if llama-server died under us, retry once on the restarted one.
 
+        Short generations (max_tokens <= llama.stream_above_tokens) are fetched in one
+        response: no per-token wake-ups, the fastest path.  Longer ones, and stream=true,
+        are streamed, because llama-server stops a streamed generation the moment its
+        connection closes (timeout, client gone); a cancelled one-response generation is
+        only dropped once llama-server's result queue has been quiet for a second, so
+        under steady traffic it can run to its max_tokens.
+
         A generation has no side effects, so one transparent retry after a crash
         is safe; a second failure is reported as GenerationFailed.
         """
         for attempt in (1, 2):
             async with self.supervisor.use(path.name, path, deadline) as child:
                 try:
-                    return await child.http.chat_stream(body, idle_timeout=self.cfg.llama.hang_timeout,
-                                                        on_delta=on_delta)
+                    if on_delta is None and body["max_tokens"] <= self.cfg.llama.stream_above_tokens:
+                        return await child.http.chat(body)
+                    return await child.http.chat_stream(body, on_delta)
                 except LlamaHTTPError as exc:
                     if exc.status == 400:
                         raise InvalidParams(f"llama-server rejected the request: {exc.message}") from None
                     raise GenerationFailed(f"llama-server error {exc.status}: {exc.message}") from None
-                except LlamaStalled as exc:
-                    self.supervisor.report_hang(child, str(exc))
-                    failure = f"generation stalled: {exc}"
                 except (aiohttp.ClientError, OSError) as exc:
                     failure = f"lost connection to llama-server ({type(exc).__name__})"
                 if attempt == 2:

@@ -382,9 +382,16 @@ class Supervisor:
                 await self._drained.wait()
 
     async def _monitor(self, child: Child) -> None:
-        """While READY: wake on a kick or child exit, probe /health every health_interval."""
+        """While READY: wake on a kick or child exit, probe the child every health_interval.
+
+        Idle, the probe is /health.  With generations in flight it is /slots,
+        which only the main loop answers: a decode that stops making progress
+        (a GPU hang) leaves /health at 200 but /slots unanswered.  Either way,
+        no good answer for hang_timeout means the child is killed and restarted.
+        """
         l = self.cfg.llama
         unhealthy_since: Optional[float] = None
+        slots_probe = True            # off for a child started with slots disabled (501)
         while child.returncode is None and not self._kick.is_set():
             with anyio.move_on_after(l.health_interval):
                 async with anyio.create_task_group() as tg:
@@ -395,10 +402,18 @@ class Supervisor:
                     tg.start_soon(watch, child.exited)
             if child.returncode is not None or self._kick.is_set():
                 break
+            probe = "/slots" if self._inflight and slots_probe else "/health"
             ok = False
             with anyio.move_on_after(l.health_timeout):
                 try:
-                    ok = await child.http.health() == 200
+                    if probe == "/slots":
+                        status = await child.http.main_loop_alive()
+                        if status == 501:
+                            slots_probe = False
+                            status = await child.http.health()
+                    else:
+                        status = await child.http.health()
+                    ok = status == 200
                 except Exception:
                     ok = False
             now = time.monotonic()
@@ -410,9 +425,11 @@ class Supervisor:
             if child.returncode is not None:
                 break
             unhealthy_since = unhealthy_since or now
-            log.warning("health probe failed", pid=child.proc.pid, unhealthy_s=round(now - unhealthy_since, 3))
-            if now - unhealthy_since + l.health_timeout >= l.hang_timeout:
-                self.report_hang(child, f"/health unanswered for {now - unhealthy_since + l.health_timeout:.1f}s")
+            stuck_s = now - unhealthy_since + l.health_timeout
+            log.warning("health probe failed", pid=child.proc.pid, probe=probe,
+                        unhealthy_s=round(now - unhealthy_since, 3))
+            if stuck_s >= l.hang_timeout:
+                self.report_hang(child, f"{probe} unanswered for {stuck_s:.1f}s")
                 with anyio.move_on_after(5):
                     await child.exited.wait()
                 break
@@ -494,7 +511,7 @@ class Supervisor:
             body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "ok"}],
                     "max_tokens": 1, "temperature": 0, "id_slot": slot, "cache_prompt": True}
             try:
-                await child.http.chat_stream(body)
+                await child.http.chat(body)
             except Exception as exc:   # warm-up is an optimisation: never fail a load over it
                 log.warning("warm-up failed", slot=slot, error=str(exc))
 

@@ -39,12 +39,12 @@ def busy_slots(endpoint: str) -> int:
     return sum(1 for s in slots if s.get("is_processing"))
 
 
-def wait_slots_idle(endpoint: str, timeout: float = 10) -> float:
+def wait_slots_idle(endpoint: str, timeout: float = 10, every: float = 0.05) -> float:
     """Seconds until no llama-server slot is processing; AssertionError after ``timeout``."""
     import time
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if busy_slots(endpoint) == 0:
             return time.monotonic() - t0
-        time.sleep(0.05)
+        time.sleep(every)
     raise AssertionError(f"llama-server slot still busy after {timeout}s")

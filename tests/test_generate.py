@@ -99,6 +99,33 @@ def test_client_disconnect_aborts_upstream_generation(oracd):
     assert oracd.call("status")["child"]["state"] == "ready"
 
 
+COUNT_PROMPT = "Write the numbers from 1 to 3000 separated by commas, with no other text."
+
+
+@pytest.mark.parametrize("stream_above_tokens", [0, 100_000], ids=["streamed", "one-response"])
+def test_disconnect_frees_the_slot_on_both_upstream_paths(fresh_oracd, stream_above_tokens):
+    """Above stream_above_tokens oracd streams from llama-server and a hang-up stops the
+    generation at once; at or below it the answer comes in one response, and llama-server
+    drops the orphan when its queue has been quiet for a second.  This prompt runs to 3000
+    tokens (about a minute here), so only an abort can free the slot in time."""
+    o = fresh_oracd(llama={"ctx_size": 8192, "stream_above_tokens": stream_above_tokens}).start()
+    endpoint = o.call("status")["child"]["endpoint"]
+    c = Conn(o.socket)
+    c.send_raw(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "generate",
+                           "params": {"prompt": COUNT_PROMPT, "max_tokens": 3000, "temperature": 0,
+                                      "timeout": 120}}).encode() + b"\n")
+    deadline = time.monotonic() + 10
+    while busy_slots(endpoint) == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    c.sock.shutdown(socket.SHUT_RDWR)
+    c.close()
+    # poll gently: every answer llama-server sends restarts the one-response path's quiet second
+    took = wait_slots_idle(endpoint, 8, every=1.5)
+    assert took < 8
+    assert o.call("generate", prompt="Hi", max_tokens=2, temperature=0)["usage"]["completion_tokens"] == 2
+
+
 def test_half_closed_client_still_gets_answer(oracd):
     """Shell pipes (socat) send EOF after the request but still read the answer."""
     c = Conn(oracd.socket)
