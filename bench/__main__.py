@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -137,14 +138,34 @@ async def bench_generate(o: Oracd, runs: int, cli_runs: int) -> Dict[str, Any]:
     return res
 
 
+def blocking_latencies(path: Path, method: str, calls: int) -> List[float]:
+    """Round trips with a plain blocking socket (what socat, a shell or the sync client does):
+    the daemon's own latency, with as little client in the way as possible."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(path))
+        rf = s.makefile("rb")
+        ts = []
+        for i in range(calls + 50):              # the first 50 warm the path up
+            line = json.dumps({"jsonrpc": "2.0", "id": i, "method": method}).encode() + b"\n"
+            t0 = time.perf_counter()
+            s.sendall(line)
+            resp = rf.readline()
+            ts.append((time.perf_counter() - t0) * 1000)
+            if b'"result"' not in resp:
+                raise RuntimeError(resp)
+        return ts[50:]
+
+
 async def bench_rpc_floor(o: Oracd, calls: int) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
+    for method in ("status", "list_models"):
+        out[f"{method} latency ms (1 conn)"] = summary(blocking_latencies(o.socket, method, calls))
     raw = RawRPC(o.socket)
     await raw.open()
     for method in ("status", "list_models"):
         await raw.call(method)
         ts = [await timed(lambda: raw.call(method)) for _ in range(calls)]
-        out[f"{method} latency ms (1 conn)"] = summary(ts)
+        out[f"{method} latency ms (1 conn, asyncio client)"] = summary(ts)
     await raw.close()
     for conns in (1, 8):
         clients = [RawRPC(o.socket) for _ in range(conns)]
@@ -206,6 +227,8 @@ async def bench_concurrency(levels: List[int], rounds: int, per_client: int) -> 
                 return toks
 
             rates: Dict[str, List[float]] = {"oracd": [], "direct": []}
+            for fn in (via_oracd, via_direct):   # unmeasured: fill each slot's prompt cache for both alike
+                await asyncio.gather(*(fn(i) for i in range(n)))
             for rnd in range(rounds):
                 for name, fn in ((("oracd", via_oracd), ("direct", via_direct)) if rnd % 2 == 0
                                  else (("direct", via_direct), ("oracd", via_oracd))):
@@ -411,6 +434,9 @@ async def run_all(args: argparse.Namespace) -> Dict[str, Any]:
         res["generate"] = await bench_generate(o, args.runs, args.cli_runs)
         res["rpc"] = await bench_rpc_floor(o, args.rpc_calls)
         res["memory"] = await bench_memory(o, args.memory_requests)
+    with Oracd(server={"event_loop": "asyncio"}, llama={"preload": False}) as o:   # uvloop's share, for the record
+        res["rpc"]["status latency ms (1 conn, stdlib asyncio loop)"] = summary(
+            blocking_latencies(o.socket, "status", args.rpc_calls))
     res["cold_start"] = bench_cold_start(args.cold_runs)
     res["concurrency"] = await bench_concurrency(args.levels, args.conc_rounds, args.conc_per_client)
     if args.warmup_loads:
@@ -468,13 +494,13 @@ def write_chart(res: Dict[str, Any], raw: Dict[str, List[float]], path: Path) ->
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=30, help="warm generate runs per variant")
+    ap.add_argument("--runs", type=int, default=60, help="warm generate runs per variant")
     ap.add_argument("--cli-runs", type=int, default=10, help="old per-call CLI runs")
     ap.add_argument("--rpc-calls", type=int, default=2000)
     ap.add_argument("--memory-requests", type=int, default=10000)
     ap.add_argument("--cold-runs", type=int, default=3)
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
-    ap.add_argument("--conc-rounds", type=int, default=3)
+    ap.add_argument("--conc-rounds", type=int, default=4, help="even, so each side goes first as often")
     ap.add_argument("--conc-per-client", type=int, default=4)
     ap.add_argument("--warmup-loads", type=int, default=4, help="loads per variant for the warm-up measurement "
                     "(0: skip it)")

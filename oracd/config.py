@@ -48,6 +48,7 @@ class ServerConfig:
     allowed_uids: Tuple[int, ...] = ()  # if either list is set, only these peers may talk to oracd
     allowed_gids: Tuple[int, ...] = ()  # (primary or supplementary group of the peer process)
     shutdown_grace: float = 30.0      # seconds in-flight requests get to finish on SIGTERM
+    event_loop: str = "auto"          # auto (uvloop if installed) | uvloop | asyncio
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,10 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise _fail(key, "expected a list of strings", value)
         return tuple(value)
+    if name == "event_loop":
+        if value not in ("auto", "uvloop", "asyncio"):
+            raise _fail(key, "expected one of ['asyncio', 'auto', 'uvloop']", value)
+        return value
     if name == "log_level":
         if not isinstance(value, str) or value not in _LOG_LEVELS:
             raise _fail(key, f"expected one of {sorted(_LOG_LEVELS)}", value)

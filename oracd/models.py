@@ -10,12 +10,38 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from gguf import GGUFValueType, LlamaFileType
-
 from .errors import InvalidParams, InvalidPath, ModelLoadFailed, ModelNotFound
+
+
+
+def _gguf_constants() -> Any:
+    """The ``gguf`` package's constants module, without running ``gguf/__init__``.
+
+    That __init__ imports numpy and the tensor readers: about 10 MB of oracd's
+    resident memory for two enums.  constants.py itself needs only the stdlib.
+    Falls back to the normal import if the package is laid out differently.
+    """
+    import importlib.util
+    spec = importlib.util.find_spec("gguf")
+    locations = list(spec.submodule_search_locations or ()) if spec else []
+    path = Path(locations[0]) / "constants.py" if locations else None
+    if path is None or not path.is_file():
+        import gguf
+        return gguf
+    cspec = importlib.util.spec_from_file_location("oracd._gguf_constants", path)
+    module = importlib.util.module_from_spec(cspec)
+    sys.modules[cspec.name] = module
+    cspec.loader.exec_module(module)
+    return module
+
+
+_constants = _gguf_constants()
+GGUFValueType = _constants.GGUFValueType
+LlamaFileType = _constants.LlamaFileType
 
 GGUF_MAGIC = b"GGUF"
 _SCALARS = {

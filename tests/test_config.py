@@ -178,6 +178,10 @@ BAD_VALUES = [
     ("server", "socket_group", 0),
     ("server", "log_level", "verbose"),
     ("server", "log_level", 10),
+    ("server", "event_loop", "tokio"),
+    ("server", "event_loop", 1),
+    ("llama", "stream_above_tokens", -1),
+    ("llama", "stream_above_tokens", "many"),
 ]
 
 

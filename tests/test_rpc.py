@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from helpers import SMOL, Conn, Oracd
+from helpers import SMOL, Conn, Oracd, log_events
 
 
 def raw_lines(o: Oracd, payload: bytes, n: int, timeout: float = 60) -> list:
@@ -208,3 +208,11 @@ def test_list_models_fields(oracd):
     (oracd.models_dir / ".partial.gguf").write_text("x")
     names = [m["name"] for m in oracd.call("list_models", models_path=str(oracd.models_dir))]
     assert "notes.txt" not in names and ".partial.gguf" not in names
+
+
+@pytest.mark.parametrize("choice,expected", [("auto", "uvloop"), ("asyncio", "asyncio")])
+def test_event_loop_choice(fresh_oracd, choice, expected):
+    """uvloop is a dependency on Linux, so "auto" runs on it; "asyncio" forces the stdlib loop."""
+    o = fresh_oracd(server={"event_loop": choice}, llama={"preload": False}).start()
+    assert o.call("status")["child"]["state"] == "stopped"
+    assert [e["event_loop"] for e in log_events(o, "oracd ready")] == [expected]

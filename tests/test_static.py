@@ -116,3 +116,13 @@ def test_build_products_and_runtime_files_are_ignored(path):
 
 def test_logs_placeholder_is_not_ignored():
     assert git("check-ignore", "-q", "--no-index", "logs/.gitkeep").returncode == 1
+
+
+def test_daemon_does_not_load_numpy():
+    """oracd reads GGUF headers with gguf's enums only; gguf/__init__ would pull in numpy (~10 MB RSS)."""
+    code = ("import sys, oracd.server, oracd.models as m; "
+            "assert m.GGUFValueType.STRING == 8 and m.LlamaFileType.MOSTLY_Q4_1 == 3; "
+            "print(sorted(k for k in ('numpy', 'gguf', 'pydantic') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
