@@ -68,6 +68,9 @@ class LlamaConfig:
     extra_args: Tuple[str, ...] = ()
     default_max_tokens: int = 512
     stream_above_tokens: int = 512    # generations asking for more tokens are streamed from llama-server
+    rpc_workers: Tuple[str, ...] = ()      # "host:port" of llama.cpp rpc-server workers (llama-server --rpc)
+    tensor_split: Tuple[float, ...] = ()   # llama-server -ts: share of the model per device, in device order
+    rpc_fallback_local: bool = False       # a worker down at load: load without the workers instead of failing
     fallback_models: Tuple[str, ...] = ()  # tried in order when default_model cannot be loaded
     profiles_file: Optional[Path] = None   # extra [profiles."x.gguf"] tables (e.g. etc/models.toml)
     warmup: bool = True                    # prefill every slot with the profile's system prompt after a load
@@ -121,6 +124,29 @@ def _fail(key: str, msg: str, value: Any) -> ConfigError:
     return ConfigError(f"{key}: {msg}, got {value!r}")
 
 
+def _rpc_workers(key: str, value: Any) -> Tuple[str, ...]:
+    """A list of "host:port" (IPv4 or a name; rpc-server has no IPv6), no duplicates."""
+    from .rpc_probe import split_address
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(key, 'expected a list of "host:port" strings', value)
+    for v in value:
+        try:
+            split_address(v)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    if len(set(value)) != len(value):
+        raise _fail(key, "lists a worker twice", value)
+    return tuple(value)
+
+
+def _tensor_split(key: str, value: Any) -> Tuple[float, ...]:
+    if (not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               and math.isfinite(v) and v >= 0 for v in value)
+            or (value and not any(value))):
+        raise _fail(key, "expected a list of numbers >= 0, not all zero", value)
+    return tuple(float(v) for v in value)
+
+
 def _resolve(base: Path, value: str) -> Path:
     p = Path(os.path.expanduser(value))
     return p if p.is_absolute() else (base / p).resolve()
@@ -167,6 +193,10 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise _fail(key, "expected a list of strings", value)
         return tuple(value)
+    if name == "rpc_workers":
+        return _rpc_workers(key, value)
+    if name == "tensor_split":
+        return _tensor_split(key, value)
     if name == "event_loop":
         if value not in ("auto", "uvloop", "asyncio"):
             raise _fail(key, "expected one of ['asyncio', 'auto', 'uvloop']", value)

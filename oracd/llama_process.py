@@ -16,7 +16,7 @@ import socket
 import subprocess
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 import psutil
 
@@ -77,8 +77,15 @@ def make_endpoint(cfg: Config, binary: str) -> LlamaEndpoint:
     return LlamaEndpoint(port=free_port(), api_key=secrets.token_urlsafe(24))
 
 
-def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEndpoint) -> List[str]:
-    """The llama-server command line for one model: [llama] options, overridden by its profile's."""
+def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEndpoint,
+                  rpc_workers: Sequence[str] = ()) -> List[str]:
+    """The llama-server command line for one model: [llama] options, overridden by its profile's.
+
+    ``rpc_workers`` (chosen by the supervisor: the configured ones, or none in a
+    local fallback) become ``--rpc``, placed before anything that names devices.
+    With workers, n_gpu_layers 0 means "all layers": RPC workers are offload
+    devices, and -ngl 0 would leave them idle.
+    """
     l = cfg.llama
     prof = cfg.profile_for(model_path.name)
 
@@ -86,9 +93,16 @@ def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEnd
         v = getattr(prof, name, None) if prof is not None else None
         return v if v is not None else getattr(l, name)
 
-    cmd = [binary, "-m", str(model_path), "--alias", model_path.name,
-           "-c", str(opt("ctx_size")), "-np", str(l.parallel), "-ngl", str(opt("n_gpu_layers")),
-           "--no-webui", "--log-colors", "off"]
+    ngl = opt("n_gpu_layers")
+    if rpc_workers and ngl == 0:
+        ngl = 999
+    cmd = [binary, "-m", str(model_path), "--alias", model_path.name]
+    if rpc_workers:
+        cmd += ["--rpc", ",".join(rpc_workers)]
+        if opt("tensor_split"):
+            cmd += ["-ts", ",".join(f"{v:g}" for v in opt("tensor_split"))]
+    cmd += ["-c", str(opt("ctx_size")), "-np", str(l.parallel), "-ngl", str(ngl),
+            "--no-webui", "--log-colors", "off"]
     if endpoint.unix_path:
         cmd += ["--host", endpoint.unix_path]
     else:
@@ -109,6 +123,7 @@ def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEnd
 def child_env(endpoint: LlamaEndpoint) -> dict:
     """The child's environment: the API key goes by env var, never on the command line (ps shows argv)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_ARG_", "LLAMA_API_KEY", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))}
+    env["GGML_NO_BACKTRACE"] = "1"   # an abort (e.g. a lost RPC worker) must not fork gdb into our logs
     if endpoint.api_key:
         env["LLAMA_API_KEY"] = endpoint.api_key
     return env

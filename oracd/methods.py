@@ -22,6 +22,7 @@ from .config import Config
 from .errors import (GenerationFailed, GenerationTimeout, InvalidParams, InvalidPath, ModelLoadFailed,
                      ShuttingDown)
 from .llama_http import LlamaHTTPError
+from .rpc_workers import worker_lost
 from .logs import get as get_logger
 from .models import ModelStore
 from .profiles import Profile, ProfileError, resolve_grammar, resolve_schema
@@ -178,11 +179,18 @@ class App:
                     raise GenerationFailed(f"llama-server error {exc.status}: {exc.message}") from None
                 except (aiohttp.ClientError, OSError) as exc:
                     failure = f"lost connection to llama-server ({type(exc).__name__})"
-                if attempt == 2:
-                    raise GenerationFailed(f"{failure}, twice; giving up", {"retryable": True})
-                log.warning("generation failed, retrying once after restart", error=failure, pid=child.proc.pid)
+            if attempt == 2:
+                raise GenerationFailed(f"{failure}, twice; giving up", {"retryable": True})
             with anyio.move_on_after(self.cfg.llama.health_timeout):
                 await child.exited.wait()     # let the supervisor see the exit before we ask again
+            if child.rpc_workers and (child.killed_for == "rpc_worker_lost" or worker_lost(child.tail)):
+                # not retried: the next llama-server needs the workers again (or falls back to local)
+                raise GenerationFailed(
+                    "an RPC worker was lost during the generation; llama-server aborted and is being "
+                    "restarted" + (" (without the workers if they stay down: rpc_fallback_local)"
+                                   if self.cfg.llama.rpc_fallback_local else ""),
+                    {"reason": "rpc_worker_lost", "workers": list(child.rpc_workers), "retryable": True})
+            log.warning("generation failed, retrying once after restart", error=failure, pid=child.proc.pid)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _check_loadable(self, path: Any) -> None:

@@ -50,7 +50,8 @@ ws     ::= | " " | "\n" [ \t]{0,20}
 '''
 BUILTIN_GRAMMARS = {"json": JSON_GRAMMAR}
 BUILTIN_SCHEMAS = {"command": COMMAND_SCHEMA}
-LOAD_KEYS = ("ctx_size", "n_gpu_layers", "batch_size", "ubatch_size", "threads", "extra_args", "chat_template")
+LOAD_KEYS = ("ctx_size", "n_gpu_layers", "batch_size", "ubatch_size", "threads", "extra_args", "chat_template",
+             "rpc_workers", "tensor_split")
 
 
 class ProfileError(ValueError):
@@ -76,6 +77,8 @@ class Profile:
     ubatch_size: Optional[int] = None
     threads: Optional[int] = None
     extra_args: Optional[Tuple[str, ...]] = None
+    rpc_workers: Optional[Tuple[str, ...]] = None   # overrides [llama] rpc_workers; [] = this model stays local
+    tensor_split: Optional[Tuple[float, ...]] = None
     source: Dict[str, Any] = field(default_factory=dict, compare=False)   # as written, for status
 
     def load_options(self) -> Tuple[Any, ...]:
@@ -124,6 +127,12 @@ def _parse(model: str, table: Any, base: Path) -> Profile:
             if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise ProfileError(f"{k}: expected a list of strings, got {v!r}")
             v = tuple(v)
+        elif key in ("rpc_workers", "tensor_split"):
+            from .config import ConfigError, _rpc_workers, _tensor_split
+            try:
+                v = (_rpc_workers if key == "rpc_workers" else _tensor_split)(k, v)
+            except ConfigError as exc:
+                raise ProfileError(str(exc)) from None
         elif key == "think":
             if not isinstance(v, bool):
                 raise ProfileError(f"{k}: expected true or false, got {v!r}")

@@ -37,6 +37,7 @@ from . import llama_process as lp
 from .config import Config
 from .errors import ModelLoadFailed, OracError, ServerUnavailable, ShuttingDown, GenerationTimeout
 from .llama_http import LlamaHTTP, LlamaEndpoint
+from .rpc_workers import RpcWorkers, worker_lost
 from .logs import get as get_logger
 
 log = get_logger("oracd.supervisor")
@@ -54,6 +55,8 @@ class ChildState(str, enum.Enum):
 
 
 _LOAD_REASONS = (
+    ("Failed to connect to", "rpc_worker_down"),               # ggml-rpc.cpp: a --rpc worker is not there
+    ("Remote RPC server crashed", "rpc_worker_lost"),
     ("unknown model architecture", "unsupported_architecture"),
     ("failed to allocate", "out_of_memory"),
     ("out of memory", "out_of_memory"),
@@ -109,7 +112,8 @@ class Child:
         self.tail: Deque[str] = deque(maxlen=40)
         self.started_at = time.monotonic()
         self.ready_at: Optional[float] = None
-        self.killed_for: Optional[str] = None   # "hang" / "stop" when we killed it ourselves
+        self.killed_for: Optional[str] = None   # "hang" / "stop" / "rpc_worker_lost" when we killed it ourselves
+        self.rpc_workers: Tuple[str, ...] = ()    # the --rpc workers it was started with
         self.ps: Optional[psutil.Process] = None
 
 
@@ -125,6 +129,7 @@ class Supervisor:
         self.consecutive_failures = 0
         self.last_error: Optional[Dict[str, Any]] = None
         self.last_exit: Optional[Dict[str, Any]] = None
+        self.rpc = RpcWorkers(cfg)
         self._want: Optional[str] = None        # model name wanted
         self._want_path: Optional[Path] = None
         self._want_fresh = True                 # True until the wanted model has been ready once
@@ -174,6 +179,9 @@ class Supervisor:
             st["uptime_s"] = round(time.monotonic() - child.started_at, 3)
         if self.state == ChildState.BACKOFF:
             st["retry_in_s"] = round(max(0.0, self._backoff_until - time.monotonic()), 3)
+        rpc = self.rpc.status(self.model or self._want, child.proc.pid if child and child.returncode is None else None)
+        if rpc is not None:
+            st["rpc"] = rpc
         return st
 
     # ------------------------------------------------------------------ requests' side
@@ -402,6 +410,17 @@ class Supervisor:
                     tg.start_soon(watch, child.exited)
             if child.returncode is not None or self._kick.is_set():
                 break
+            if child.rpc_workers:
+                lost = await anyio.to_thread.run_sync(self.rpc.lost, child.proc.pid)
+                if lost and child.returncode is None:
+                    log.warning("rpc worker lost", workers=lost, pid=child.proc.pid)
+                    child.killed_for = "rpc_worker_lost"
+                    lp.signal_group(child.proc.pid, signal.SIGKILL)
+                    with anyio.move_on_after(5):
+                        await child.exited.wait()
+                    break
+            else:
+                await self.rpc.recheck_idle(5 * l.health_interval)
             probe = "/slots" if self._inflight and slots_probe else "/health"
             ok = False
             with anyio.move_on_after(l.health_timeout):
@@ -441,6 +460,8 @@ class Supervisor:
         self.consecutive_failures += 1
         delay = min(self.cfg.llama.restart_backoff_initial * 2 ** (self.consecutive_failures - 1),
                     self.cfg.llama.restart_backoff_max)
+        if child.killed_for is None and child.rpc_workers and worker_lost(child.tail):
+            child.killed_for = "rpc_worker_lost"   # llama-server aborted: a worker went away under it
         self.last_exit = {"returncode": child.returncode, "reason": child.killed_for or "crash",
                           "stderr_tail": list(child.tail)[-10:], "at": time.time()}
         self.last_error = {"message": f"llama-server exited ({child.killed_for or 'crash'}, code {child.returncode})",
@@ -453,6 +474,7 @@ class Supervisor:
 
     def _cleanup_child(self, child: Child) -> None:
         self.child = None
+        self.rpc.in_use = ()
         lp.remove_pidfile(self.cfg)
         if self._tg is not None:
             self._tg.start_soon(child.http.close)
@@ -465,8 +487,13 @@ class Supervisor:
         t0 = time.monotonic()
         try:
             binary = lp.find_binary(self.cfg.llama.server_bin)
+            workers, rpc_error = await self.rpc.plan(name)
+            if rpc_error:
+                raise ModelLoadFailed(f"cannot load {name}: {rpc_error}",
+                                      {"reason": "rpc_worker_down", "workers": [
+                                          self.rpc.checks[a].as_dict() for a in workers if a in self.rpc.checks]})
             endpoint = lp.make_endpoint(self.cfg, binary)
-            cmd = lp.build_command(self.cfg, binary, path, endpoint)
+            cmd = lp.build_command(self.cfg, binary, path, endpoint, workers)
             proc = await anyio.open_process(cmd, stdin=None, env=lp.child_env(endpoint), start_new_session=True)
         except OracError as exc:
             self._load_failed(name, exc, fresh)
@@ -475,6 +502,8 @@ class Supervisor:
             self._load_failed(name, ModelLoadFailed(f"cannot start llama-server: {exc}", {"reason": "spawn"}), fresh)
             return
         child = Child(proc, name, endpoint, cmd)
+        child.rpc_workers = workers
+        self.rpc.in_use = workers
         self.child = child
         self.loads += 1
         lp.write_pidfile(self.cfg, proc.pid)

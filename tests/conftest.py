@@ -13,7 +13,7 @@ from helpers import BIN, MODELS, REPO, SMOL, Oracd, write_tiny_f32
 @pytest.fixture(scope="session", autouse=True)
 def provisioned() -> None:
     """Build/fetch llama.cpp and SmolLM2 if needed (seconds when cached)."""
-    if not all((BIN / b).exists() for b in ("llama-server", "llama-quantize")) or not (MODELS / SMOL).exists():
+    if not all((BIN / b).exists() for b in ("llama-server", "llama-quantize", "rpc-server")) or not (MODELS / SMOL).exists():
         subprocess.run([sys.executable, "-m", "oracd.provision"], cwd=str(REPO), check=True)
 
 

@@ -1,0 +1,118 @@
+"""llama.cpp RPC workers for the supervisor: which to use, the pre-flight check, fallback, status.
+
+Why a pre-flight check: llama-server aborts (SIGABRT) within half a second
+when a worker in ``--rpc`` does not answer, before it even listens, and its
+stderr says only "Failed to connect".  Probing each worker first (HELLO,
+``rpc_probe``) turns that into an error naming the worker, and lets
+``rpc_fallback_local`` load the model without the workers instead.
+While llama-server is attached, workers are not probed (rpc-server serves one
+client at a time); oracd watches llama-server's TCP connections to them, so a
+worker that dies is noticed before the next request trips over it.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import anyio
+import structlog
+
+from .config import Config
+from .rpc_probe import WorkerCheck, attached_workers, hello
+
+log = structlog.get_logger("oracd.rpc")
+
+PROBE_TIMEOUT = 2.0
+# llama-server's stderr when a worker went away under it (ggml-rpc.cpp GGML_ABORTs)
+LOST_MARKERS = ("Remote RPC server crashed", "ggml-rpc.cpp")
+
+
+def workers_for(cfg: Config, model: str) -> Tuple[str, ...]:
+    """The model's profile's rpc_workers if it sets them (even to []), else [llama] rpc_workers."""
+    prof = cfg.profile_for(model)
+    if prof is not None and prof.rpc_workers is not None:
+        return prof.rpc_workers
+    return cfg.llama.rpc_workers
+
+
+def worker_lost(tail: Sequence[str]) -> bool:
+    return any(m in line for line in tail for m in LOST_MARKERS)
+
+
+class RpcWorkers:
+    """What the supervisor knows about the workers: last checks, what the child uses, fallback."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.checks: Dict[str, WorkerCheck] = {}
+        self.in_use: Tuple[str, ...] = ()            # workers the running llama-server was started with
+        self.fallback: Optional[Dict[str, Any]] = None   # set while a model runs locally instead
+        self._last_idle_check = 0.0
+
+    async def preflight(self, workers: Sequence[str]) -> List[WorkerCheck]:
+        """HELLO every worker at once (in threads); remember and return the results."""
+        results: List[Optional[WorkerCheck]] = [None] * len(workers)
+
+        async def one(i: int, address: str) -> None:
+            results[i] = await anyio.to_thread.run_sync(hello, address, PROBE_TIMEOUT)
+
+        async with anyio.create_task_group() as tg:
+            for i, a in enumerate(workers):
+                tg.start_soon(one, i, a)
+        checks = [r for r in results if r is not None]
+        for c in checks:
+            self.checks[c.address] = c
+        return checks
+
+    async def plan(self, model: str) -> Tuple[Tuple[str, ...], Optional[str]]:
+        """(workers to start llama-server with, error message if the load must fail).
+
+        All workers answer: use them.  Some do not: with rpc_fallback_local, none
+        (and say so); without it, an error naming each silent worker.
+        """
+        workers = workers_for(self.cfg, model)
+        self.fallback = None
+        if not workers:
+            return (), None
+        bad = [c for c in await self.preflight(workers) if not c.answers]
+        if not bad:
+            return workers, None
+        why = "; ".join(f"{c.address}: {c.error}" for c in bad)
+        msg = f"rpc worker{'s' if len(bad) > 1 else ''} not answering ({why})"
+        if self.cfg.llama.rpc_fallback_local:
+            self.fallback = {"model": model, "reason": msg, "since": round(time.time(), 3),
+                             "workers": [c.address for c in bad]}
+            log.warning("rpc fallback: loading without workers", model=model, reason=msg)
+            return (), None
+        return workers, msg
+
+    def lost(self, pid: int) -> List[str]:
+        """Workers in use that llama-server no longer holds a live connection to."""
+        if not self.in_use:
+            return []
+        held = attached_workers(pid, self.in_use)
+        return [a for a, ok in held.items() if not ok]
+
+    async def recheck_idle(self, interval: float) -> None:
+        """In fallback, probe the silent workers now and then, so status shows when they are back."""
+        if self.fallback is None or time.monotonic() - self._last_idle_check < interval:
+            return
+        self._last_idle_check = time.monotonic()
+        checks = await self.preflight(self.fallback["workers"])
+        if all(c.answers for c in checks):
+            log.info("rpc workers answer again; a load or reload uses them",
+                     workers=[c.address for c in checks])
+
+    def status(self, model: Optional[str], pid: Optional[int]) -> Optional[Dict[str, Any]]:
+        configured = workers_for(self.cfg, model) if model else self.cfg.llama.rpc_workers
+        if not configured and not self.in_use:
+            return None
+        attached = attached_workers(pid, self.in_use) if pid and self.in_use else {}
+        rows = []
+        for a in dict.fromkeys((*configured, *self.in_use)):
+            c = self.checks.get(a)
+            rows.append({"address": a, "in_use": a in self.in_use, "attached": attached.get(a),
+                         **({k: v for k, v in c.as_dict().items() if k != "address"} if c else
+                            {"answers": None})})
+        return {"workers": rows, "fallback_local": self.fallback,
+                "tensor_split": list(self.cfg.llama.tensor_split) or None}
