@@ -9,7 +9,7 @@ new peer).
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable, Dict, Optional
+from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
 
 import aiohttp
 
@@ -159,18 +159,22 @@ class LlamaHTTP:
             raise
         return {"content": "".join(parts), "finish_reason": finish, "usage": usage}
 
-    async def main_loop_alive(self) -> int:
-        """HTTP status of GET /slots: answered by llama-server's main loop, between two decode steps.
+    async def slots(self) -> Tuple[int, Any]:
+        """(HTTP status, body) of GET /slots: what each slot is doing, with its progress counters.
 
-        /health is answered by the HTTP threads alone, so it stays 200 while a
-        decode is stuck (a GPU hang); /slots does not.  The supervisor asks it
-        while generations are in flight.  501 means slots are disabled (--no-slots).
+        The supervisor reads it while generations are in flight: a slot whose
+        counters stop moving (or a /slots that is not answered) is a stuck
+        decode, e.g. a GPU hang or a frozen RPC worker, while /health stays 200.
+        501 means slots are disabled (--no-slots).
         """
         session = self._get_session()
         try:
             async with session.get("/slots") as resp:
-                await resp.read()
-                return resp.status
+                raw = await resp.read()
+                try:
+                    return resp.status, json.loads(raw)
+                except ValueError:
+                    return resp.status, None
         except (aiohttp.ClientError, OSError):
             await self._drop_session()
             raise

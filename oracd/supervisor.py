@@ -90,6 +90,30 @@ def rss_of(proc: psutil.Process, max_age: float = 1.0) -> Optional[int]:
 _LLAMA_LEVELS = {"W ": logging.WARNING, "E ": logging.ERROR, "D ": logging.DEBUG}
 
 
+def slot_progress(slots: Any) -> Tuple[Any, ...]:
+    """The busy slots' progress counters from GET /slots: unchanged for hang_timeout = stuck."""
+    if not isinstance(slots, list):
+        return ()
+    out = []
+    for s in slots:
+        if isinstance(s, dict) and s.get("is_processing"):
+            tokens = s.get("next_token") or []
+            out.append((s.get("id"), s.get("id_task"), s.get("n_prompt_tokens_processed"),
+                        tuple(t.get("n_decoded") for t in tokens if isinstance(t, dict))))
+    return tuple(out)
+
+
+def cpu_seconds(child: "Child") -> float:
+    """CPU time llama-server has used so far (user + system, all threads)."""
+    try:
+        if child.ps is None:
+            child.ps = psutil.Process(child.proc.pid)
+        t = child.ps.cpu_times()
+        return t.user + t.system
+    except psutil.Error:
+        return 0.0
+
+
 def classify_load_failure(tail: List[str]) -> str:
     text = "\n".join(tail)
     for needle, reason in _LOAD_REASONS:
@@ -392,14 +416,16 @@ class Supervisor:
     async def _monitor(self, child: Child) -> None:
         """While READY: wake on a kick or child exit, probe the child every health_interval.
 
-        Idle, the probe is /health.  With generations in flight it is /slots,
-        which only the main loop answers: a decode that stops making progress
-        (a GPU hang) leaves /health at 200 but /slots unanswered.  Either way,
-        no good answer for hang_timeout means the child is killed and restarted.
+        Idle, the probe is /health.  With generations in flight it is /slots: a
+        decode that stops making progress (a GPU hang, a frozen RPC worker) leaves
+        /health at 200, but its slot's counters stop moving (or /slots goes
+        unanswered).  Either for hang_timeout means the child is killed and restarted.
         """
         l = self.cfg.llama
         unhealthy_since: Optional[float] = None
         slots_probe = True            # off for a child started with slots disabled (501)
+        progress: Any = None          # the busy slots' counters at the last /slots answer
+        progress_since, progress_cpu = time.monotonic(), 0.0
         while child.returncode is None and not self._kick.is_set():
             with anyio.move_on_after(l.health_interval):
                 async with anyio.create_task_group() as tg:
@@ -426,11 +452,24 @@ class Supervisor:
             with anyio.move_on_after(l.health_timeout):
                 try:
                     if probe == "/slots":
-                        status = await child.http.main_loop_alive()
+                        status, slots = await child.http.slots()
                         if status == 501:
                             slots_probe = False
                             status = await child.http.health()
+                        elif status == 200:
+                            now_progress, cpu = slot_progress(slots), cpu_seconds(child)
+                            stalled = time.monotonic() - progress_since
+                            if now_progress != progress or not now_progress:
+                                progress, progress_since, progress_cpu = now_progress, time.monotonic(), cpu
+                            elif stalled >= l.hang_timeout and cpu - progress_cpu < 0.1 * stalled:
+                                # counters frozen and the child idle: not a long prompt batch, a stuck decode
+                                self.report_hang(child, f"no progress in /slots for {stalled:.1f}s "
+                                                        f"({cpu - progress_cpu:.2f}s CPU)")
+                                with anyio.move_on_after(5):
+                                    await child.exited.wait()
+                                break
                     else:
+                        progress = None
                         status = await child.http.health()
                     ok = status == 200
                 except Exception:

@@ -16,6 +16,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from oracd.rpc_probe import hello
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / "bin"
 MODELS = REPO / "models"
@@ -292,3 +294,44 @@ class Oracd:
 
     def __exit__(self, *exc: Any) -> None:
         self.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RpcWorker:
+    """One real rpc-server on 127.0.0.1, in its own process group."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([str(BIN / "rpc-server"), "-H", "127.0.0.1", "-p", str(self.port), "-t", "1"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 15
+        while not hello(self.address, 1).answers:
+            assert self.proc.poll() is None, f"rpc-server exited with {self.proc.returncode}"
+            assert time.monotonic() < deadline, "rpc-server never answered HELLO"
+            time.sleep(0.05)
+
+    def rss(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            self.proc.wait(10)
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.kill(signal.SIGCONT)
+            self.kill(signal.SIGKILL)

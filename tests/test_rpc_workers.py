@@ -8,61 +8,17 @@ the same rule; a worker killed while idle is noticed before the next request.
 """
 from __future__ import annotations
 
-import os
 import signal
-import socket
-import subprocess
 import threading
 import time
 from typing import List, Optional
 
 import pytest
 
-from helpers import BIN, Oracd, gone, log_events
+from helpers import Oracd, RpcWorker as Worker, free_port, gone, log_events
 from oracd.rpc_probe import hello
 
 MB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Worker:
-    """One real rpc-server on 127.0.0.1, in its own process group."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([str(BIN / "rpc-server"), "-H", "127.0.0.1", "-p", str(self.port), "-t", "1"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 15
-        while not hello(self.address, 1).answers:
-            assert self.proc.poll() is None, f"rpc-server exited with {self.proc.returncode}"
-            assert time.monotonic() < deadline, "rpc-server never answered HELLO"
-            time.sleep(0.05)
-
-    def rss(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        if sig in (signal.SIGKILL, signal.SIGTERM):
-            self.proc.wait(10)
-
-    def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            self.kill(signal.SIGCONT)
-            self.kill(signal.SIGKILL)
 
 
 @pytest.fixture
@@ -197,3 +153,32 @@ def test_worker_killed_while_idle_is_noticed_before_the_next_request(fresh_oracd
     assert log_events(o, "rpc worker lost")[0]["workers"] == [w.address]
     r = o.call("generate", prompt="Hi", max_tokens=2, temperature=0)
     assert r["usage"]["completion_tokens"] == 2
+
+
+def test_frozen_worker_is_caught_by_the_slots_probe_and_named_at_restart(fresh_oracd, workers):
+    """SIGSTOP: the worker's connection stays up, llama-server's decode loop waits forever."""
+    (w,) = workers(1)
+    o = fresh_oracd(llama={"rpc_workers": [w.address], "rpc_fallback_local": True, "hang_timeout": 3,
+                           "health_interval": 0.5, "health_timeout": 1}).start()
+    first = o.call("status")["child"]
+    out: dict = {}
+
+    def run() -> None:
+        out["resp"] = o.request("generate", prompt="Write a very long story about a knight.", max_tokens=200,
+                                temperature=0, timeout=90)
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(1.0)
+    w.kill(signal.SIGSTOP)
+    t.join(60)
+    assert not t.is_alive(), "the generation hung on a frozen worker"
+    # killed for the hang, restarted locally (the frozen worker does not answer HELLO),
+    # and the interrupted generation was retried there
+    assert out["resp"]["result"]["usage"]["completion_tokens"] > 0, out["resp"]
+    st = o.call("status")["child"]
+    assert st["pid"] != first["pid"] and st["last_exit"]["reason"] == "hang"
+    fb = st["rpc"]["fallback_local"]
+    assert fb["workers"] == [w.address] and "no HELLO answer" in fb["reason"]
+    w.kill(signal.SIGCONT)
+    assert w.proc.poll() is None          # the abandoned probe (closed with a reset) did not kill it
