@@ -9,6 +9,8 @@ the same rule; a worker killed while idle is noticed before the next request.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
 from typing import List, Optional
@@ -57,6 +59,11 @@ def test_two_workers_hold_the_model_and_generate_works(fresh_oracd, workers):
     for w in rows.values():
         assert w["in_use"] and w["attached"] is True and w["answers"] is True and w["version"] == "7.0.0"
     assert st["rpc"]["fallback_local"] is None
+    out = subprocess.run([sys.executable, "-m", "oracd_client.cli", "--socket", str(o.socket), "status"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    for w in (w1, w2):
+        assert f"{w.address} in use, attached; answers (RPC 7.0.0)" in out.stdout
 
 
 def test_worker_down_at_load_fails_naming_it(fresh_oracd, workers):
@@ -88,6 +95,9 @@ def test_worker_down_at_load_falls_back_to_local(fresh_oracd):
     assert "--rpc" not in cmd
     fb = st["rpc"]["fallback_local"]
     assert fb["workers"] == [dead] and dead in fb["reason"]
+    out = subprocess.run([sys.executable, "-m", "oracd_client.cli", "--socket", str(o.socket), "status"],
+                         capture_output=True, text=True, timeout=30)
+    assert f"{dead} not answering: cannot connect" in out.stdout and "running locally" in out.stdout
     assert log_events(o, "rpc fallback: loading without workers")
     r = o.call("generate", prompt="Hi", max_tokens=2, temperature=0)
     assert r["usage"]["completion_tokens"] == 2

@@ -93,6 +93,19 @@ class Ctx:
 
 
 # ---------------------------------------------------------------------- status
+def rpc_worker_line(w: Dict[str, Any], colour: bool) -> str:
+    """"192.168.10.21:50052 in use, attached" / "... not answering: cannot connect: ..."."""
+    state = []
+    if w.get("in_use"):
+        state.append("in use, " + ("attached" if w.get("attached") else "NOT attached"))
+    if w.get("answers") is False:
+        state.append(f"not answering: {w.get('error')}")
+    elif w.get("answers"):
+        state.append(f"answers (RPC {w.get('version')})")
+    ok = w.get("answers") is not False and (not w.get("in_use") or w.get("attached"))
+    return fmt.paint(f"{w.get('address')} " + "; ".join(state), "green" if ok else "red", colour)
+
+
 def cmd_status(ctx: Ctx) -> int:
     st = ctx.call("status", timeout=30)
     if ctx.json:
@@ -135,6 +148,12 @@ def cmd_status(ctx: Ctx) -> int:
     if child.get("last_exit"):
         rows.append(["last exit", child["last_exit"] if isinstance(child["last_exit"], str)
                      else fmt.dumps(child["last_exit"], compact=True)])
+    rpc = child.get("rpc") or {}
+    for w in rpc.get("workers") or []:
+        rows.append(["rpc worker", rpc_worker_line(w, ctx.colour_out)])
+    if rpc.get("fallback_local"):
+        rows.append(["rpc fallback", fmt.paint(f"running locally: {rpc['fallback_local'].get('reason')}",
+                                               "yellow", ctx.colour_out)])
     for s in st.get("http_servers") or []:
         rows.append(["http server", f"pid {s.get('pid')} {s.get('model')} on {s.get('host')}:{s.get('port')}"])
     rows.append(["default model", st.get("default_model") or "-"])
