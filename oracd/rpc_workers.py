@@ -35,6 +35,13 @@ def workers_for(cfg: Config, model: str) -> Tuple[str, ...]:
     return cfg.llama.rpc_workers
 
 
+def split_for(cfg: Config, model: str) -> Tuple[float, ...]:
+    prof = cfg.profile_for(model)
+    if prof is not None and prof.tensor_split is not None:
+        return prof.tensor_split
+    return cfg.llama.tensor_split
+
+
 def worker_lost(tail: Sequence[str]) -> bool:
     return any(m in line for line in tail for m in LOST_MARKERS)
 
@@ -114,5 +121,5 @@ class RpcWorkers:
             rows.append({"address": a, "in_use": a in self.in_use, "attached": attached.get(a),
                          **({k: v for k, v in c.as_dict().items() if k != "address"} if c else
                             {"answers": None})})
-        return {"workers": rows, "fallback_local": self.fallback,
-                "tensor_split": list(self.cfg.llama.tensor_split) or None}
+        split = split_for(self.cfg, model) if model else self.cfg.llama.tensor_split
+        return {"workers": rows, "fallback_local": self.fallback, "tensor_split": list(split) or None}

@@ -242,6 +242,9 @@ BAD_PROFILES = [
     ('json_schema = "nope"', f'profiles."{SMOL}".json_schema'),
     ('grammar = "json"\njson_schema = "command"', "mutually exclusive"),
     ("ctx_size = -1", f'profiles."{SMOL}".ctx_size'),
+    ('rpc_workers = ["nohost"]', f'profiles."{SMOL}".rpc_workers: expected host:port'),
+    ('rpc_workers = ["[::1]:50052"]', "IPv4 only"),
+    ("tensor_split = [0, 0]", f'profiles."{SMOL}".tensor_split'),
 ]
 
 
@@ -425,3 +428,25 @@ def test_no_loadable_model_still_starts(fresh_oracd):
         gen(o, "Hi", max_tokens=3)
     assert exc.value.code == -32001
     assert gen(o, "Hi", model=SMOL, max_tokens=3)["model"] == SMOL    # an explicit good model still works
+
+
+def test_rpc_options_from_profile_and_llama_reach_the_command_line(tmp_path):
+    """A profile's rpc_workers/tensor_split win over [llama]'s; [] keeps that model local."""
+    from oracd.config import from_dict
+    from oracd.llama_http import LlamaEndpoint
+    from oracd.llama_process import build_command
+    from oracd.rpc_workers import workers_for
+    cfg = from_dict({"llama": {"rpc_workers": ["10.0.0.2:50052"], "tensor_split": [3, 1], "n_gpu_layers": 0},
+                     "profiles": {"big.gguf": {"rpc_workers": ["10.0.0.3:50052", "10.0.0.4:50052"],
+                                               "tensor_split": [1, 1], "n_gpu_layers": 20},
+                                  "small.gguf": {"rpc_workers": []}}}, tmp_path)
+    ep = LlamaEndpoint(unix_path="/run/x.sock")
+    assert workers_for(cfg, "other.gguf") == ("10.0.0.2:50052",)
+    assert workers_for(cfg, "big.gguf") == ("10.0.0.3:50052", "10.0.0.4:50052")
+    assert workers_for(cfg, "small.gguf") == ()
+    cmd = " ".join(build_command(cfg, "llama-server", tmp_path / "other.gguf", ep, workers_for(cfg, "other.gguf")))
+    assert "--rpc 10.0.0.2:50052 -ts 3,1" in cmd and "-ngl 999" in cmd       # 0 = all layers with workers
+    cmd = " ".join(build_command(cfg, "llama-server", tmp_path / "big.gguf", ep, workers_for(cfg, "big.gguf")))
+    assert "--rpc 10.0.0.3:50052,10.0.0.4:50052 -ts 1,1" in cmd and "-ngl 20" in cmd
+    cmd = " ".join(build_command(cfg, "llama-server", tmp_path / "small.gguf", ep, ()))   # local (or fallback)
+    assert "--rpc" not in cmd and "-ts" not in cmd and "-ngl 0" in cmd

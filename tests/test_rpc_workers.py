@@ -58,7 +58,7 @@ def test_two_workers_hold_the_model_and_generate_works(fresh_oracd, workers):
     assert set(rows) == {w1.address, w2.address}
     for w in rows.values():
         assert w["in_use"] and w["attached"] is True and w["answers"] is True and w["version"] == "7.0.0"
-    assert st["rpc"]["fallback_local"] is None
+    assert st["rpc"]["fallback_local"] is None and st["rpc"]["tensor_split"] == [1.0, 1.0]
     out = subprocess.run([sys.executable, "-m", "oracd_client.cli", "--socket", str(o.socket), "status"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr

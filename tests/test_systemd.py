@@ -11,16 +11,18 @@ from pathlib import Path
 from helpers import REPO, Oracd
 
 UNITS = REPO / "systemd"
+UNIT_FILES = ("oracd.service", "oracd.socket", "oracd-rpc-worker.service")
 
 
 def test_units_verify(tmp_path):
     """systemd-analyze verify, with ExecStart pointing at this checkout's oracd."""
     oracd_bin = Path(sys.executable).parent / "oracd"
     assert oracd_bin.exists()
-    for name in ("oracd.service", "oracd.socket"):
+    for name in UNIT_FILES:
         text = (UNITS / name).read_text().replace("/opt/oracd/bin/oracd", str(oracd_bin))
         (tmp_path / name).write_text(text)
-    out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "oracd.service"), str(tmp_path / "oracd.socket")],
+    assert (Path(sys.executable).parent / "oracd-rpc-worker").exists()
+    out = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in UNIT_FILES)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stderr.strip() == "", out.stderr
@@ -28,7 +30,7 @@ def test_units_verify(tmp_path):
 
 def test_every_directive_has_a_reason():
     """Each directive (or a small group of related ones) sits under a comment saying why."""
-    for name in ("oracd.service", "oracd.socket"):
+    for name in UNIT_FILES:
         lines = (UNITS / name).read_text().splitlines()
         for i, line in enumerate(lines):
             if re.match(r"^[A-Za-z]+=", line):
