@@ -444,3 +444,23 @@ def test_watchdog_restarts_a_sigstopped_oracd(installed: Machine):
         if old_pid:
             m.sh(f"kill -CONT {old_pid} 2>/dev/null || true", check=False)
         m.sh(f"rm -f {dropin}; systemctl daemon-reload; timeout 90 systemctl stop oracd", check=False, timeout=100)
+
+
+def test_rpc_worker_unit_serves_and_stops(installed: Machine):
+    """The worker-box path of README "Several machines": env file, enable --now, a real HELLO, clean stop."""
+    m = installed
+    m.sh("cat > /etc/oracd/rpc-worker.env", input="ORACD_RPC_HOST=127.0.0.1\nORACD_RPC_PORT=50052\n"
+         "ORACD_RPC_SERVER=/opt/llama.cpp/bin/rpc-server\nORACD_RPC_ARGS=--threads 1 --cache\n")
+    m.sh("systemctl start oracd-rpc-worker")
+    probe = ("/opt/oracd/bin/python -c \"import time; from oracd.rpc_probe import hello\n"
+             "for _ in range(100):\n    c = hello('127.0.0.1:50052', 1)\n    if c.answers: break\n"
+             "    time.sleep(0.1)\nprint(c.answers, c.version)\"")
+    assert m.sh(probe).stdout.split() == ["True", "7.0.0"]
+    show = m.sh("systemctl show oracd-rpc-worker -p ActiveState -p User -p MainPID").stdout
+    assert "ActiveState=active" in show and "User=orac" in show, show
+    assert m.sh("stat -c %U /var/cache/oracd-rpc").stdout.strip() == "orac"
+    m.sh("systemctl stop oracd-rpc-worker")
+    show = m.sh("systemctl show oracd-rpc-worker -p ActiveState -p Result").stdout
+    assert "ActiveState=inactive" in show and "Result=success" in show, show
+    assert m.sh(probe, check=False).stdout.split()[:1] == ["False"]
+
