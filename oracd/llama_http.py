@@ -50,35 +50,49 @@ _CLOSE = {"Connection": "close"}
 
 
 class LlamaHTTP:
-    """A reusable client for one llama-server endpoint (rebuilt when the endpoint changes)."""
+    """A reusable client for one llama-server endpoint (rebuilt when the endpoint changes).
 
-    def __init__(self, endpoint: LlamaEndpoint):
+    Two sessions: generations use at most ``max_connections`` kept-alive connections
+    (llama-server's ``parallel``: it cannot run more at once, so further requests wait
+    here, in order), and probes (/health, /slots) have one of their own, so they are
+    never stuck behind generations.  Why bound it: each kept-alive connection ties up
+    one of llama-server's fixed HTTP threads (parallel + 4) while idle; with more
+    connections than threads, requests on the extra ones were seen to stall for
+    seconds, some for good (20 concurrent generates on 2 slots).
+    """
+
+    def __init__(self, endpoint: LlamaEndpoint, max_connections: int = 0):
         self.endpoint = endpoint
-        self._session: Optional[aiohttp.ClientSession] = None
+        self._limits = {"gen": max_connections, "probe": 1}
+        self._sessions: Dict[str, aiohttp.ClientSession] = {}
         self._headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+    def _get_session(self, kind: str = "gen") -> aiohttp.ClientSession:
+        session = self._sessions.get(kind)
+        if session is None or session.closed:
+            limit = self._limits[kind]
             if self.endpoint.unix_path:
-                conn: aiohttp.BaseConnector = aiohttp.UnixConnector(path=self.endpoint.unix_path, limit=0)
+                conn: aiohttp.BaseConnector = aiohttp.UnixConnector(path=self.endpoint.unix_path, limit=limit)
             else:
-                conn = aiohttp.TCPConnector(limit=0)
-            self._session = aiohttp.ClientSession(
+                conn = aiohttp.TCPConnector(limit=limit)
+            session = self._sessions[kind] = aiohttp.ClientSession(
                 base_url=self.endpoint.base_url, connector=conn, headers=self._headers,
                 json_serialize=json.dumps, timeout=aiohttp.ClientTimeout(total=None),
             )
-        return self._session
+        return session
 
     async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
             await session.close()
 
-    async def _drop_session(self) -> None:
-        try:
-            await self.close()
-        except Exception:  # pragma: no cover - closing a broken session is best-effort
-            pass
+    async def _drop_session(self, kind: str = "gen") -> None:
+        session = self._sessions.pop(kind, None)
+        if session is not None:
+            try:
+                await session.close()
+            except Exception:  # pragma: no cover - closing a broken session is best-effort
+                pass
 
     async def _raise_for_status(self, resp: aiohttp.ClientResponse) -> None:
         if resp.status >= 400:
@@ -167,7 +181,7 @@ class LlamaHTTP:
         decode, e.g. a GPU hang or a frozen RPC worker, while /health stays 200.
         501 means slots are disabled (--no-slots).
         """
-        session = self._get_session()
+        session = self._get_session("probe")
         try:
             async with session.get("/slots") as resp:
                 raw = await resp.read()
@@ -176,18 +190,18 @@ class LlamaHTTP:
                 except ValueError:
                     return resp.status, None
         except (aiohttp.ClientError, OSError):
-            await self._drop_session()
+            await self._drop_session("probe")
             raise
 
     async def health(self) -> int:
         """HTTP status of GET /health (200 ready, 503 loading)."""
-        session = self._get_session()
+        session = self._get_session("probe")
         try:
             async with session.get("/health") as resp:
                 await resp.read()
                 return resp.status
         except (aiohttp.ClientError, OSError):
-            await self._drop_session()
+            await self._drop_session("probe")
             raise
 
 

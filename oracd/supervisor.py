@@ -125,11 +125,12 @@ def classify_load_failure(tail: List[str]) -> str:
 class Child:
     """One running llama-server: the process, its endpoint and HTTP client, its output tail."""
 
-    def __init__(self, proc: anyio.abc.Process, model: str, endpoint: LlamaEndpoint, cmd: List[str]):
+    def __init__(self, proc: anyio.abc.Process, model: str, endpoint: LlamaEndpoint, cmd: List[str],
+                 parallel: int = 0):
         self.proc = proc
         self.model = model
         self.endpoint = endpoint
-        self.http = LlamaHTTP(endpoint)
+        self.http = LlamaHTTP(endpoint, max_connections=parallel)
         self.cmd = cmd
         self.exited = anyio.Event()
         self.returncode: Optional[int] = None
@@ -540,7 +541,7 @@ class Supervisor:
         except OSError as exc:
             self._load_failed(name, ModelLoadFailed(f"cannot start llama-server: {exc}", {"reason": "spawn"}), fresh)
             return
-        child = Child(proc, name, endpoint, cmd)
+        child = Child(proc, name, endpoint, cmd, self.cfg.llama.parallel)
         child.rpc_workers = workers
         self.rpc.in_use = workers
         self.child = child

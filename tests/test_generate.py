@@ -145,3 +145,29 @@ def test_half_closed_client_still_gets_answer(oracd):
 ])
 def test_strip_think(raw, expected):
     assert strip_think(raw) == expected
+
+
+def test_connections_to_llama_server_stay_within_its_fixed_http_threads(oracd):
+    """16 concurrent generates on 2 slots: oracd holds at most `parallel` generation connections
+    plus one probe connection to llama-server.  More kept-alive connections than llama-server's
+    fixed HTTP threads (parallel + 4) left requests waiting for seconds, some for good."""
+    import threading
+
+    import psutil
+    child = psutil.Process(oracd.child_pid())
+    sock = oracd.call("status")["child"]["endpoint"][len("unix:"):]
+    results: list = []
+    threads = [threading.Thread(target=lambda i=i: results.append(
+        oracd.call("generate", prompt=f"Say the number {i}.", max_tokens=8, temperature=0)))
+        for i in range(16)]
+    for t in threads:
+        t.start()
+    most = 0
+    while any(t.is_alive() for t in threads):
+        held = [c for c in child.net_connections(kind="unix") if c.laddr == sock]
+        most = max(most, len(held) - 1)          # minus the listening socket
+        time.sleep(0.005)
+    for t in threads:
+        t.join(60)
+    assert len(results) == 16 and all(r["usage"]["completion_tokens"] > 0 for r in results)
+    assert 2 <= most <= 2 + 1, most
