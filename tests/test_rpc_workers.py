@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import pytest
 
@@ -37,8 +37,17 @@ def workers():
         w.cleanup()
 
 
-def rpc_status(o: Oracd) -> dict:
-    return o.call("status")["child"]["rpc"]
+def long_generate_in_background(o: Oracd, max_tokens: int) -> Tuple[threading.Thread, dict]:
+    """A generation that runs for seconds, in a thread; its response lands in out["resp"]."""
+    out: dict = {}
+
+    def run() -> None:
+        out["resp"] = o.request("generate", prompt="Write a very long story about a knight.",
+                                max_tokens=max_tokens, temperature=0, timeout=120)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
 
 
 def test_two_workers_hold_the_model_and_generate_works(fresh_oracd, workers):
@@ -108,14 +117,7 @@ def test_worker_killed_mid_generation(fresh_oracd, workers, fallback):
     (w,) = workers(1)
     o = fresh_oracd(llama={"rpc_workers": [w.address], "rpc_fallback_local": fallback}).start()
     first = o.call("status")["child"]
-    out: dict = {}
-
-    def run() -> None:
-        out["resp"] = o.request("generate", prompt="Write a very long story about a knight.", max_tokens=400,
-                                temperature=0, timeout=120)
-
-    t = threading.Thread(target=run)
-    t.start()
+    t, out = long_generate_in_background(o, max_tokens=400)
     time.sleep(1.5)                     # the generation is under way on the worker
     w.kill()
     t0 = time.monotonic()
@@ -171,14 +173,7 @@ def test_frozen_worker_is_caught_by_the_slots_probe_and_named_at_restart(fresh_o
     o = fresh_oracd(llama={"rpc_workers": [w.address], "rpc_fallback_local": True, "hang_timeout": 3,
                            "health_interval": 0.5, "health_timeout": 1}).start()
     first = o.call("status")["child"]
-    out: dict = {}
-
-    def run() -> None:
-        out["resp"] = o.request("generate", prompt="Write a very long story about a knight.", max_tokens=200,
-                                temperature=0, timeout=90)
-
-    t = threading.Thread(target=run)
-    t.start()
+    t, out = long_generate_in_background(o, max_tokens=200)
     time.sleep(1.0)
     w.kill(signal.SIGSTOP)
     t.join(60)
