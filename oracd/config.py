@@ -101,6 +101,12 @@ class Config:
     def profile_for(self, model: Optional[str]) -> Optional[Profile]:
         return self.profiles.get(model) if model else None
 
+    def option_for(self, model: Optional[str], name: str) -> Any:
+        """A load option for ``model``: its profile's value if set (even to []), else [llama]'s."""
+        prof = self.profile_for(model)
+        v = getattr(prof, name, None) if prof is not None else None
+        return v if v is not None else getattr(self.llama, name)
+
     @property
     def runtime_dir(self) -> Path:
         return self.server.runtime_dir or self.server.socket.parent / "llama"

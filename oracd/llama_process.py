@@ -90,8 +90,7 @@ def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEnd
     prof = cfg.profile_for(model_path.name)
 
     def opt(name: str) -> Any:
-        v = getattr(prof, name, None) if prof is not None else None
-        return v if v is not None else getattr(l, name)
+        return cfg.option_for(model_path.name, name)
 
     ngl = opt("n_gpu_layers")
     if rpc_workers and ngl == 0:

@@ -17,7 +17,6 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from .errors import InvalidParams, InvalidPath, ModelLoadFailed, ModelNotFound
 
 
-
 def _gguf_constants() -> Any:
     """The ``gguf`` package's constants module, without running ``gguf/__init__``.
 

@@ -21,7 +21,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, Optional, Tuple
 
 HELLO = 14
 CAPS = 24
@@ -123,7 +123,3 @@ def attached_workers(pid: int, addresses: Iterable[str]) -> Dict[str, bool]:
         if c.status == psutil.CONN_ESTABLISHED and c.raddr and (c.raddr.ip, c.raddr.port) in wanted:
             found[wanted[(c.raddr.ip, c.raddr.port)]] = True
     return found
-
-
-def check_all(addresses: List[str], timeout: float = 2.0) -> List[WorkerCheck]:
-    return [hello(a, timeout) for a in addresses]

@@ -27,19 +27,9 @@ PROBE_TIMEOUT = 2.0
 LOST_MARKERS = ("Remote RPC server crashed", "ggml-rpc.cpp")
 
 
-def workers_for(cfg: Config, model: str) -> Tuple[str, ...]:
+def workers_for(cfg: Config, model: Optional[str]) -> Tuple[str, ...]:
     """The model's profile's rpc_workers if it sets them (even to []), else [llama] rpc_workers."""
-    prof = cfg.profile_for(model)
-    if prof is not None and prof.rpc_workers is not None:
-        return prof.rpc_workers
-    return cfg.llama.rpc_workers
-
-
-def split_for(cfg: Config, model: str) -> Tuple[float, ...]:
-    prof = cfg.profile_for(model)
-    if prof is not None and prof.tensor_split is not None:
-        return prof.tensor_split
-    return cfg.llama.tensor_split
+    return cfg.option_for(model, "rpc_workers")
 
 
 def worker_lost(tail: Sequence[str]) -> bool:
@@ -52,7 +42,7 @@ class RpcWorkers:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.checks: Dict[str, WorkerCheck] = {}
-        self.in_use: Tuple[str, ...] = ()            # workers the running llama-server was started with
+        self.attached: Dict[str, bool] = {}          # from the last lost() check of the running child
         self.fallback: Optional[Dict[str, Any]] = None   # set while a model runs locally instead
         self._last_idle_check = 0.0
 
@@ -93,12 +83,10 @@ class RpcWorkers:
             return (), None
         return workers, msg
 
-    def lost(self, pid: int) -> List[str]:
-        """Workers in use that llama-server no longer holds a live connection to."""
-        if not self.in_use:
-            return []
-        held = attached_workers(pid, self.in_use)
-        return [a for a, ok in held.items() if not ok]
+    def lost(self, pid: int, in_use: Sequence[str]) -> List[str]:
+        """Workers in use that llama-server no longer holds a live connection to (blocking: a thread)."""
+        self.attached = attached_workers(pid, in_use) if in_use else {}
+        return [a for a, ok in self.attached.items() if not ok]
 
     async def recheck_idle(self, interval: float) -> None:
         """In fallback, probe the silent workers now and then, so status shows when they are back."""
@@ -110,16 +98,16 @@ class RpcWorkers:
             log.info("rpc workers answer again; a load or reload uses them",
                      workers=[c.address for c in checks])
 
-    def status(self, model: Optional[str], pid: Optional[int]) -> Optional[Dict[str, Any]]:
-        configured = workers_for(self.cfg, model) if model else self.cfg.llama.rpc_workers
-        if not configured and not self.in_use:
+    def status(self, model: Optional[str], in_use: Sequence[str]) -> Optional[Dict[str, Any]]:
+        """Cheap: last probe results and the last connection check (no I/O on the event loop)."""
+        configured = workers_for(self.cfg, model)
+        if not configured and not in_use:
             return None
-        attached = attached_workers(pid, self.in_use) if pid and self.in_use else {}
         rows = []
-        for a in dict.fromkeys((*configured, *self.in_use)):
+        for a in dict.fromkeys((*configured, *in_use)):
             c = self.checks.get(a)
-            rows.append({"address": a, "in_use": a in self.in_use, "attached": attached.get(a),
+            rows.append({"address": a, "in_use": a in in_use, "attached": self.attached.get(a) if a in in_use else None,
                          **({k: v for k, v in c.as_dict().items() if k != "address"} if c else
                             {"answers": None})})
-        split = split_for(self.cfg, model) if model else self.cfg.llama.tensor_split
+        split = self.cfg.option_for(model, "tensor_split")
         return {"workers": rows, "fallback_local": self.fallback, "tensor_split": list(split) or None}

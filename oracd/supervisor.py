@@ -204,7 +204,7 @@ class Supervisor:
             st["uptime_s"] = round(time.monotonic() - child.started_at, 3)
         if self.state == ChildState.BACKOFF:
             st["retry_in_s"] = round(max(0.0, self._backoff_until - time.monotonic()), 3)
-        rpc = self.rpc.status(self.model or self._want, child.proc.pid if child and child.returncode is None else None)
+        rpc = self.rpc.status(self.model or self._want, child.rpc_workers if child else ())
         if rpc is not None:
             st["rpc"] = rpc
         return st
@@ -324,12 +324,15 @@ class Supervisor:
         self._restart_why = why
         self._poke()
 
-    def report_hang(self, child: Child, why: str) -> None:
-        """A request saw no progress past the hang timeout: kill the child (the owner restarts it)."""
-        if child is self.child and child.returncode is None and child.killed_for is None:
-            log.warning("child hang", why=why, pid=child.proc.pid)
-            child.killed_for = "hang"
+    async def _kill(self, child: Child, why: str, reason: str = "hang") -> None:
+        """The child is stuck or lost a worker: SIGKILL its group and wait for the exit (then it is restarted)."""
+        if child.returncode is None and child.killed_for is None:
+            if reason == "hang":
+                log.warning("child hang", why=why, pid=child.proc.pid)
+            child.killed_for = reason
             lp.signal_group(child.proc.pid, signal.SIGKILL)
+        with anyio.move_on_after(5):
+            await child.exited.wait()
 
     def shutdown(self) -> None:
         self._shutdown = True
@@ -438,13 +441,10 @@ class Supervisor:
             if child.returncode is not None or self._kick.is_set():
                 break
             if child.rpc_workers:
-                lost = await anyio.to_thread.run_sync(self.rpc.lost, child.proc.pid)
-                if lost and child.returncode is None:
+                lost = await anyio.to_thread.run_sync(self.rpc.lost, child.proc.pid, child.rpc_workers)
+                if lost:
                     log.warning("rpc worker lost", workers=lost, pid=child.proc.pid)
-                    child.killed_for = "rpc_worker_lost"
-                    lp.signal_group(child.proc.pid, signal.SIGKILL)
-                    with anyio.move_on_after(5):
-                        await child.exited.wait()
+                    await self._kill(child, f"rpc workers lost: {', '.join(lost)}", "rpc_worker_lost")
                     break
             else:
                 await self.rpc.recheck_idle(5 * l.health_interval)
@@ -464,10 +464,8 @@ class Supervisor:
                                 progress, progress_since, progress_cpu = now_progress, time.monotonic(), cpu
                             elif stalled >= l.hang_timeout and cpu - progress_cpu < 0.1 * stalled:
                                 # counters frozen and the child idle: not a long prompt batch, a stuck decode
-                                self.report_hang(child, f"no progress in /slots for {stalled:.1f}s "
+                                await self._kill(child, f"no progress in /slots for {stalled:.1f}s "
                                                         f"({cpu - progress_cpu:.2f}s CPU)")
-                                with anyio.move_on_after(5):
-                                    await child.exited.wait()
                                 break
                     else:
                         progress = None
@@ -488,9 +486,7 @@ class Supervisor:
             log.warning("health probe failed", pid=child.proc.pid, probe=probe,
                         unhealthy_s=round(now - unhealthy_since, 3))
             if stuck_s >= l.hang_timeout:
-                self.report_hang(child, f"{probe} unanswered for {stuck_s:.1f}s")
-                with anyio.move_on_after(5):
-                    await child.exited.wait()
+                await self._kill(child, f"{probe} unanswered for {stuck_s:.1f}s")
                 break
         self._kick = anyio.Event()
 
@@ -514,7 +510,7 @@ class Supervisor:
 
     def _cleanup_child(self, child: Child) -> None:
         self.child = None
-        self.rpc.in_use = ()
+        self.rpc.attached = {}
         lp.remove_pidfile(self.cfg)
         if self._tg is not None:
             self._tg.start_soon(child.http.close)
@@ -543,7 +539,6 @@ class Supervisor:
             return
         child = Child(proc, name, endpoint, cmd, self.cfg.llama.parallel)
         child.rpc_workers = workers
-        self.rpc.in_use = workers
         self.child = child
         self.loads += 1
         lp.write_pidfile(self.cfg, proc.pid)
@@ -554,6 +549,8 @@ class Supervisor:
         err = await self._wait_healthy(child)
         if err is None and child.returncode is None and self._want == name and not self._shutdown:
             await self._warm(child)
+            if workers:   # status shows the connections from the start, not from the first health tick
+                await anyio.to_thread.run_sync(self.rpc.lost, proc.pid, workers)
             child.ready_at = time.monotonic()
             self._want_fresh = False
             self.last_error = None
