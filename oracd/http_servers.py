@@ -18,7 +18,7 @@ from typing import Any, Deque, Dict, List, Optional
 import anyio
 import anyio.abc
 
-from . import llama_process as lp
+from . import exits, llama_process as lp
 from .config import Config
 from .errors import InvalidParams, ServerStartFailed
 from .llama_http import LlamaEndpoint, LlamaHTTP
@@ -107,7 +107,7 @@ class ExtraServers:
             while True:
                 if srv.returncode is not None:
                     raise ServerStartFailed(
-                        f"Failed to start llama server: exited with code {srv.returncode}: "
+                        f"Failed to start llama server: {exits.describe(srv.returncode)}: "
                         f"{srv.tail[-1] if srv.tail else ''}", {"stderr_tail": list(srv.tail)})
                 if time.monotonic() > deadline:
                     raise ServerStartFailed(f"Failed to start llama server: not ready after {timeout:g}s",
@@ -141,7 +141,8 @@ class ExtraServers:
             srv.returncode = await srv.proc.wait()
         lp.signal_group(srv.proc.pid, signal.SIGKILL)
         srv.exited.set()
-        log.info("extra llama-server exited", pid=srv.proc.pid, returncode=srv.returncode)
+        log.info("extra llama-server exited", pid=srv.proc.pid, message=exits.describe(srv.returncode),
+                 **exits.exit_info(srv.returncode))
 
     async def stop(self, pid: int, force: bool = False) -> Dict[str, Any]:
         srv = self.servers.get(pid)

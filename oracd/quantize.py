@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Tuple
 import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from . import exits
 from .errors import InvalidParams, ModelNotFound, OutputExists, QuantizeFailed
 from .llama_process import signal_group, which
 from .logs import get as get_logger
@@ -118,8 +119,8 @@ async def quantize(store: ModelStore, quantize_bin: Path, input_model: str, outp
         if rc != 0:
             last = next((t for t in reversed(tail) if "error" in t.lower() or "failed" in t.lower()),
                         tail[-1] if tail else "")
-            raise QuantizeFailed(f"Quantization error: llama-quantize exited with code {rc}: {last}",
-                                 {"returncode": rc, "stderr_tail": list(tail)})
+            raise QuantizeFailed(f"Quantization error: {exits.describe(rc, 'llama-quantize')}: {last}",
+                                 {**exits.exit_info(rc), "stderr_tail": list(tail)})
         os.replace(tmp, dst)
     except TimeoutError:
         raise QuantizeFailed(f"Quantization error: timed out after {timeout:.0f}s",

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Deque, IO, List, Optional
 
+from oracd import exits
 from oracd.rpc_probe import hello
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -80,10 +81,9 @@ def find_binary(explicit: Optional[str]) -> str:
         if not (os.path.isfile(given) and os.access(given, os.X_OK)):
             raise Refused(f"rpc-server binary {given} does not exist or is not executable; {how}")
         return given
-    from oracd.provision import LLAMA_CPP_PYTHON_VERSION, cache_root
-    for cand in (REPO_ROOT / "bin" / "rpc-server",
-                 cache_root() / "llama.cpp" / LLAMA_CPP_PYTHON_VERSION / "bin" / "rpc-server"):
-        if cand.is_file() and os.access(cand, os.X_OK):
+    from oracd.provision.machine import cached_tool
+    for cand in (REPO_ROOT / "bin" / "rpc-server", cached_tool("rpc-server")):
+        if cand is not None and cand.is_file() and os.access(cand, os.X_OK):
             return str(cand)
     found = shutil.which("rpc-server")
     if not found:
@@ -147,7 +147,7 @@ def run(cmd: List[str], address: str) -> int:
             for t in pumps:
                 t.join(1.0)
             last = " | ".join(line for line in tail if line) or "no output"
-            what = (f"exited with code {rc}" if rc is not None
+            what = (exits.describe(rc, "").strip() if rc is not None
                     else f"did not answer HELLO within {READY_TIMEOUT:g}s ({check.error if check else '?'})")
             if "Failed to create server socket" in last:
                 what += f" (could not bind {address}: port in use or address not on this machine)"
@@ -155,7 +155,7 @@ def run(cmd: List[str], address: str) -> int:
             return 1
         if not stop.is_set():
             rc = proc.wait()
-            print(f"rpc-worker: rpc-server exited with code {rc}", file=sys.stderr)
+            print(f"rpc-worker: {exits.describe(rc, 'rpc-server')}", file=sys.stderr)
             return _exit_code(rc)
         return 0 if _stop(proc) else 1
     finally:

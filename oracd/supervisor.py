@@ -33,7 +33,7 @@ import anyio.abc
 import psutil
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from . import llama_process as lp
+from . import exits, llama_process as lp
 from .config import Config
 from .errors import ModelLoadFailed, OracError, ServerUnavailable, ShuttingDown, GenerationTimeout
 from .llama_http import LlamaHTTP, LlamaEndpoint
@@ -498,15 +498,21 @@ class Supervisor:
                     self.cfg.llama.restart_backoff_max)
         if child.killed_for is None and child.rpc_workers and worker_lost(child.tail):
             child.killed_for = "rpc_worker_lost"   # llama-server aborted: a worker went away under it
-        self.last_exit = {"returncode": child.returncode, "reason": child.killed_for or "crash",
-                          "stderr_tail": list(child.tail)[-10:], "at": time.time()}
-        self.last_error = {"message": f"llama-server exited ({child.killed_for or 'crash'}, code {child.returncode})",
-                           "at": time.time()}
-        log.error("child lost", pid=child.proc.pid, returncode=child.returncode, reason=child.killed_for or "crash",
-                  stderr_tail=list(child.tail)[-10:], restart_in_s=delay, restarts=self.restarts)
+        reason = child.killed_for or "crash"
+        message = self._record_exit(child, reason)
+        self.last_error = {"message": message, "at": time.time()}
+        log.error("child lost", pid=child.proc.pid, message=message, **exits.exit_info(child.returncode),
+                  reason=reason, stderr_tail=list(child.tail)[-10:], restart_in_s=delay, restarts=self.restarts)
         self._cleanup_child(child)
         self._backoff_until = time.monotonic() + delay
         self._set_state(ChildState.BACKOFF, retry_in_s=delay)
+
+    def _record_exit(self, child: Child, reason: str) -> str:
+        """status.child.last_exit for a child that is gone: "llama-server crashed (SIGSEGV)" and why."""
+        message = exits.describe(child.returncode) + ("" if reason in ("crash", "load_failed") else f" ({reason})")
+        self.last_exit = {**exits.exit_info(child.returncode), "message": message, "reason": reason,
+                          "stderr_tail": list(child.tail)[-10:], "at": time.time()}
+        return message
 
     def _cleanup_child(self, child: Child) -> None:
         self.child = None
@@ -560,6 +566,8 @@ class Supervisor:
             log.info("start aborted", model=name, why="shutdown" if self._shutdown else "another model wanted")
             await self._stop_child("start aborted")
             return
+        if child.returncode is not None:
+            self._record_exit(child, "load_failed")
         await self._stop_child("load failed")
         self._load_failed(name, err, fresh)
 
@@ -621,8 +629,8 @@ class Supervisor:
                     (t for t in reversed(tail) if "error" in t.lower() or "failed" in t.lower()),
                     tail[-1] if tail else "")
                 return ModelLoadFailed(
-                    f"llama-server exited with code {child.returncode} while loading {child.model}: {last}",
-                    {"reason": reason, "returncode": child.returncode, "stderr_tail": tail})
+                    f"{exits.describe(child.returncode)} while loading {child.model}: {last}",
+                    {"reason": reason, **exits.exit_info(child.returncode), "stderr_tail": tail})
             if self._want != child.model or self._shutdown:
                 return None
             with anyio.move_on_after(min(l.health_timeout, max(0.01, deadline - time.monotonic()))):

@@ -15,6 +15,7 @@ import argparse
 import errno
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
@@ -145,9 +146,16 @@ def cmd_status(ctx: Ctx) -> int:
         rows.append(["endpoint", child["endpoint"]])
     if child.get("last_error"):
         rows.append(["last error", fmt.paint(str(child["last_error"]), "red", ctx.colour_out)])
-    if child.get("last_exit"):
-        rows.append(["last exit", child["last_exit"] if isinstance(child["last_exit"], str)
-                     else fmt.dumps(child["last_exit"], compact=True)])
+    last_exit = child.get("last_exit")
+    if isinstance(last_exit, dict):
+        # "llama-server crashed (SIGSEGV), 2m 03s ago", then its last output line
+        line = str(last_exit.get("message") or f"code {last_exit.get('returncode')}")
+        if isinstance(last_exit.get("at"), (int, float)):
+            line += f", {fmt.duration(max(0.0, time.time() - last_exit['at']))} ago"
+        tail = [t for t in last_exit.get("stderr_tail") or [] if isinstance(t, str) and t.strip()]
+        rows.append(["last exit", line + (f": {tail[-1][:160]}" if tail else "")])
+    elif last_exit:
+        rows.append(["last exit", str(last_exit)])
     rpc = child.get("rpc") or {}
     for w in rpc.get("workers") or []:
         rows.append(["rpc worker", rpc_worker_line(w, ctx.colour_out)])
