@@ -25,6 +25,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"oracd: config error: {exc}", file=sys.stderr)
         return 2
     if args.check:
+        from .server import StartupError, socket_gid
+        try:
+            socket_gid(cfg)
+        except StartupError as exc:
+            print(f"oracd: config error: {exc}", file=sys.stderr)
+            return 2
         print(f"oracd: config OK: {cfg.path}")
         return 0
     try:

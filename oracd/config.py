@@ -57,6 +57,7 @@ class LlamaConfig:
     quantize_bin: Path = Path("llama-quantize")
     models_dir: Path = Path("/var/lib/oracd/models")
     extra_models_dirs: Tuple[Path, ...] = ()
+    confine_model_links: bool = False  # true: refuse model files that are symlinks leading outside the models dirs
     default_model: str = ""
     preload: bool = False
     ctx_size: int = 2048

@@ -1,6 +1,6 @@
 """python -m oracd.eval: how well each model turns spoken home commands into ORAC's command JSON.
 
-Runs a corpus (``tests/data/commands.jsonl``: one ``{"text", "expected"}`` per line) through a
+Runs a corpus (``oracd_client/data/commands.jsonl``, shipped as package data: one ``{"text", "expected"}`` per line) through a
 running oracd over its Unix socket and reports, per model: valid-JSON rate, schema-valid rate
 (the built-in ``command`` schema), exact-match accuracy per field (device, action, location,
 value) and for all four at once, the median request latency, and how many answers were cut
@@ -37,6 +37,7 @@ import statistics
 import sys
 import threading
 import time
+import importlib.resources
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -48,7 +49,8 @@ SOCKET_ENV = "ORACD_SOCKET"
 SYSTEM_SOCKET = "/run/oracd/oracd.sock"
 REPO = Path(__file__).resolve().parent.parent
 DEV_SOCKET = str(REPO / "run" / "oracd.sock")
-DEFAULT_CORPUS = REPO / "tests" / "data" / "commands.jsonl"
+# package data of oracd_client, so an installed (non-editable) oracctl eval has its corpus too
+DEFAULT_CORPUS = Path(str(importlib.resources.files("oracd_client") / "data" / "commands.jsonl"))
 # --no-schema: any text at all (GBNF); a profile's json_schema would apply to a request sending none
 ANY_TEXT_GRAMMAR = r"root ::= [^\x00]*"
 _NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")

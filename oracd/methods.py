@@ -46,7 +46,7 @@ class App:
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
-        self.store = ModelStore(cfg.models_dirs)
+        self.store = ModelStore(cfg.models_dirs, cfg.llama.confine_model_links)
         self.supervisor = Supervisor(cfg)
         self.extra_servers = ExtraServers(cfg)
         self.started = time.time()

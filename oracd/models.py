@@ -75,10 +75,18 @@ def _inside(path: Path, dirs: Sequence[Path]) -> bool:
 
 
 class ModelStore:
-    """The models dirs oracd serves: the first one is where quantize writes."""
+    """The models dirs oracd serves: the first one is where quantize writes.
 
-    def __init__(self, dirs: Sequence[Path]):
+    Names from clients are always plain file names inside these dirs.  A file
+    there may be a symlink to a model elsewhere (operators keep models on another
+    disk and link them in): it is listed and served, unless ``confine_links``,
+    which refuses links that lead outside the models dirs.  Quantize never writes
+    through a link (``quantize.py``).
+    """
+
+    def __init__(self, dirs: Sequence[Path], confine_links: bool = False):
         self.dirs: Tuple[Path, ...] = tuple(Path(d) for d in dirs)
+        self.confine_links = confine_links
         self._meta_cache: Dict[Tuple[str, int, int], Dict[str, Any]] = {}
 
     @property
@@ -99,8 +107,9 @@ class ModelStore:
         for d in self.dirs:
             cand = d / fname
             if cand.is_symlink() or cand.exists():
-                if not _inside(cand, self.dirs):
-                    raise InvalidPath(f"model {fname!r} is a link that leads outside the models dir")
+                if self.confine_links and not _inside(cand, self.dirs):
+                    raise InvalidPath(f"model {fname!r} is a link that leads outside the models dir "
+                                      f"(llama.confine_model_links = true)")
                 if not cand.is_file():
                     raise ModelNotFound(f"Model not found: {cand}", {"path": str(cand)})
                 return cand
@@ -121,7 +130,7 @@ class ModelStore:
             for p in entries:
                 if p.suffix != ".gguf" or p.name.startswith(".") or p.name in seen:
                     continue
-                if not p.is_file() or not _inside(p, self.dirs):
+                if not p.is_file() or (self.confine_links and not _inside(p, self.dirs)):
                     continue
                 seen.add(p.name)
                 yield p

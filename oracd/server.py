@@ -90,6 +90,23 @@ def inherited_socket() -> Optional[socket.socket]:
     return sock
 
 
+def socket_gid(cfg: Config) -> Optional[int]:
+    """The gid for server.socket_group ("" = oracd's own group: None), or a StartupError saying how to fix it."""
+    name = cfg.server.socket_group
+    if not name:
+        return None
+    import grp
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise StartupError(
+            f"server.socket_group: there is no group {name} on this machine, so the socket cannot be shared "
+            f"with it. Either create it and add the users who may talk to oracd "
+            f"(sudo groupadd --system {name}; sudo usermod -aG {name} $USER; scripts/install does both), "
+            f"or set socket_group = \"\" in [server] of {cfg.path or 'the config'} to keep the group oracd runs as"
+        ) from None
+
+
 def bind_socket(cfg: Config) -> socket.socket:
     """Create the listening socket with socket_mode (and socket_group), atomically in place."""
     path = cfg.server.socket
@@ -105,18 +122,15 @@ def bind_socket(cfg: Config) -> socket.socket:
             raise StartupError(f"another process is already serving {path}")
         log.warning("removing stale socket", path=str(path))
         path.unlink()
+    gid = socket_gid(cfg)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(tmp))
         os.chmod(tmp, cfg.server.socket_mode)
-        if cfg.server.socket_group:
-            import grp
-            try:
-                os.chown(tmp, -1, grp.getgrnam(cfg.server.socket_group).gr_gid)
-            except KeyError:
-                raise StartupError(f"server.socket_group: no such group {cfg.server.socket_group!r}") from None
+        if gid is not None:
+            os.chown(tmp, -1, gid)
         sock.listen(1024)
         os.replace(tmp, path)
     except BaseException:

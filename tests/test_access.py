@@ -7,7 +7,7 @@ what happened through a pipe.
 Covered elsewhere: socket mode 0660 (test_rpc.py::test_socket_mode_and_status), name traversal
 via generate/load_model (test_rpc.py::test_error_paths), quantize output names and a symlinked
 input leading outside (test_quantize.py::test_output_name_confined,
-test_quantize.py::test_symlink_escaping_models_dir_rejected).
+test_quantize.py::test_symlinked_input_followed_unless_confined).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import psutil
 import pytest
 
-from helpers import Conn, Oracd, write_tiny_f32, log_events
+from helpers import MODELS, SMOL, Conn, Oracd, write_tiny_f32, log_events
 
 FAST = {"threads": 1, "extra_args": ["--no-warmup"]}   # see test_faults.py
 OTHER_UID, OTHER_GID = 12345, 12345                    # nobody on this machine
@@ -301,29 +301,51 @@ def test_every_name_param_is_confined(names_daemon, method, param, extra):
     assert not [p for p in names_daemon.models_dir.iterdir() if p.name.startswith(".") or p.name == "o.gguf"]
 
 
-def test_symlinks_leading_outside_are_neither_listed_nor_used(names_daemon, tmp_path):
-    o = names_daemon
-    outside = tmp_path / "outside.gguf"
-    shutil.copyfile(o.models_dir / "tiny-f32.gguf", outside)
+def test_symlinked_models_are_listed_and_served_unless_confined(tmp_path):
+    """Operators keep models on another disk and link them in: listed, loaded and served by default.
+
+    With llama.confine_model_links = true, links leading outside are neither listed nor
+    used (-32008).  Either way client names stay plain names inside the models dir.
+    """
+    elsewhere = tmp_path / "big-disk"
+    elsewhere.mkdir()
+    shutil.copyfile(MODELS / SMOL, elsewhere / "smol-copy.gguf")
     outside_dir = tmp_path / "dir.gguf"
     outside_dir.mkdir()
-    links = {"to-file.gguf": outside, "to-dir.gguf": outside_dir, "chain.gguf": o.models_dir / "to-file.gguf",
+    links = {"smol-link.gguf": elsewhere / "smol-copy.gguf", "to-dir.gguf": outside_dir,
              "to-etc.gguf": Path("/etc/passwd")}
-    for name, target in links.items():
-        (o.models_dir / name).symlink_to(target)
-    try:
-        names = [m["name"] for m in req(o, "list_models")["result"]]
-        assert not set(links) & set(names), names
-        assert "tiny-f32.gguf" in names
-        for name in ("to-file", "chain", "to-etc"):
-            for method, params in (("generate", {"model": name, "prompt": "hi"}), ("load_model", {"model": name}),
-                                   ("quantize_model", {"input_model": name, "output_model": "never"})):
-                resp = req(o, method, **params)
-                assert resp.get("error", {}).get("code") == -32008, (name, method, resp)
-        assert not (o.models_dir / "never.gguf").exists()
-    finally:
-        for name in links:
-            (o.models_dir / name).unlink()
+    for confine in (False, True):
+        o = Oracd(llama=dict(FAST, preload=False, confine_model_links=confine))
+        for name, target in links.items():
+            (o.models_dir / name).symlink_to(target)
+        (o.models_dir / "chain.gguf").symlink_to(o.models_dir / "smol-link.gguf")
+        try:
+            o.start()
+            listed = {m["name"]: m for m in req(o, "list_models")["result"]}
+            assert SMOL in listed and "to-dir.gguf" not in listed
+            if not confine:
+                assert listed["smol-link.gguf"]["architecture"] == "llama" and listed["smol-link.gguf"]["valid"]
+                assert listed["chain.gguf"]["valid"] and listed["to-etc.gguf"]["valid"] is False
+                r = req(o, "generate", model="smol-link", prompt="Say hi.", max_tokens=2, temperature=0,
+                        timeout=60)["result"]
+                assert r["model"] == "smol-link" and r["usage"]["completion_tokens"] == 2
+                st = req(o, "status")["result"]["child"]
+                assert st["model"] == "smol-link.gguf" and st["state"] == "ready"
+                assert req(o, "load_model", model="chain")["result"]["model"] == "chain.gguf"
+                assert req(o, "load_model", model="to-etc")["error"]["code"] == -32002   # not a GGUF: refused
+            else:
+                assert not {"smol-link.gguf", "chain.gguf", "to-etc.gguf"} & set(listed), listed
+                for name in ("smol-link", "chain", "to-etc"):
+                    for method, params in (("generate", {"model": name, "prompt": "hi"}),
+                                           ("load_model", {"model": name}),
+                                           ("quantize_model", {"input_model": name, "output_model": "never"})):
+                        resp = req(o, method, **params)
+                        assert resp.get("error", {}).get("code") == -32008, (name, method, resp)
+                        assert "confine_model_links" in resp["error"]["message"]
+                assert not (o.models_dir / "never.gguf").exists()
+            assert (elsewhere / "smol-copy.gguf").stat().st_size == (MODELS / SMOL).stat().st_size
+        finally:
+            o.cleanup()
 
 
 def test_models_path_must_be_a_served_dir(names_daemon, tmp_path):

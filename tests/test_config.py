@@ -437,3 +437,20 @@ def test_cli_check_does_not_create_anything(tmp_path):
     res = run_oracd("--check", "-c", str(path))
     assert res.returncode == 0, res
     assert sorted(p.name for p in tmp_path.iterdir()) == ["oracd.toml"]
+
+
+def test_missing_socket_group_says_how_to_fix_it(tmp_path):
+    """The default socket_group is "orac"; on a box without that group, start and --check say what to do."""
+    conf = tmp_path / "oracd.toml"
+    conf.write_text(f'[server]\nsocket = "{tmp_path}/run/oracd.sock"\nlog_dir = "{tmp_path}/logs"\n'
+                    f'socket_group = "oracd-test-nogroup"\n')
+    check = run_oracd("--check", "--config", str(conf))
+    assert check.returncode == 2, check
+    start = run_oracd("--config", str(conf))
+    assert start.returncode == 1, start
+    for res in (check, start):
+        text = res.stderr
+        assert "there is no group oracd-test-nogroup on this machine" in text, text
+        assert "sudo groupadd --system oracd-test-nogroup" in text and 'set socket_group = "" in [server]' in text
+        assert "Traceback" not in text
+    assert not (tmp_path / "run" / "oracd.sock").exists()

@@ -15,7 +15,7 @@ import pytest
 
 from helpers import REPO, SMOL, Oracd
 
-CORPUS = REPO / "tests" / "data" / "commands.jsonl"
+CORPUS = REPO / "client" / "oracd_client" / "data" / "commands.jsonl"
 FIELDS = ("device", "action", "location", "value")
 
 
@@ -37,7 +37,7 @@ def test_corpus_is_well_formed():
         assert exp["action"] in COMMAND_ACTIONS
         if exp["device"] == "none":
             assert exp == {"device": "none", "action": "none", "location": None, "value": None}, i
-        for k in ("device", "location", "value"):   # tests/data/README.md: lower case, trimmed, no "the"
+        for k in ("device", "location", "value"):   # oracd_client/data/README.md: lower case, trimmed, no "the"
             v = exp[k]
             if isinstance(v, str):
                 assert v == " ".join(v.lower().split()), i

@@ -83,13 +83,17 @@ def test_output_name_confined(qd, name):
     assert resp["error"]["code"] == -32008
 
 
-def test_symlink_escaping_models_dir_rejected(qd, tmp_path):
+def test_symlinked_input_followed_unless_confined(qd, tmp_path):
+    """A model linked in from another disk is a valid quantize input; the output is a new regular file."""
     outside = tmp_path / "outside.gguf"
     shutil.copyfile(qd.models_dir / "tiny-f32.gguf", outside)
-    (qd.models_dir / "sneaky.gguf").symlink_to(outside)
+    (qd.models_dir / "linked.gguf").symlink_to(outside)
     try:
-        resp = qd.request("quantize_model", input_model="sneaky", output_model="sneaky-q8", quantization_type="q8_0")
-        assert resp["error"]["code"] == -32008
-        assert "sneaky.gguf" not in [m["name"] for m in qd.call("list_models")]
+        r = qd.call("quantize_model", input_model="linked", output_model="linked-q8", quantization_type="q8_0")
+        out = qd.models_dir / "linked-q8.gguf"
+        assert r["name"] == "linked-q8.gguf" and out.is_file() and not out.is_symlink()
+        assert "linked.gguf" in [m["name"] for m in qd.call("list_models")]
+        assert outside.read_bytes() == (qd.models_dir / "tiny-f32.gguf").read_bytes()    # input untouched
     finally:
-        (qd.models_dir / "sneaky.gguf").unlink()
+        (qd.models_dir / "linked.gguf").unlink()
+        (qd.models_dir / "linked-q8.gguf").unlink(missing_ok=True)

@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", action="append", metavar="MODEL", help="model to evaluate (repeatable; "
                    "default: the loaded/default model)")
     p.add_argument("--all", action="store_true", help="every model oracd lists")
-    p.add_argument("--corpus", metavar="PATH", help="JSONL corpus (default: tests/data/commands.jsonl)")
+    p.add_argument("--corpus", metavar="PATH", help="JSONL corpus (default: the corpus shipped with oracd_client)")
     p.add_argument("-j", "--concurrency", type=int, default=1, metavar="N")
     p.add_argument("--no-schema", action="store_true", help="no grammar: measure the model unconstrained")
     p.add_argument("-v", "--verbose", action="store_true", help="list the mismatches")
