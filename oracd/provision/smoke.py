@@ -46,7 +46,7 @@ class _UnixHTTP(http.client.HTTPConnection):
         self.sock.connect(self._path)
 
 
-def _request(sock_path: str, method: str, url: str, body: Optional[dict], timeout: float):
+def request(sock_path: str, method: str, url: str, body: Optional[dict], timeout: float):
     conn = _UnixHTTP(sock_path, timeout)
     try:
         conn.request(method, url, body=json.dumps(body) if body is not None else None,
@@ -104,7 +104,7 @@ def _drive(proc: subprocess.Popen, sock_path: str, deadline: float) -> Verdict:
         if time.monotonic() > deadline:
             return Verdict(False, "hung", "llama-server did not become healthy in time")
         try:
-            status, _ = _request(sock_path, "GET", "/health", None, 5)
+            status, _ = request(sock_path, "GET", "/health", None, 5)
             if status == 200:
                 break
         except OSError:
@@ -112,7 +112,7 @@ def _drive(proc: subprocess.Popen, sock_path: str, deadline: float) -> Verdict:
         time.sleep(0.05)
     body = {"prompt": "The capital of France is", "n_predict": 1, "temperature": 0, "cache_prompt": False}
     try:
-        status, raw = _request(sock_path, "POST", "/completion", body, max(1.0, deadline - time.monotonic()))
+        status, raw = request(sock_path, "POST", "/completion", body, max(1.0, deadline - time.monotonic()))
     except socket.timeout:
         return Verdict(False, "hung", "llama-server did not answer a one-token completion in time")
     except OSError as exc:
