@@ -4,7 +4,8 @@ Each call pays process start and model load, exactly as before oracd.  The
 ``llama-cli`` that ORAC called is the one upstream has since renamed
 ``llama-completion`` (today's ``llama-cli`` is an interactive chat UI), so the
 baseline runs ``llama-completion -no-cnv`` with the old arguments: model,
-prompt, n-predict, temperature, top-p, top-k.
+prompt, n-predict, temperature, top-p, top-k.  ``timeout`` defaults to the old
+client's 30 s; the benchmark passes its own, generous one (bench.harness.Timeouts).
 """
 from __future__ import annotations
 

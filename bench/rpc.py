@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from helpers import Oracd, RpcWorker  # noqa: E402
 
+from .harness import Timeouts  # noqa: E402
+
 PROMPT = "Write a short story about a dragon who learns to cook."
 
 
@@ -25,18 +27,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.rpc", description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=9)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every timeout (see python -m bench)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args()
+    t = Timeouts().scaled(args.timeout_scale)
     workers = [RpcWorker() for _ in range(3)]
     setups = {"local": [], "1 worker": [workers[0].address], "2 workers": [workers[1].address, workers[2].address]}
     daemons = {}
     try:
         for name, ws in setups.items():     # threads 1 everywhere: the same compute per token in every setup
-            daemons[name] = Oracd(llama={"rpc_workers": ws, "threads": 1, "parallel": 1}).start()
+            daemons[name] = Oracd(llama={"rpc_workers": ws, "threads": 1, "parallel": 1})
+            daemons[name].start(timeout=t.start)
         rates = {name: [] for name in setups}
         for i in range(args.runs + 1):
             for name, o in (list(daemons.items()) if i % 2 else list(daemons.items())[::-1]):
-                r = o.call("generate", prompt=PROMPT, max_tokens=args.max_tokens, temperature=0, timeout=120)
+                with o.conn(timeout=t.generate + t.grace) as c:      # the socket outwaits oracd's own timeout
+                    r = c.call("generate", prompt=PROMPT, max_tokens=args.max_tokens, temperature=0,
+                               timeout=t.generate)
                 if i:                        # the first round warms every prompt cache
                     rates[name].append(r["usage"]["completion_tokens"] / (r["elapsed_ms"] / 1000))
         res = {name: {"tok_s_p50": round(statistics.median(v), 1), "min": round(min(v), 1),

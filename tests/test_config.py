@@ -433,7 +433,8 @@ def test_cli_check_dev_config_exits_0():
 
 
 def test_cli_check_does_not_create_anything(tmp_path):
-    path = write_toml(tmp_path / "oracd.toml", {"server": {"socket": "run/oracd.sock", "log_dir": "logs"}})
+    path = write_toml(tmp_path / "oracd.toml", {"server": {"socket": "run/oracd.sock", "log_dir": "logs",
+                                                           "socket_group": ""}})
     res = run_oracd("--check", "-c", str(path))
     assert res.returncode == 0, res
     assert sorted(p.name for p in tmp_path.iterdir()) == ["oracd.toml"]

@@ -226,7 +226,7 @@ def _check(tmp_path: Path, main_extra: str = "", profiles: Optional[str] = None)
         (tmp_path / "models.toml").write_text(profiles)
         llama += 'profiles_file = "models.toml"\n'
     cfg = tmp_path / "oracd.toml"
-    cfg.write_text(f"[llama]\n{llama}\n{main_extra}")
+    cfg.write_text(f'[server]\nsocket_group = ""\n\n[llama]\n{llama}\n{main_extra}')
     return subprocess.run([sys.executable, "-m", "oracd", "--config", str(cfg), "--check"], cwd=str(REPO),
                           capture_output=True, text=True, timeout=60)
 

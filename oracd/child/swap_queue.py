@@ -1,0 +1,74 @@
+"""Which model the child should run next.  Pure: no I/O, no clock.  The owner loop is its only writer.
+
+Rules (llama-swap's scheduler is the model):
+- requests for the current model are served by it; a request for another model
+  queues that model, once, in arrival order;
+- the child moves on to the next queued model only when nobody waits for the
+  current one any more, so a swap serves everyone who asked for the new model
+  before swapping back: no ping-pong;
+- a model whose waiters all gave up (timeout, hang-up) is skipped.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Deque, Dict, List, Optional
+
+
+class SwapQueue:
+    def __init__(self) -> None:
+        self.current: Optional[str] = None      # the model the child should run now (None: nothing)
+        self.fresh = True                       # True until ``current`` has been ready once
+        self._order: Deque[str] = deque()       # other models asked for, in arrival order
+        self._waiting: Dict[str, int] = {}      # model -> requests waiting for it
+
+    def arrive(self, model: str) -> None:
+        """A request waits for ``model``."""
+        self._waiting[model] = self._waiting.get(model, 0) + 1
+        if self.current is None:
+            self._set(model)
+        elif model != self.current and model not in self._order:
+            self._order.append(model)
+
+    def leave(self, model: str) -> None:
+        """A request stopped waiting for ``model`` (served, failed, or gave up)."""
+        left = self._waiting.get(model, 0) - 1
+        if left > 0:
+            self._waiting[model] = left
+        else:
+            self._waiting.pop(model, None)
+
+    def waiting(self, model: Optional[str]) -> int:
+        return self._waiting.get(model, 0) if model else 0
+
+    def unload(self) -> None:
+        """Run nothing (until a request arrives or a queued model is next)."""
+        self._set(None)
+
+    def want(self, model: Optional[str]) -> None:
+        """Make ``model`` current now (an explicit choice: preload, return to default)."""
+        self._set(model)
+
+    def advance(self) -> Optional[str]:
+        """If nobody waits for the current model, move to the next queued model that still has waiters.
+        Returns the new current model, or None if nothing changed."""
+        if self.current is not None and self._waiting.get(self.current):
+            return None
+        while self._order:
+            model = self._order.popleft()
+            if model != self.current and self._waiting.get(model):
+                self._set(model)
+                return model
+        return None
+
+    def queued(self) -> List[str]:
+        return list(self._order)
+
+    def served(self) -> None:
+        """The current model became ready."""
+        self.fresh = False
+
+    def _set(self, model: Optional[str]) -> None:
+        if model != self.current:
+            self.current, self.fresh = model, True
+        if model is not None and model in self._order:
+            self._order.remove(model)

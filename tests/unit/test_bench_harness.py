@@ -1,0 +1,246 @@
+"""The benchmark's plumbing (bench/harness.py): failures recorded not raised, progress lines, timeouts.
+
+No llama-server, no oracd: a fake clock and an in-memory stream; each test runs in milliseconds.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+
+import pytest
+
+from bench.harness import (FAILED, Failures, Progress, Timeouts, describe, failures_note, fmt_elapsed, pct,
+                           summary, within)
+
+
+class Clock:
+    """A hand-moved monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_progress(**kw):
+    clock, out = Clock(), io.StringIO()
+    return Progress(stream=out, clock=clock, **kw), clock, out
+
+
+def lines(out: io.StringIO):
+    return out.getvalue().splitlines()
+
+
+def boom(msg: str = "lost connection"):
+    raise ConnectionError(msg)
+
+
+# ---------------------------------------------------------------------- failures
+def test_failures_count_per_key_and_keep_only_the_first_examples():
+    f = Failures(keep=2)
+    for i in range(5):
+        f.add("compat client", TimeoutError(f"generate: no answer within 135 s #{i}"))
+    f.add("direct HTTP", "HTTP 503")
+    assert f.count("compat client") == 5 and f.count("direct HTTP") == 1 and f.count("raw JSON-RPC") == 0
+    assert f.count() == 6
+    assert f.get("compat client") == {"count": 5, "examples": ["TimeoutError: generate: no answer within 135 s #0",
+                                                                "TimeoutError: generate: no answer within 135 s #1"]}
+    assert f.get("raw JSON-RPC") == {"count": 0, "examples": []}
+    assert set(f.as_dict()) == {"compat client", "direct HTTP"}
+
+
+def test_describe_names_the_type_when_the_message_is_empty_and_cuts_long_ones():
+    assert describe(asyncio.TimeoutError()) == "TimeoutError"
+    long = describe(RuntimeError("x" * 1000), limit=50)
+    assert len(long) == 50 and long.startswith("RuntimeError: xxx") and long.endswith("...")
+
+
+def test_summary_leaves_failed_requests_out_and_carries_their_failures():
+    f = Failures()
+    f.add("v", TimeoutError("t"))
+    s = summary([10.0, 20.0, 30.0], f.get("v"))
+    assert (s["n"], s["p50"], s["mean"]) == (3, 20.0, 20.0)
+    assert s["failures"] == {"count": 1, "examples": ["TimeoutError: t"]}
+    empty = summary([])
+    assert empty["n"] == 0 and empty["p50"] is None and empty["mean"] is None and "failures" not in empty
+    assert pct([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+
+
+def test_failures_note_only_when_something_failed():
+    assert failures_note({}) == []
+    assert failures_note({"direct HTTP": {"count": 0, "examples": []}}) == []
+    note = failures_note({"direct HTTP": {"count": 0, "examples": []},
+                          "old per-call CLI": {"count": 2, "examples": ["Exception: timed out\nsecond line"]}})
+    assert note == ["Failed requests, left out of the figures: old per-call CLI: 2 (e.g. Exception: timed out)."]
+
+
+def test_attempt_and_timed_record_a_failure_instead_of_raising():
+    progress, _, _ = make_progress()
+    ph = progress.phase("warm generate", 3, "run")
+    assert ph.attempt("raw JSON-RPC", lambda x: x * 2, 21) == 42
+    assert ph.attempt("raw JSON-RPC", boom) is FAILED
+    times = {"direct HTTP": []}
+
+    async def ok():
+        return {"usage": {}}
+
+    async def bad():
+        raise TimeoutError("direct HTTP: no answer within 120 s")
+
+    async def go():
+        assert await ph.attempt_async("direct HTTP", ok) == {"usage": {}}
+        assert await ph.attempt_async("direct HTTP", bad) is FAILED
+        assert await ph.sample(times, "direct HTTP", ok) >= 0
+        assert await ph.sample(times, "direct HTTP", bad) is None
+        assert await ph.timed("direct HTTP", bad) is None
+
+    asyncio.run(go())
+    assert len(times["direct HTTP"]) == 1                   # only the successful request is a sample
+    assert ph.failures.count("raw JSON-RPC") == 1 and ph.failures.count("direct HTTP") == 3
+    assert ph.failures.get("raw JSON-RPC")["examples"] == ["ConnectionError: lost connection"]
+
+
+def test_attempt_does_not_swallow_cancellation():
+    """Ctrl-C / task cancellation must still stop the run: only Exception is recorded."""
+    progress, _, _ = make_progress()
+    ph = progress.phase("p", 1)
+
+    async def cancelled():
+        raise asyncio.CancelledError()
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(ph.attempt_async("k", cancelled))
+    assert ph.failures.count() == 0
+
+
+# ---------------------------------------------------------------------- phases
+def test_a_phase_that_cannot_run_is_recorded_as_failed_and_the_next_one_runs():
+    progress, clock, out = make_progress()
+
+    def no_daemon(ph):
+        clock.now += 3
+        raise RuntimeError("oracd would not start: TimeoutError: oracd not ready after 180s:\nstderr tail")
+
+    async def works(ph):
+        ph.fail("status", OSError("reset"))
+        return {"status": 1.0}
+
+    async def go():
+        return (await progress.phase("warm generate", 60).run(no_daemon),
+                await progress.phase("memory", 10, "request").run(works))
+
+    failed, ok = asyncio.run(go())
+    assert failed["failed"].startswith("RuntimeError: oracd would not start: TimeoutError")
+    assert ok == {"status": 1.0, "failures": {"status": {"count": 1, "examples": ["OSError: reset"]}}}
+    assert progress.failed_phases() == ["warm generate"]
+    assert progress.phases["warm generate"]["elapsed_s"] == 3.0
+    assert progress.phases["memory"] == {"elapsed_s": 0.0, "failed_requests": 1, "failed": None}
+    text = lines(out)
+    assert text[1] == ("[bench 0:03] warm generate: FAILED after 0:03: RuntimeError: oracd would not start: "
+                       "TimeoutError: oracd not ready after 180s:")        # first line only on stderr
+    assert text[-1] == "[bench 0:03] memory: done in 0:00, 0/10 requests, 1 failed requests"
+
+
+def test_a_sync_body_works_too():
+    progress, _, _ = make_progress()
+    assert asyncio.run(progress.phase("cold start", 1).run(lambda ph: {"x": 1}))["x"] == 1
+
+
+# ---------------------------------------------------------------------- progress lines
+@pytest.mark.parametrize("seconds,text", [(0, "0:00"), (42.9, "0:42"), (65, "1:05"), (725, "12:05"),
+                                          (3723, "1:02:03"), (-1, "0:00")])
+def test_fmt_elapsed(seconds, text):
+    assert fmt_elapsed(seconds) == text
+
+
+def test_progress_prints_start_about_every_tenth_and_end_not_every_request():
+    progress, clock, out = make_progress(min_gap=2.0, max_gap=15.0)
+    clock.now += 42
+    ph = progress.phase("warm generate", 60, "run", "direct, raw JSON-RPC, compat, old CLI interleaved")
+
+    async def go():
+        async def body(ph):
+            for i in range(60):
+                clock.now += 0.5                      # 30 s in all: a 10% step every 3 s
+                if i == 10:
+                    ph.fail("compat client", TimeoutError("t"))
+                ph.advance()
+            return {}
+        return await ph.run(body)
+
+    asyncio.run(go())
+    text = lines(out)
+    assert text[0] == ("[bench 0:42] warm generate: start, 60 runs "
+                       "(direct, raw JSON-RPC, compat, old CLI interleaved)")
+    assert text[1] == "[bench 0:45] warm generate: run 6/60 (direct, raw JSON-RPC, compat, old CLI interleaved)"
+    assert text[2].endswith("run 12/60 (direct, raw JSON-RPC, compat, old CLI interleaved), 1 failed")
+    assert text[-1] == "[bench 1:12] warm generate: done in 0:30, 60/60 runs, 1 failed requests"
+    periodic = [ln for ln in text if re.search(r" run \d+/60", ln)]
+    assert [int(re.search(r"run (\d+)/", ln).group(1)) for ln in periodic] == [6, 12, 18, 24, 30, 36, 42, 48, 54]
+
+
+def test_fast_phase_prints_no_periodic_lines():
+    """Thousands of sub-millisecond calls: min_gap keeps stderr to the start and end lines."""
+    progress, clock, out = make_progress(min_gap=2.0)
+    ph = progress.phase("RPC floor", 2000, "call")
+    asyncio.run(ph.run(lambda ph: [ph.advance() for _ in range(2000)] and {}))
+    assert len(lines(out)) == 2 and "done" in lines(out)[1] and "2000/2000 calls" in lines(out)[1]
+
+
+def test_slow_units_still_report_after_max_gap():
+    """Units slower than a 10% step still get a line at least every max_gap seconds."""
+    progress, clock, out = make_progress(every_frac=0.5, min_gap=2.0, max_gap=15.0)
+    ph = progress.phase("warm-up", 100, "load")
+    for _ in range(3):
+        clock.now += 16
+        ph.advance()
+    assert [ln.split("] ")[1] for ln in lines(out)] == ["warm-up: load 1/100", "warm-up: load 2/100",
+                                                        "warm-up: load 3/100"]
+
+
+def test_zero_total_does_not_divide_by_zero():
+    progress, _, out = make_progress()
+    ph = progress.phase("cold start", 0)
+    ph.advance()
+    assert lines(out) == []
+
+
+def test_finish_line_names_failed_phases():
+    progress, _, out = make_progress()
+
+    def fail(ph):
+        raise OSError("no socket")
+
+    asyncio.run(progress.phase("concurrency", 4).run(fail))
+    asyncio.run(progress.phase("memory", 4).run(lambda ph: {}))
+    progress.finish()
+    assert lines(out)[-1] == "[bench 0:00] finished: 2 phases, 1 FAILED (concurrency), 0 failed requests"
+
+
+# ---------------------------------------------------------------------- timeouts
+def test_timeouts_are_generous_and_scale_together_but_cleanup_never_shrinks():
+    t = Timeouts()
+    assert (t.generate, t.load, t.start) == (120.0, 300.0, 180.0)
+    half = t.scaled(0.5)
+    assert (half.generate, half.load, half.start, half.call) == (60.0, 150.0, 90.0, 15.0)
+    assert half.stop == t.stop
+    assert t.scaled(3).stop == 3 * t.stop
+    with pytest.raises(ValueError):
+        t.scaled(0)
+
+
+def test_within_raises_a_timeout_that_says_what_timed_out():
+    async def slow():
+        await asyncio.sleep(5)
+
+    async def fast():
+        return 7
+
+    async def go():
+        assert await within(1, fast(), "status") == 7
+        with pytest.raises(TimeoutError, match=r"^generate: no answer within 0\.01 s$"):
+            await within(0.01, slow(), "generate")
+
+    asyncio.run(go())
