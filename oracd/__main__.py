@@ -25,7 +25,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"oracd: config error: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        from .server import StartupError, socket_gid
+        from .api.listener import StartupError, socket_gid
         try:
             socket_gid(cfg)
         except StartupError as exc:
@@ -38,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as exc:
         print(f"oracd: cannot open log dir {cfg.server.log_dir}: {exc}", file=sys.stderr)
         return 1
-    from .server import serve
+    from .serve import serve
     try:
         options = loop_options(cfg.server.event_loop)
     except ImportError:

@@ -139,13 +139,25 @@ class AccessDenied(OracError):
     default_message = "Access denied"
 
 
+class LoadTimeout(OracError):
+    """A model load (load_model, preload) did not finish within its timeout."""
+    code = -32014
+    default_message = "Model load timed out"
+
+
+class UnloadTimeout(OracError):
+    """unload_model did not finish within its timeout."""
+    code = -32015
+    default_message = "Model unload timed out"
+
+
 ERRORS: Dict[int, Type[OracError]] = {
     cls.code: cls
     for cls in (
         ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError,
         ModelNotFound, ModelLoadFailed, GenerationTimeout, QuantizeFailed, Busy,
         ServerUnavailable, GenerationFailed, InvalidPath, ShuttingDown, RequestTooLarge,
-        OutputExists, ServerStartFailed, AccessDenied,
+        OutputExists, ServerStartFailed, AccessDenied, LoadTimeout, UnloadTimeout,
     )
 }
 

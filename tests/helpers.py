@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from oracd.rpc_probe import hello
+from oracd.workers.hello import hello
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / "bin"

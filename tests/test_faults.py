@@ -29,7 +29,7 @@ import pytest
 
 from helpers import SMOL, Conn, Oracd, RPCError, write_tiny_f32, gone, log_events
 from llama_direct import busy_slots
-from oracd.models import read_gguf_header
+from oracd.models.gguf import read_gguf_header
 
 # On a shared 2-core box: one llama.cpp thread (several spin-waiting threads stall badly when
 # another process takes a core) and no warm-up pass (it only costs start-up time).

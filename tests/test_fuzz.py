@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from helpers import SMOL, Conn, Oracd
-from oracd.methods import App
+from oracd.api.methods import App
 
 FAST = {"threads": 1, "extra_args": ["--no-warmup"]}   # see test_faults.py
 SERVER = {"max_connections": 100, "idle_timeout": 2.0, "send_timeout": 2.0, "max_pending_per_connection": 4}

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import SMOL, Conn, Oracd
 from llama_direct import busy_slots, wait_slots_idle
-from oracd.methods import strip_think
+from oracd.api.generate import strip_think
 
 
 @pytest.fixture(scope="module")

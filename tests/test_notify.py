@@ -209,8 +209,8 @@ def test_heartbeat_pings_only_while_its_event_loop_runs(notify_socket, monkeypat
     from types import SimpleNamespace
 
     from oracd.notify import Notifier
-    from oracd.server import _heartbeat
-    from oracd.supervisor import ChildState
+    from oracd.serve import _heartbeat
+    from oracd.child.states import ChildState
 
     ns = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", ns.path)

@@ -433,9 +433,9 @@ def test_no_loadable_model_still_starts(fresh_oracd):
 def test_rpc_options_from_profile_and_llama_reach_the_command_line(tmp_path):
     """A profile's rpc_workers/tensor_split win over [llama]'s; [] keeps that model local."""
     from oracd.config import from_dict
-    from oracd.llama_http import LlamaEndpoint
-    from oracd.llama_process import build_command
-    from oracd.rpc_workers import workers_for
+    from oracd.child.http import LlamaEndpoint
+    from oracd.child.command import build_command
+    from oracd.workers.pool import workers_for
     cfg = from_dict({"llama": {"rpc_workers": ["10.0.0.2:50052"], "tensor_split": [3, 1], "n_gpu_layers": 0},
                      "profiles": {"big.gguf": {"rpc_workers": ["10.0.0.3:50052", "10.0.0.4:50052"],
                                                "tensor_split": [1, 1], "n_gpu_layers": 20},

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from helpers import write_tiny_f32
-from oracd.models import read_gguf_header
+from oracd.models.gguf import read_gguf_header
 
 
 @pytest.fixture(scope="module")

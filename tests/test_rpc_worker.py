@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from helpers import BIN, REPO, gone
-from oracd.rpc_probe import hello
+from oracd.workers.hello import hello
 
 RPC_SERVER = BIN / "rpc-server"    # built by provisioning (conftest); these tests never skip
 

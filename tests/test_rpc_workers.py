@@ -18,7 +18,7 @@ from typing import List, Optional, Tuple
 import pytest
 
 from helpers import Oracd, RpcWorker as Worker, free_port, gone, log_events
-from oracd.rpc_probe import hello
+from oracd.workers.hello import hello
 
 MB = 1024 * 1024
 

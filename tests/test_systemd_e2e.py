@@ -452,7 +452,7 @@ def test_rpc_worker_unit_serves_and_stops(installed: Machine):
     m.sh("cat > /etc/oracd/rpc-worker.env", input="ORACD_RPC_HOST=127.0.0.1\nORACD_RPC_PORT=50052\n"
          "ORACD_RPC_SERVER=/opt/llama.cpp/bin/rpc-server\nORACD_RPC_ARGS=--threads 1 --cache\n")
     m.sh("systemctl start oracd-rpc-worker")
-    probe = ("/opt/oracd/bin/python -c \"import time; from oracd.rpc_probe import hello\n"
+    probe = ("/opt/oracd/bin/python -c \"import time; from oracd.workers.hello import hello\n"
              "for _ in range(100):\n    c = hello('127.0.0.1:50052', 1)\n    if c.answers: break\n"
              "    time.sleep(0.1)\nprint(c.answers, c.version)\"")
     assert m.sh(probe).stdout.split() == ["True", "7.0.0"]

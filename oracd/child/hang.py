@@ -57,7 +57,7 @@ class HangDetector:
         return self._probe(now, False, probe)
 
     @property
-    def unhealthy_for(self) -> Optional[float]:
+    def unhealthy_since(self) -> Optional[float]:
         return self._unhealthy_since
 
     def _probe(self, now: float, ok: bool, probe: str) -> Optional[str]:

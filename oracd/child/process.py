@@ -95,7 +95,7 @@ class ManagedProcess:
         self.tail: Deque[str] = deque(maxlen=tail)
         self.exited = anyio.Event()
         self.returncode: Optional[int] = None
-        self._on_line = on_line
+        self.on_line = on_line              # may be set after spawn: output is read only once watch() runs
 
     @classmethod
     async def spawn(cls, cmd: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
@@ -108,8 +108,8 @@ class ManagedProcess:
 
     async def _line(self, name: str, line: str) -> None:
         self.tail.append(line)
-        if self._on_line is not None:
-            result = self._on_line(name, line)
+        if self.on_line is not None:
+            result = self.on_line(name, line)
             if result is not None:
                 await result
 

@@ -60,6 +60,11 @@ class SwapQueue:
                 return model
         return None
 
+    def swap_due(self) -> bool:
+        """Would ``advance`` move to another model now?"""
+        return not self._waiting.get(self.current) and any(self._waiting.get(m) for m in self._order
+                                                             if m != self.current)
+
     def queued(self) -> List[str]:
         return list(self._order)
 

@@ -10,23 +10,21 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import time
-from collections import deque
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 import anyio
-from anyio.streams.buffered import BufferedByteReceiveStream
 
-from . import exits
-from .errors import InvalidParams, ModelNotFound, OutputExists, QuantizeFailed
-from .llama_process import signal_group, which
-from .logs import get as get_logger
-from .models import ModelStore
+from ..child import exits
+from ..child.failures import telling_line
+from ..child.process import ManagedProcess, locate
+from ..errors import InvalidParams, ModelNotFound, OutputExists, QuantizeFailed
+from ..logs import get as get_logger
+from .store import ModelStore
 
 log = get_logger("oracd.quantize")
 _TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")   # "[  12/ 272] blk.0.attn_q.weight - ..."
@@ -47,7 +45,7 @@ def allowed_types(binary: str) -> Tuple[str, ...]:
 
 
 def find_quantize_bin(path: Path) -> str:
-    found = which(path)
+    found = locate([path])
     if not found:
         raise QuantizeFailed(f"Quantization error: llama-quantize not found or not executable: {path} "
                              f"(set llama.quantize_bin in the config)")
@@ -91,49 +89,28 @@ async def quantize(store: ModelStore, quantize_bin: Path, input_model: str, outp
     tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part")
     cmd = with_file_size_limit([binary, str(src), str(tmp), qtype], max_output_bytes)
     t0 = time.monotonic()
-    tail: Deque[str] = deque(maxlen=20)
     log.info("quantize start", input=str(src), output=str(dst), type=qtype)
-    proc = await anyio.open_process(cmd, stdin=subprocess.DEVNULL, start_new_session=True,
-                                    stderr=subprocess.STDOUT)
-    try:
-        async def pump() -> None:
-            buffered = BufferedByteReceiveStream(proc.stdout)
-            while True:
-                try:
-                    raw = await buffered.receive_until(b"\n", 65536)
-                except anyio.DelimiterNotFound:
-                    raw = await buffered.receive(65536)
-                except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError):
-                    return
-                line = raw.decode("utf-8", "replace").rstrip()
-                if line:
-                    tail.append(line)
-                    m = _TENSOR_LINE.match(line)
-                    if m and progress is not None:
-                        await progress(int(m.group(1)), int(m.group(2)), m.group(3))
 
+    async def on_line(_stream: str, line: str) -> None:
+        m = _TENSOR_LINE.match(line)
+        if m and progress is not None:
+            await progress(int(m.group(1)), int(m.group(2)), m.group(3))
+
+    proc = await ManagedProcess.spawn(cmd, on_line=on_line, merge_stderr=True, tail=20)
+    try:
         with anyio.fail_after(timeout):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(pump)
-                rc = await proc.wait()
+            rc = await proc.watch()
         if rc != 0:
-            last = next((t for t in reversed(tail) if "error" in t.lower() or "failed" in t.lower()),
-                        tail[-1] if tail else "")
-            raise QuantizeFailed(f"Quantization error: {exits.describe(rc, 'llama-quantize')}: {last}",
-                                 {**exits.exit_info(rc), "stderr_tail": list(tail)})
+            raise QuantizeFailed(f"Quantization error: {exits.describe(rc, 'llama-quantize')}: "
+                                 f"{telling_line(list(proc.tail))}",
+                                 {**exits.exit_info(rc), "stderr_tail": list(proc.tail)})
         os.replace(tmp, dst)
     except TimeoutError:
         raise QuantizeFailed(f"Quantization error: timed out after {timeout:.0f}s",
-                             {"stderr_tail": list(tail)}) from None
+                             {"stderr_tail": list(proc.tail)}) from None
     finally:
-        if proc.returncode is None:
-            signal_group(proc.pid, signal.SIGKILL)
-            with anyio.CancelScope(shield=True):
-                await proc.wait()
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        # cancelled (client gone) or timed out: watch() killed the group and reaped it
+        tmp.unlink(missing_ok=True)
     size = dst.stat().st_size
     elapsed = (time.monotonic() - t0) * 1000
     log.info("quantize done", output=str(dst), size=size, ms=round(elapsed, 1))

@@ -1,45 +1,34 @@
-"""The llama-server OS process: command line, private endpoint, pidfile, group kill, orphans.
+"""How llama-server is started: its binary, command line, private endpoint and environment.
 
-The state machine lives in ``supervisor.py``; this module only knows how to
-build the command, where llama-server listens (a Unix socket in oracd's private
-0700 runtime dir when the binary supports ``--host path.sock``, otherwise
-127.0.0.1 on a free port with a random ``--api-key``), and how to find and stop
-a llama-server left behind by an oracd that was SIGKILLed.
+Where it listens: a Unix socket in oracd's private 0700 runtime dir when the
+binary supports ``--host path.sock``, otherwise 127.0.0.1 on a free port with a
+random API key passed by environment (``ps`` shows argv, not the environment).
 """
 from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import signal
 import socket
 import subprocess
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Sequence
 
-import psutil
+from ..config import Config
+from ..errors import ModelLoadFailed
+from .http import LlamaEndpoint
+from .process import locate
 
-from .config import Config
-from .errors import ModelLoadFailed
-from .llama_http import LlamaEndpoint
-
-PIDFILE = "llama-server.pid"
 SOCKNAME = "llama-server.sock"
 
 
-def which(path: Path) -> Optional[str]:
-    """The configured binary if executable; bare names are looked up on PATH."""
-    p = str(path)
-    return shutil.which(p) if "/" not in p else (p if os.access(p, os.X_OK) else None)
-
-
 def find_binary(path: Path) -> str:
-    found = which(path)
+    found = locate([path])
     if not found:
         raise ModelLoadFailed(f"llama-server binary not found or not executable: {path} "
                               f"(set llama.server_bin in the config)", {"reason": "no_binary"})
     return found
+
 
 
 @lru_cache(maxsize=8)
@@ -50,14 +39,6 @@ def supports_unix_socket(binary: str) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return ".sock" in (out.stdout + out.stderr)
-
-
-def prepare_runtime_dir(cfg: Config) -> Path:
-    """Create the private runtime dir (0700) that holds llama-server's socket and pidfile."""
-    d = cfg.runtime_dir
-    d.mkdir(parents=True, exist_ok=True)
-    os.chmod(d, 0o700)
-    return d
 
 
 def free_port() -> int:
@@ -126,62 +107,3 @@ def child_env(endpoint: LlamaEndpoint) -> dict:
     if endpoint.api_key:
         env["LLAMA_API_KEY"] = endpoint.api_key
     return env
-
-
-def write_pidfile(cfg: Config, pid: int) -> None:
-    path = cfg.runtime_dir / PIDFILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{pid}\n")
-    tmp.replace(path)
-
-
-def remove_pidfile(cfg: Config) -> None:
-    try:
-        (cfg.runtime_dir / PIDFILE).unlink()
-    except FileNotFoundError:
-        pass
-
-
-def signal_group(pid: int, sig: int) -> None:
-    """Signal the child's whole process group (it was started in its own session)."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def reap_orphan(cfg: Config, binary_name: str, grace: float) -> Optional[int]:
-    """Stop a llama-server left by a previous oracd (pidfile + matching command line).
-
-    Returns the pid stopped, or None.  A pid that was reused by an unrelated
-    process is left alone: we only kill it if its command line names our binary
-    and our runtime dir.
-    """
-    path = cfg.runtime_dir / PIDFILE
-    try:
-        pid = int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    stopped = None
-    try:
-        proc = psutil.Process(pid)
-        cmdline = proc.cmdline()
-        joined = " ".join(cmdline)
-        ours = bool(cmdline) and Path(cmdline[0]).name == binary_name and (
-            str(cfg.runtime_dir) in joined or str(cfg.llama.models_dir) in joined)
-        if ours:
-            signal_group(pid, signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except psutil.TimeoutExpired:
-                signal_group(pid, signal.SIGKILL)
-                proc.wait(5)
-            stopped = pid
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        pass
-    path.unlink(missing_ok=True)
-    return stopped
-

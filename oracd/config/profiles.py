@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from .values import rpc_workers as check_rpc_workers, tensor_split as check_tensor_split
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -128,10 +130,9 @@ def _parse(model: str, table: Any, base: Path) -> Profile:
                 raise ProfileError(f"{k}: expected a list of strings, got {v!r}")
             v = tuple(v)
         elif key in ("rpc_workers", "tensor_split"):
-            from .config import ConfigError, _rpc_workers, _tensor_split
             try:
-                v = (_rpc_workers if key == "rpc_workers" else _tensor_split)(k, v)
-            except ConfigError as exc:
+                v = (check_rpc_workers if key == "rpc_workers" else check_tensor_split)(k, v)
+            except ValueError as exc:
                 raise ProfileError(str(exc)) from None
         elif key == "think":
             if not isinstance(v, bool):

@@ -11,32 +11,34 @@ import ipaddress
 import signal
 import socket
 import time
-from collections import deque
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import anyio
 import anyio.abc
 
-from . import exits, llama_process as lp
-from .config import Config
-from .errors import InvalidParams, ServerStartFailed
-from .llama_http import LlamaEndpoint, LlamaHTTP
-from .logs import get as get_logger
+from ..config import ConfigHolder
+from ..errors import InvalidParams, ServerStartFailed
+from ..logs import get as get_logger
+from . import exits
+from .command import build_command, child_env, find_binary
+from .http import LlamaEndpoint, LlamaHTTP
+from .process import ManagedProcess
 
-log = get_logger("oracd.http_servers")
+log = get_logger("oracd.extra_servers")
 
 
 class ExtraServer:
-    def __init__(self, proc: anyio.abc.Process, model: str, host: str, port: int, args: List[str]):
+    def __init__(self, proc: ManagedProcess, model: str, host: str, port: int, args: List[str]):
         self.proc = proc
         self.model = model
         self.host = host
         self.port = port
         self.args = args
-        self.returncode: Optional[int] = None
-        self.exited = anyio.Event()
-        self.tail: Deque[str] = deque(maxlen=20)
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.proc.returncode
 
     def info(self) -> Dict[str, Any]:
         return {"pid": self.proc.pid, "args": self.args, "model": self.model, "host": self.host,
@@ -58,8 +60,8 @@ def _check_host(host: str, allow_remote: bool) -> None:
 class ExtraServers:
     """The set of extra llama-servers; their lifetime is bounded by oracd's."""
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+    def __init__(self, holder: ConfigHolder):
+        self.holder = holder
         self.servers: Dict[int, ExtraServer] = {}
         self._tg: Optional[anyio.abc.TaskGroup] = None
 
@@ -77,12 +79,13 @@ class ExtraServers:
     async def start(self, model_path: Path, host: str, port: int, temperature: float, top_p: float,
                     top_k: int, timeout: float) -> Dict[str, Any]:
         assert self._tg is not None
-        _check_host(host, self.cfg.llama.allow_remote_http)
+        cfg = self.holder.cfg
+        _check_host(host, cfg.llama.allow_remote_http)
         if not 1 <= port <= 65535:
             raise InvalidParams("port must be between 1 and 65535")
-        binary = lp.find_binary(self.cfg.llama.server_bin)
+        binary = find_binary(cfg.llama.server_bin)
         endpoint = LlamaEndpoint(port=port)
-        cmd = lp.build_command(self.cfg, binary, model_path, endpoint)
+        cmd = build_command(cfg, binary, model_path, endpoint)
         cmd[cmd.index("--host") + 1] = host
         cmd += ["--temp", str(temperature), "--top-p", str(top_p), "--top-k", str(top_k)]
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -92,8 +95,7 @@ class ExtraServers:
                 raise ServerStartFailed(f"Failed to start llama server: cannot bind {host}:{port}: {exc.strerror}",
                                         {"host": host, "port": port}) from None
         try:
-            proc = await anyio.open_process(cmd, stdin=None, start_new_session=True,
-                                            env=lp.child_env(LlamaEndpoint()))
+            proc = await ManagedProcess.spawn(cmd, env=child_env(LlamaEndpoint()), tail=20)
         except OSError as exc:
             raise ServerStartFailed(f"Failed to start llama server: {exc}") from None
         srv = ExtraServer(proc, model_path.name, host, port, cmd)
@@ -108,10 +110,10 @@ class ExtraServers:
                 if srv.returncode is not None:
                     raise ServerStartFailed(
                         f"Failed to start llama server: {exits.describe(srv.returncode)}: "
-                        f"{srv.tail[-1] if srv.tail else ''}", {"stderr_tail": list(srv.tail)})
+                        f"{srv.proc.tail[-1] if srv.proc.tail else ''}", {"stderr_tail": list(srv.proc.tail)})
                 if time.monotonic() > deadline:
                     raise ServerStartFailed(f"Failed to start llama server: not ready after {timeout:g}s",
-                                            {"stderr_tail": list(srv.tail)})
+                                            {"stderr_tail": list(srv.proc.tail)})
                 with anyio.move_on_after(2):
                     try:
                         if await http.health() == 200:
@@ -128,34 +130,14 @@ class ExtraServers:
         return srv.info()
 
     async def _watch(self, srv: ExtraServer) -> None:
-        async def pump(stream: Any) -> None:
-            if stream is None:
-                return
-            async for chunk in stream:
-                for line in chunk.decode("utf-8", "replace").splitlines():
-                    if line.strip():
-                        srv.tail.append(line)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(pump, srv.proc.stdout)
-            tg.start_soon(pump, srv.proc.stderr)
-            srv.returncode = await srv.proc.wait()
-        lp.signal_group(srv.proc.pid, signal.SIGKILL)
-        srv.exited.set()
-        log.info("extra llama-server exited", pid=srv.proc.pid, message=exits.describe(srv.returncode),
-                 **exits.exit_info(srv.returncode))
+        rc = await srv.proc.watch()
+        log.info("extra llama-server exited", pid=srv.proc.pid, message=exits.describe(rc), **exits.exit_info(rc))
 
     async def stop(self, pid: int, force: bool = False) -> Dict[str, Any]:
         srv = self.servers.get(pid)
         if srv is None:
             raise InvalidParams(f"no llama-server with pid {pid} was started by oracd")
-        if srv.returncode is None:
-            lp.signal_group(pid, signal.SIGKILL if force else signal.SIGTERM)
-            with anyio.move_on_after(self.cfg.llama.stop_grace):
-                await srv.exited.wait()
-            if srv.returncode is None:
-                lp.signal_group(pid, signal.SIGKILL)
-                with anyio.move_on_after(10):
-                    await srv.exited.wait()
+        await srv.proc.stop(self.holder.cfg.llama.stop_grace, first=signal.SIGKILL if force else signal.SIGTERM)
         return srv.info()
 
     def info(self, pid: int) -> Dict[str, Any]:

@@ -39,11 +39,10 @@ class LlamaEndpoint:
 class LlamaHTTPError(Exception):
     """llama-server answered with a non-2xx status; ``message`` is its own error text."""
 
-    def __init__(self, status: int, message: str, body: Any = None):
+    def __init__(self, status: int, message: str):
         super().__init__(f"llama-server HTTP {status}: {message}")
         self.status = status
         self.message = message
-        self.body = body
 
 
 _CLOSE = {"Connection": "close"}
@@ -101,7 +100,7 @@ class LlamaHTTP:
                 data: Any = json.loads(raw)
             except ValueError:
                 data = raw.decode("utf-8", "replace")
-            raise LlamaHTTPError(resp.status, _error_text(data), data)
+            raise LlamaHTTPError(resp.status, _error_text(data))
 
     async def chat(self, body: Dict[str, Any]) -> Dict[str, Any]:
         """POST /v1/chat/completions (not streamed) on a kept-alive connection.
@@ -110,7 +109,7 @@ class LlamaHTTP:
         (on a 2-core box those wake-ups steal time from llama-server's threads).
         Cancelling the call closes the connection, and llama-server drops the
         task when it notices, which takes a second of quiet on its result queue
-        (see App._complete for when oracd streams instead).
+        (see api/generate.py for when oracd streams instead).
         Returns {content, finish_reason, usage}.
         """
         session = self._get_session()
@@ -156,7 +155,7 @@ class LlamaHTTP:
                         break
                     obj = json.loads(payload)
                     if "error" in obj:
-                        raise LlamaHTTPError(500, _error_text(obj), obj)
+                        raise LlamaHTTPError(500, _error_text(obj))
                     for choice in obj.get("choices") or ():
                         delta = choice.get("delta") or {}
                         text = delta.get("content")

@@ -22,6 +22,7 @@ else:  # pragma: no cover - Python 3.10 on the Jetson
     import tomli as tomllib
 
 
+from .values import rpc_workers as check_rpc_workers, tensor_split as check_tensor_split  # noqa: E402
 from .profiles import Profile, ProfileError, load_profiles_file, parse_profiles  # noqa: E402
 
 
@@ -131,29 +132,6 @@ def _fail(key: str, msg: str, value: Any) -> ConfigError:
     return ConfigError(f"{key}: {msg}, got {value!r}")
 
 
-def _rpc_workers(key: str, value: Any) -> Tuple[str, ...]:
-    """A list of "host:port" (IPv4 or a name; rpc-server has no IPv6), no duplicates."""
-    from .rpc_probe import split_address
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _fail(key, 'expected a list of "host:port" strings', value)
-    for v in value:
-        try:
-            split_address(v)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-    if len(set(value)) != len(value):
-        raise _fail(key, "lists a worker twice", value)
-    return tuple(value)
-
-
-def _tensor_split(key: str, value: Any) -> Tuple[float, ...]:
-    if (not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                               and math.isfinite(v) and v >= 0 for v in value)
-            or (value and not any(value))):
-        raise _fail(key, "expected a list of numbers >= 0, not all zero", value)
-    return tuple(float(v) for v in value)
-
-
 def _resolve(base: Path, value: str) -> Path:
     p = Path(os.path.expanduser(value))
     return p if p.is_absolute() else (base / p).resolve()
@@ -200,10 +178,11 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise _fail(key, "expected a list of strings", value)
         return tuple(value)
-    if name == "rpc_workers":
-        return _rpc_workers(key, value)
-    if name == "tensor_split":
-        return _tensor_split(key, value)
+    if name in ("rpc_workers", "tensor_split"):
+        try:
+            return (check_rpc_workers if name == "rpc_workers" else check_tensor_split)(key, value)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if name == "event_loop":
         if value not in ("auto", "uvloop", "asyncio"):
             raise _fail(key, "expected one of ['asyncio', 'auto', 'uvloop']", value)
@@ -235,12 +214,12 @@ def _build_section(section: str, cls: Any, table: Any, base: Path) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(f"{section}: expected a table, got {table!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    values: Dict[str, Any] = {}
+    kwargs: Dict[str, Any] = {}
     for name, value in table.items():
         if name not in fields:
             raise ConfigError(f"{section}.{name}: unknown key (known: {', '.join(sorted(fields))})")
-        values[name] = _coerce(section, name, fields[name].type, value, base)
-    return cls(**values)
+        kwargs[name] = _coerce(section, name, fields[name].type, value, base)
+    return cls(**kwargs)
 
 
 def from_dict(data: Dict[str, Any], base: Path) -> Config:

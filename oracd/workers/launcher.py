@@ -25,10 +25,11 @@ import time
 from pathlib import Path
 from typing import Deque, IO, List, Optional
 
-from oracd import exits
-from oracd.rpc_probe import hello
+from oracd.child import exits
+from oracd.child.process import locate, stop_group_sync
+from oracd.workers.hello import hello
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # loopback, RFC1918, link-local, CGNAT: the networks a worker may listen on without --allow-public
 SAFE_NETS = [ipaddress.IPv4Network(n) for n in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12",
                                                "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")]
@@ -82,10 +83,7 @@ def find_binary(explicit: Optional[str]) -> str:
             raise Refused(f"rpc-server binary {given} does not exist or is not executable; {how}")
         return given
     from oracd.provision.machine import cached_tool
-    for cand in (REPO_ROOT / "bin" / "rpc-server", cached_tool("rpc-server")):
-        if cand is not None and cand.is_file() and os.access(cand, os.X_OK):
-            return str(cand)
-    found = shutil.which("rpc-server")
+    found = locate([REPO_ROOT / "bin" / "rpc-server", cached_tool("rpc-server"), "rpc-server"])
     if not found:
         raise Refused(f"rpc-server not found (bin/, the oracd cache, PATH); {how}")
     return found
@@ -166,18 +164,14 @@ def run(cmd: List[str], address: str) -> int:
 
 
 def _stop(proc: subprocess.Popen) -> bool:
-    """SIGTERM the process group, SIGKILL after the grace; True if SIGTERM was enough."""
-    for sig, wait in ((signal.SIGTERM, STOP_GRACE), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
+    """oracd's one stopping routine (TERM the group, grace, KILL); True if SIGTERM was enough."""
+    def exited(wait: float) -> bool:
         try:
             proc.wait(wait)
-            return sig == signal.SIGTERM
+            return True
         except subprocess.TimeoutExpired:
-            continue
-    return False
+            return False
+    return stop_group_sync(proc.pid, exited, STOP_GRACE) == signal.SIGTERM
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -1,9 +1,9 @@
-"""llama.cpp RPC workers for the supervisor: which to use, the pre-flight check, fallback, status.
+"""The RPC workers as the supervisor sees them: which to use, the pre-flight check, fallback, status.
 
 Why a pre-flight check: llama-server aborts (SIGABRT) within half a second
 when a worker in ``--rpc`` does not answer, before it even listens, and its
 stderr says only "Failed to connect".  Probing each worker first (HELLO,
-``rpc_probe``) turns that into an error naming the worker, and lets
+``hello``) turns that into an error naming the worker, and lets
 ``rpc_fallback_local`` load the model without the workers instead.
 While llama-server is attached, workers are not probed (rpc-server serves one
 client at a time); oracd watches llama-server's TCP connections to them, so a
@@ -15,16 +15,14 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import anyio
-import structlog
 
-from .config import Config
-from .rpc_probe import WorkerCheck, attached_workers, hello
+from ..config import Config, ConfigHolder
+from ..logs import get as get_logger
+from .hello import WorkerCheck, attached_workers, hello
 
-log = structlog.get_logger("oracd.rpc")
+log = get_logger("oracd.workers")
 
 PROBE_TIMEOUT = 2.0
-# llama-server's stderr when a worker went away under it (ggml-rpc.cpp GGML_ABORTs)
-LOST_MARKERS = ("Remote RPC server crashed", "ggml-rpc.cpp")
 
 
 def workers_for(cfg: Config, model: Optional[str]) -> Tuple[str, ...]:
@@ -32,15 +30,15 @@ def workers_for(cfg: Config, model: Optional[str]) -> Tuple[str, ...]:
     return cfg.option_for(model, "rpc_workers")
 
 
-def worker_lost(tail: Sequence[str]) -> bool:
-    return any(m in line for line in tail for m in LOST_MARKERS)
-
-
 class RpcWorkers:
-    """What the supervisor knows about the workers: last checks, what the child uses, fallback."""
+    """What the supervisor knows about the workers: last checks, what the child uses, fallback.
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+    Reads the config from the holder at every decision, so a reload that changes
+    a profile's ``rpc_workers`` applies to the next load.
+    """
+
+    def __init__(self, holder: ConfigHolder):
+        self.holder = holder
         self.checks: Dict[str, WorkerCheck] = {}
         self.attached: Dict[str, bool] = {}          # from the last lost() check of the running child
         self.fallback: Optional[Dict[str, Any]] = None   # set while a model runs locally instead
@@ -67,7 +65,7 @@ class RpcWorkers:
         All workers answer: use them.  Some do not: with rpc_fallback_local, none
         (and say so); without it, an error naming each silent worker.
         """
-        workers = workers_for(self.cfg, model)
+        workers = workers_for(self.holder.cfg, model)
         self.fallback = None
         if not workers:
             return (), None
@@ -76,7 +74,7 @@ class RpcWorkers:
             return workers, None
         why = "; ".join(f"{c.address}: {c.error}" for c in bad)
         msg = f"rpc worker{'s' if len(bad) > 1 else ''} not answering ({why})"
-        if self.cfg.llama.rpc_fallback_local:
+        if self.holder.cfg.llama.rpc_fallback_local:
             self.fallback = {"model": model, "reason": msg, "since": round(time.time(), 3),
                              "workers": [c.address for c in bad]}
             log.warning("rpc fallback: loading without workers", model=model, reason=msg)
@@ -100,7 +98,7 @@ class RpcWorkers:
 
     def status(self, model: Optional[str], in_use: Sequence[str]) -> Optional[Dict[str, Any]]:
         """Cheap: last probe results and the last connection check (no I/O on the event loop)."""
-        configured = workers_for(self.cfg, model)
+        configured = workers_for(self.holder.cfg, model)
         if not configured and not in_use:
             return None
         rows = []
@@ -109,5 +107,5 @@ class RpcWorkers:
             rows.append({"address": a, "in_use": a in in_use, "attached": self.attached.get(a) if a in in_use else None,
                          **({k: v for k, v in c.as_dict().items() if k != "address"} if c else
                             {"answers": None})})
-        split = self.cfg.option_for(model, "tensor_split")
+        split = self.holder.cfg.option_for(model, "tensor_split")
         return {"workers": rows, "fallback_local": self.fallback, "tensor_split": list(split) or None}

@@ -1,0 +1,237 @@
+"""One client connection: newline-framed JSON-RPC in, answers and notifications out, pipelined.
+
+A ``Connection`` reads request lines and runs each as its own task (answers go
+back by id, in any order), bounded by ``max_pending_per_connection``
+(backpressure: a client that floods us is simply not read).  Answers are
+written whole, one at a time, straight to the socket when they fit.  A client
+that stops reading for ``send_timeout`` is dropped, and its requests are
+aborted upstream.  A half-closed client (a shell pipe) still gets its answers;
+one that hung up gets its generations aborted.  ``Connections`` admits
+connections (limit, access) and counts them for status and shutdown.
+"""
+from __future__ import annotations
+
+import math
+import select
+import socket
+import uuid
+from typing import Any, Optional
+
+import anyio
+import anyio.abc
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from ..config import ConfigHolder
+from ..errors import AccessDenied, Busy, RequestTooLarge
+from ..logs import get as get_logger
+from .jsonrpc import CallContext, Dispatcher, Peer, error_obj
+from .listener import allowed, peer_of
+
+log = get_logger("oracd.connection")
+
+
+class Connections:
+    """Admits connections (limit, access) and counts them and their request tasks."""
+
+    def __init__(self, holder: ConfigHolder, dispatcher: Dispatcher):
+        self.holder = holder
+        self.dispatcher = dispatcher
+        self.open = 0           # connections being served
+        self.tasks = 0          # request tasks in flight (all connections)
+        self.idle = anyio.Event()
+        self.idle.set()
+
+    def task_started(self) -> None:
+        self.tasks += 1
+        if self.tasks == 1:
+            self.idle = anyio.Event()
+
+    def task_done(self) -> None:
+        self.tasks -= 1
+        if self.tasks == 0:
+            self.idle.set()
+
+    async def handle(self, stream: anyio.abc.SocketStream) -> None:
+        raw: Optional[socket.socket] = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        peer = peer_of(raw)
+        cfg = self.holder.cfg
+        async with stream:
+            if self.open >= cfg.server.max_connections:
+                log.warning("connection refused: limit reached", peer_pid=peer.pid, peer_uid=peer.uid,
+                            limit=cfg.server.max_connections)
+                await _refuse(stream, Busy(f"too many connections (limit {cfg.server.max_connections})"))
+                return
+            if not allowed(cfg, peer):
+                log.warning("connection refused: peer not allowed", peer_pid=peer.pid, peer_uid=peer.uid,
+                            peer_gid=peer.gid)
+                await _refuse(stream, AccessDenied(
+                    f"uid {peer.uid} / gid {peer.gid} may not use oracd (server.allowed_uids/allowed_gids)"))
+                return
+            self.open += 1
+            log.info("connection open", peer_pid=peer.pid, peer_uid=peer.uid, peer_gid=peer.gid)
+            try:
+                await Connection(self, stream, raw, peer).serve()
+            except Exception:      # never let one connection cancel every other one
+                log.exception("connection failed", peer_pid=peer.pid)
+            finally:
+                self.open -= 1
+                log.info("connection closed", peer_pid=peer.pid)
+
+
+async def _refuse(stream: anyio.abc.SocketStream, err: Any) -> None:
+    with anyio.move_on_after(1):
+        try:
+            await stream.send(Dispatcher.encode(error_obj(err.code, err.message, err.data)))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+
+class Connection:
+    """One client: a read loop that starts a task per request line, and one writer at a time."""
+
+    def __init__(self, owner: Connections, stream: anyio.abc.SocketStream, raw: Optional[socket.socket],
+                 peer: Peer):
+        cfg = owner.holder.cfg.server
+        self.owner = owner
+        self.stream = stream
+        self.raw = raw
+        self.peer = peer
+        self.max_line = cfg.max_line_bytes
+        self.max_pending = cfg.max_pending_per_connection
+        self.idle_timeout = cfg.idle_timeout
+        self.send_timeout = cfg.send_timeout
+        self.ctx = CallContext(peer=peer, notify=self.notify)
+        self.broken = False                       # the client stopped reading or went away
+        self.pending = 0                          # its requests in flight
+        self.all_done = anyio.Event()
+        self.all_done.set()
+        self.room = anyio.Event()                 # set when pending drops below max_pending again
+        self.room.set()
+        self._send_lock = anyio.Lock(fast_acquire=True)   # no event-loop trip when it is free
+        self._tg: Optional[anyio.abc.TaskGroup] = None
+        self._too_long = Dispatcher.encode(error_obj(RequestTooLarge.code, RequestTooLarge.default_message,
+                                                     f"request line longer than {self.max_line} bytes"))
+
+    async def serve(self) -> None:
+        buffered = BufferedByteReceiveStream(self.stream)
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            while await self._read_one(buffered):
+                pass
+            await self._finish_after_eof()
+
+    async def _read_one(self, buffered: BufferedByteReceiveStream) -> bool:
+        """Read the next request line and start it; False when the connection is done."""
+        if self.pending >= self.max_pending:      # backpressure: a client that floods us waits
+            self.room = anyio.Event()
+            await self.room.wait()
+        try:
+            # idle: nothing in flight and no complete line for idle_timeout -> close
+            with anyio.fail_after(self.idle_timeout if self.pending == 0 else math.inf):
+                line = await buffered.receive_until(b"\n", self.max_line + 1)   # exactly max_line is allowed
+        except TimeoutError:
+            log.info("closing idle connection", peer_pid=self.peer.pid, idle_timeout_s=self.idle_timeout)
+            return False
+        except anyio.DelimiterNotFound:
+            await self.send(self._too_long)
+            return await _skip_to_newline(buffered)
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
+                anyio.ClosedResourceError, OSError):
+            return False
+        if len(line) > self.max_line:      # the delimiter arrived in the chunk that crossed the limit
+            await self.send(self._too_long)
+        elif line.strip():
+            self.pending += 1
+            if self.pending == 1:
+                self.all_done = anyio.Event()
+            self.owner.task_started()
+            assert self._tg is not None
+            self._tg.start_soon(self._process, line)
+        return True
+
+    async def _finish_after_eof(self) -> None:
+        """EOF from the client: a half-close (socat, shell pipes) still wants its answers, a full
+        close does not.  Finish what is in flight unless the peer hung up."""
+        while self.pending and not self.broken:
+            with anyio.move_on_after(0.1):
+                await self.all_done.wait()
+            if self.pending and self.raw is not None and _hung_up(self.raw):
+                log.info("client hung up with requests in flight; aborting them", peer_pid=self.peer.pid,
+                         pending=self.pending)
+                self._abort()
+                return
+
+    async def _process(self, line: bytes) -> None:
+        try:
+            try:
+                out = await self.owner.dispatcher.handle_line(line, self.ctx)
+            except Exception:
+                incident = uuid.uuid4().hex[:12]
+                log.exception("request failed", peer_pid=self.peer.pid, incident=incident)
+                out = Dispatcher.encode(error_obj(-32603, "Internal error", {"incident": incident}))
+            if out is not None:
+                await self.send(out)
+        finally:
+            self.pending -= 1
+            self.owner.task_done()
+            self.room.set()
+            if self.pending == 0:
+                self.all_done.set()
+
+    def _abort(self) -> None:
+        """The client is gone: cancel its requests (which aborts their generations upstream)."""
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    async def send(self, data: bytes) -> None:
+        """One whole answer at a time, dropping a client that stops reading.
+
+        Fast path: the answer usually fits the socket buffer, so it is written straight
+        to the (non-blocking) socket, skipping a trip round the event loop and a timer;
+        only what does not fit waits, under send_timeout.
+        """
+        if self.broken:
+            return
+        await self._send_lock.acquire()
+        try:
+            if self.raw is not None:
+                try:
+                    data = data[self.raw.send(data):]
+                except BlockingIOError:
+                    pass
+            if data:
+                with anyio.fail_after(self.send_timeout):
+                    await self.stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError, OSError):
+            self.broken = True
+            self._abort()
+        finally:
+            self._send_lock.release()
+
+    async def notify(self, method: str, params: Any) -> None:
+        await self.send(Dispatcher.encode({"jsonrpc": "2.0", "method": method, "params": params}))
+
+
+async def _skip_to_newline(buffered: BufferedByteReceiveStream) -> bool:
+    """Discard the rest of an oversized line; False if the connection ended first."""
+    while True:
+        idx = buffered.buffer.find(b"\n")
+        try:
+            if idx >= 0:
+                await buffered.receive(idx + 1)
+                return True
+            if buffered.buffer:
+                await buffered.receive(len(buffered.buffer))
+            chunk = await buffered.receive(65536)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return False
+        idx = chunk.find(b"\n")
+        if idx >= 0:
+            buffered.feed_data(chunk[idx + 1:])
+            return True
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    p = select.poll()
+    p.register(sock.fileno(), select.POLLHUP | select.POLLERR)
+    return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in p.poll(0))

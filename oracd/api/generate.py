@@ -1,0 +1,140 @@
+"""``generate``: merge the request with the model's profile, then ask llama-server, retrying once after a crash.
+
+Merging, per parameter: what the request sends wins, then the model's profile,
+then the built-in default (``build_body``, pure).  How the answer is fetched
+depends on its length (``fetch``): short generations in one response (no
+per-token wake-ups of oracd: the fastest path), long ones and ``stream=true``
+streamed, because llama-server stops a streamed generation the moment its
+connection closes, while a cancelled one-response generation is dropped only
+after its result queue has been quiet for a second.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
+
+import aiohttp
+import anyio
+
+from ..child.failures import worker_lost
+from ..child.http import LlamaHTTPError
+from ..config import Config, Profile, ProfileError
+from ..config.profiles import resolve_grammar, resolve_schema
+from ..errors import GenerationFailed, InvalidParams
+from ..logs import get as get_logger
+
+if TYPE_CHECKING:
+    from ..child.supervisor import Supervisor
+
+log = get_logger("oracd.generate")
+_THINK = re.compile(r"<think>.*?(</think>\s*|$)", re.S)
+OnDelta = Optional[Callable[[str], Awaitable[None]]]
+
+
+def strip_think(text: str) -> str:
+    """Drop <think>...</think> reasoning blocks (an unterminated one runs to the end)."""
+    return _THINK.sub("", text).strip() if "<think>" in text else text
+
+
+def pick(sent: Any, profile: Any, default: Any) -> Any:
+    """What a request sends wins; then the model's profile; then the built-in default."""
+    if sent is not None:
+        return sent
+    return profile if profile is not None else default
+
+
+def check_range(name: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise InvalidParams(f"{name} must be between {lo:g} and {hi:g}", f"{name}: got {value!r}")
+
+
+@dataclass
+class Sent:
+    """What the request itself sent (None: not sent)."""
+    prompt: str
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    max_tokens: Optional[int] = None
+    system_prompt: Optional[str] = None
+    stop: Optional[List[str]] = None
+    grammar: Optional[str] = None
+    json_schema: Optional[Any] = None
+
+
+def build_body(sent: Sent, prof: Profile, cfg: Config, files_dir: Path) -> Dict[str, Any]:
+    """The chat-completion body for llama-server: request > profile > default.  Raises InvalidParams."""
+    temperature = pick(sent.temperature, prof.temperature, 0.7)
+    top_p = pick(sent.top_p, prof.top_p, 0.7)
+    top_k = pick(sent.top_k, prof.top_k, 40)
+    max_tokens = pick(sent.max_tokens, prof.max_tokens, cfg.llama.default_max_tokens)
+    check_range("temperature", temperature, 0, 10)
+    check_range("top_p", top_p, 0, 1)
+    check_range("top_k", top_k, 0, 100_000)
+    check_range("max_tokens", max_tokens, 1, 1_000_000)
+    grammar, json_schema = sent.grammar, sent.json_schema
+    if grammar is not None and json_schema is not None:
+        raise InvalidParams("grammar and json_schema are mutually exclusive", "grammar")
+    try:
+        if grammar is not None:
+            grammar = resolve_grammar(grammar, files_dir, "grammar")
+        elif json_schema is not None:
+            json_schema = resolve_schema(json_schema, files_dir, "json_schema")
+        elif prof.grammar or prof.json_schema:
+            grammar, json_schema = prof.grammar, prof.json_schema
+    except ProfileError as exc:
+        raise InvalidParams(str(exc)) from None
+    messages = []
+    system = sent.system_prompt if sent.system_prompt is not None else prof.effective_system_prompt()
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": sent.prompt})
+    body: Dict[str, Any] = {"messages": messages, "temperature": temperature, "top_p": top_p,
+                            "top_k": top_k, "max_tokens": max_tokens, "cache_prompt": True}
+    stop = sent.stop if sent.stop is not None else (list(prof.stop) if prof.stop else None)
+    if stop:
+        body["stop"] = stop
+    if grammar is not None:
+        body["grammar"] = grammar
+    if json_schema is not None:
+        body["json_schema"] = json_schema
+    if not prof.think:
+        body["chat_template_kwargs"] = {"enable_thinking": False}
+    return body
+
+
+async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg: Config,
+                on_delta: OnDelta = None) -> Dict[str, Any]:
+    """POST the chat completion; if llama-server died under us, retry once on the restarted one.
+
+    A generation has no side effects, so one transparent retry after a crash is
+    safe; a second failure is GenerationFailed.  Not retried: a generation cut
+    off by a lost RPC worker (the next llama-server needs the workers again).
+    The caller's deadline bounds all of it.
+    """
+    for attempt in (1, 2):
+        async with supervisor.use(path.name, path) as child:
+            try:
+                if on_delta is None and body["max_tokens"] <= cfg.llama.stream_above_tokens:
+                    return await child.http.chat(body)
+                return await child.http.chat_stream(body, on_delta)
+            except LlamaHTTPError as exc:
+                if exc.status == 400:
+                    raise InvalidParams(f"llama-server rejected the request: {exc.message}") from None
+                raise GenerationFailed(f"llama-server error {exc.status}: {exc.message}") from None
+            except (aiohttp.ClientError, OSError) as exc:
+                failure = f"lost connection to llama-server ({type(exc).__name__})"
+        if attempt == 2:
+            raise GenerationFailed(f"{failure}, twice; giving up", {"retryable": True})
+        with anyio.move_on_after(cfg.llama.health_timeout):
+            await child.exited.wait()     # let the supervisor see the exit before we ask again
+        if child.rpc_workers and (child.killed_for == "rpc_worker_lost" or worker_lost(child.tail)):
+            raise GenerationFailed(
+                "an RPC worker was lost during the generation; llama-server aborted and is being "
+                "restarted" + (" (without the workers if they stay down: rpc_fallback_local)"
+                               if cfg.llama.rpc_fallback_local else ""),
+                {"reason": "rpc_worker_lost", "workers": list(child.rpc_workers), "retryable": True})
+        log.warning("generation failed, retrying once after restart", error=failure, pid=child.pid)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,239 @@
+"""The JSON-RPC methods: generate, list_models, quantize_model, load/unload, status, reload, start/stop_server.
+
+Parameter names and defaults follow the old ``LlamaCppClient`` so the compat
+client passes its arguments straight through.  Each method checks its input,
+runs under one deadline (``deadline.py``) and raises the named errors from
+``errors.py``; the wire is ``jsonrpc.py``.  Methods ask the supervisor for a
+model through its public calls and never touch the child's state.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import anyio
+
+from .. import config
+from ..child.extra_servers import ExtraServers
+from ..child.supervisor import Supervisor
+from ..config import ConfigHolder, Profile, load_options_changed, plan_reload
+from ..errors import (GenerationTimeout, InvalidParams, InvalidPath, LoadTimeout, ModelLoadFailed, OracError,
+                      ShuttingDown, UnloadTimeout)
+from ..logs import get as get_logger
+from ..models.quantize import quantize
+from ..models.store import ModelStore
+from .deadline import Deadline
+from .generate import Sent, build_body, check_range, fetch, strip_think
+from .jsonrpc import CallContext, Method, rpc_method
+from .status import status_dict
+
+log = get_logger("oracd.methods")
+NAMES = ("generate", "list_models", "quantize_model", "load_model", "unload_model", "status",
+         "start_server", "stop_server", "server_info", "reload")
+
+
+class App:
+    """What the methods share: the config holder, supervisor, model store, extra servers, counters."""
+
+    def __init__(self, holder: ConfigHolder):
+        cfg = holder.cfg
+        self.holder = holder
+        self.store = ModelStore(cfg.models_dirs, cfg.llama.confine_model_links)
+        self.supervisor = Supervisor(holder)
+        self.extra_servers = ExtraServers(holder)
+        self.started = time.time()
+        self.requests_in_flight = 0
+        self.generations = 0
+        self.accepting = True
+        self.active_default: str = cfg.llama.default_model    # a fallback model after a failed preload
+        self.fallback: Optional[Dict[str, Any]] = None
+        self.connections: Any = None         # set by serve(): the Connections registry (counts)
+        self.dispatcher: Any = None          # set by serve(): the Dispatcher (served/errors)
+
+    @property
+    def cfg(self) -> config.Config:
+        return self.holder.cfg
+
+    def methods(self) -> Dict[str, Method]:
+        return {name: rpc_method(getattr(self, name)) for name in NAMES}
+
+    def _check_accepting(self) -> None:
+        if not self.accepting:
+            raise ShuttingDown()
+
+    def _model_name(self, model: Optional[str]) -> str:
+        name = model or self.active_default
+        if not name:
+            raise InvalidParams("model is required (no llama.default_model is configured)", "model")
+        return name
+
+    def check_loadable(self, path: Path) -> None:
+        """Refuse a non-GGUF/corrupt file before it can evict the model that is serving."""
+        if path.name == self.supervisor.model:
+            return
+        meta = self.store.metadata(path)
+        if not meta.get("valid"):
+            raise ModelLoadFailed(f"{path.name} is not a loadable GGUF model: {meta.get('error')}",
+                                  {"path": str(path), "reason": "not_gguf"})
+
+    # ------------------------------------------------------------------ generate
+    async def generate(self, ctx: CallContext, *, prompt: str, model: Optional[str] = None,
+                       temperature: Optional[float] = None, top_p: Optional[float] = None,
+                       top_k: Optional[int] = None, max_tokens: Optional[int] = None, timeout: float = 30,
+                       system_prompt: Optional[str] = None, stop: Optional[List[str]] = None,
+                       grammar: Optional[str] = None, json_schema: Optional[Any] = None,
+                       stream: bool = False) -> Dict[str, Any]:
+        """Chat completion with the model's template.
+
+        Omitted (or null) parameters come from the model's profile, then from the
+        defaults (temperature 0.7, top_p 0.7, top_k 40, max_tokens 512).
+        ``grammar`` may be GBNF or "json"; ``json_schema`` a schema or "command".
+        ``stream=true`` also sends each piece of text as a ``generate.chunk``
+        notification {id, text} before the final result.
+        """
+        t0 = time.perf_counter()
+        self._check_accepting()
+        if not prompt.strip():
+            raise InvalidParams("Prompt cannot be empty", "prompt: must not be blank")
+        name = self._model_name(model)
+        path = self.store.resolve(name)
+        cfg = self.cfg
+        prof = cfg.profile_for(path.name) or Profile(model=path.name)
+        body = build_body(Sent(prompt, temperature, top_p, top_k, max_tokens, system_prompt, stop, grammar,
+                               json_schema), prof, cfg, self.store.primary)
+        deadline = Deadline(timeout, lambda s: GenerationTimeout(f"Generation timed out after {s:g} seconds",
+                                                                 {"timeout": s}))
+        self.check_loadable(path)
+        self.requests_in_flight += 1
+        try:
+            with deadline.scope():
+                on_delta = (lambda text: ctx.progress("generate.chunk", text=text)) if stream else None
+                data = await fetch(self.supervisor, path, body, cfg, on_delta)
+        finally:
+            self.requests_in_flight -= 1
+        self.generations += 1
+        usage = data["usage"]
+        return {
+            "response": strip_think(data["content"]),
+            "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
+            "model": model or name,
+            "prompt": prompt,
+            "finish_reason": data["finish_reason"],
+            "usage": {k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+        }
+
+    # ------------------------------------------------------------------ models
+    async def list_models(self, ctx: CallContext, *, models_path: Optional[str] = None) -> List[Dict[str, Any]]:
+        if models_path is not None and not self.store.serves(models_path):
+            raise InvalidPath(f"oracd does not serve models from {models_path}; it serves "
+                              f"{', '.join(str(d) for d in self.store.dirs)}",
+                              {"served": [str(d) for d in self.store.dirs]})
+        items = await anyio.to_thread.run_sync(self.store.list, self.supervisor.model)
+        profiles = self.cfg.profiles
+        for item in items:
+            item["profile"] = item["name"] if item["name"] in profiles else None
+        return items
+
+    async def quantize_model(self, ctx: CallContext, *, input_model: str, output_model: str,
+                             quantization_type: str = "q4_k", overwrite: bool = False) -> Dict[str, Any]:
+        self._check_accepting()
+        l = self.cfg.llama
+        self.requests_in_flight += 1
+        try:
+            t0 = time.monotonic()
+
+            async def progress(done: int, total: int, tensor: str) -> None:
+                await ctx.progress("quantize.progress", done=done, total=total, tensor=tensor,
+                                   elapsed_ms=round((time.monotonic() - t0) * 1000, 1))
+
+            return await quantize(self.store, l.quantize_bin, input_model, output_model, quantization_type,
+                                  overwrite, l.quantize_timeout, progress=progress,
+                                  max_output_bytes=l.quantize_max_output_bytes)
+        finally:
+            self.requests_in_flight -= 1
+
+    async def load_model(self, ctx: CallContext, *, model: Optional[str] = None,
+                         timeout: Optional[float] = None) -> Dict[str, Any]:
+        self._check_accepting()
+        path = self.store.resolve(self._model_name(model))
+        deadline = Deadline(timeout or self.cfg.llama.load_timeout,
+                            lambda s: LoadTimeout(f"load of {path.name} timed out after {s:g} seconds"))
+        self.check_loadable(path)
+        t0 = time.perf_counter()
+
+        async def report() -> None:       # load.progress every half second until the model is ready
+            while True:
+                await anyio.sleep(0.5)
+                await ctx.progress("load.progress", model=path.name, state=self.supervisor.state.value,
+                                   elapsed_ms=round((time.perf_counter() - t0) * 1000, 1))
+
+        outcome: Dict[str, Any] = {}
+        with deadline.scope():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(report)
+                try:
+                    outcome["child"] = await self.supervisor.load(path.name, path)
+                except OracError as exc:      # raised below, not as an exception group of the task group
+                    outcome["error"] = exc
+                tg.cancel_scope.cancel()
+        if "error" in outcome:
+            raise outcome["error"]
+        child = outcome["child"]
+        return {"model": child.model, "state": self.supervisor.state.value, "pid": child.pid,
+                "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+    async def unload_model(self, ctx: CallContext, *, timeout: Optional[float] = None) -> Dict[str, Any]:
+        deadline = Deadline(timeout or self.cfg.llama.stop_grace + 15,
+                            lambda s: UnloadTimeout(f"unload timed out after {s:g} seconds"))
+        previous = self.supervisor.model
+        with deadline.scope():
+            await self.supervisor.unload()
+        return {"unloaded": previous, "state": self.supervisor.state.value}
+
+    # ------------------------------------------------------------------ old start_server()
+    async def start_server(self, ctx: CallContext, *, model: str, host: str = "127.0.0.1", port: int = 8080,
+                           temperature: float = 0.7, top_p: float = 0.7, top_k: int = 40,
+                           timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Start an extra llama-server for ``model`` on host:port (the warm server is untouched)."""
+        self._check_accepting()
+        check_range("temperature", temperature, 0, 10)
+        check_range("top_p", top_p, 0, 1)
+        check_range("top_k", top_k, 0, 100_000)
+        path = self.store.resolve(model)
+        self.check_loadable(path)
+        return await self.extra_servers.start(path, host, port, temperature, top_p, top_k,
+                                              timeout or self.cfg.llama.load_timeout)
+
+    async def stop_server(self, ctx: CallContext, *, pid: int, force: bool = False) -> Dict[str, Any]:
+        return await self.extra_servers.stop(pid, force)
+
+    async def server_info(self, ctx: CallContext, *, pid: int) -> Dict[str, Any]:
+        return self.extra_servers.info(pid)
+
+    # ------------------------------------------------------------------ reload, status
+    async def reload(self, ctx: CallContext) -> Dict[str, Any]:
+        """Re-read model profiles (and fallback_models) from the config file (also on SIGHUP).
+
+        The warm model stays loaded unless its load options (ctx_size, n_gpu_layers,
+        rpc_workers ...) changed; then it is restarted with the new ones.  Other
+        settings need a restart of oracd and are reported as ignored.
+        """
+        current = self.cfg
+        if current.path is None:
+            raise InvalidParams("oracd was not started from a config file; nothing to reload")
+        try:
+            new = await anyio.to_thread.run_sync(config.load, current.path)
+        except config.ConfigError as exc:
+            raise InvalidParams(f"config not reloaded: {exc}") from None
+        applied, ignored = plan_reload(current, new)
+        self.holder.swap(applied)           # every component reads the holder: one swap, all of them see it
+        loaded = self.supervisor.model
+        restart = load_options_changed(current, applied, loaded)
+        if restart:
+            self.supervisor.request_restart("profile load options changed")
+        log.info("config reloaded", profiles=len(applied.profiles), restart=restart, ignored=ignored)
+        return {"profiles": sorted(applied.profiles), "restarted": restart, "ignored_sections": ignored}
+
+    async def status(self, ctx: CallContext) -> Dict[str, Any]:
+        return status_dict(self)

@@ -1,0 +1,563 @@
+"""The one warm llama-server, owned by one task: where the child is started, restarted and swapped.
+
+Only the owner loop (``Supervisor.run`` -> ``_loop``) starts, stops, restarts or
+swaps the child and moves its state (``states.py``, which rejects illegal moves).
+Requests never touch the process.  They post what they want into the owner's
+inbox (``use``, ``load``, ``unload``, ``request_restart``) and wait on a ticket
+that the owner resolves with the child to use, or with the error that ends the
+wait.  Their deadline is their own, one clock per request (``api/deadline.py``);
+waiting here has none.
+
+The decisions are pure and live next door: which model runs next
+(``swap_queue``), how long to back off and when to fail fast (``backoff``),
+whether the child is hung (``hang``, driven by ``watchdog``), and what a load
+failure means (``failures``).
+
+Where is the child restarted?  ``_on_child_lost`` (crash, hang kill) puts it in
+backoff; ``_loop`` starts it again when the delay is over ("no child" branch).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections import deque
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Deque, Dict, List, Optional, Tuple
+
+import anyio
+import anyio.abc
+import psutil
+
+from ..config import ConfigHolder
+from ..errors import ModelLoadFailed, OracError, ServerUnavailable, ShuttingDown
+from ..logs import get as get_logger
+from ..procinfo import RssSampler
+from ..workers.pool import RpcWorkers
+from . import exits
+from .backoff import BackoffPolicy
+from .command import build_command, child_env, find_binary, make_endpoint
+from .failures import classify_load_failure, telling_line, worker_lost
+from .http import LlamaEndpoint, LlamaHTTP
+from .pidfile import prepare_runtime_dir, reap_orphan, remove_pidfile, write_pidfile
+from .process import ManagedProcess
+from .states import ChildState, check_transition
+from .swap_queue import SwapQueue
+from .warmup import warm_slots
+
+log = get_logger("oracd.supervisor")
+child_log = get_logger("llama-server")
+_LLAMA_LEVELS = {"W ": logging.WARNING, "E ": logging.ERROR, "D ": logging.DEBUG}
+
+
+class Child:
+    """One running llama-server: its process, endpoint, HTTP client, and why we killed it (if we did)."""
+
+    def __init__(self, proc: ManagedProcess, model: str, endpoint: LlamaEndpoint, parallel: int,
+                 rpc_workers: Tuple[str, ...]):
+        self.proc = proc
+        self.pid = proc.pid
+        self.model = model
+        self.endpoint = endpoint
+        self.http = LlamaHTTP(endpoint, max_connections=parallel)
+        self.rpc_workers = rpc_workers        # the --rpc workers it was started with
+        self.started_at = time.monotonic()
+        self.ready_at: Optional[float] = None
+        self.killed_for: Optional[str] = None  # "hang" / "stop" / "rpc_worker_lost" when we killed it ourselves
+        self.ps: Optional[psutil.Process] = None
+
+    @property
+    def exited(self) -> anyio.Event:
+        return self.proc.exited
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.proc.returncode
+
+    @property
+    def tail(self) -> Deque[str]:
+        return self.proc.tail
+
+    def psutil(self) -> Optional[psutil.Process]:
+        if self.ps is None:
+            try:
+                self.ps = psutil.Process(self.pid)
+            except psutil.Error:
+                return None
+        return self.ps
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request's wait: for ``model`` (None: for an unload).  The owner resolves it exactly once."""
+    model: Optional[str]
+    path: Optional[Path] = None
+    lease: bool = False                  # take an in-flight lease on the child when resolved (use())
+    done: anyio.Event = field(default_factory=anyio.Event)
+    child: Optional[Child] = None
+    error: Optional[OracError] = None
+
+
+def _copy(err: OracError) -> OracError:
+    """Each waiter raises its own exception object (tracebacks are per task)."""
+    new = type(err)(err.message, err.data)
+    new.code = err.code
+    return new
+
+
+class Supervisor:
+    """Owns the llama-server child; see the module docstring."""
+
+    def __init__(self, holder: ConfigHolder):
+        self.holder = holder
+        self.state = ChildState.STOPPED
+        self.child: Optional[Child] = None
+        self.restarts = 0
+        self.loads = 0
+        self.consecutive_failures = 0
+        self.last_error: Optional[Dict[str, Any]] = None
+        self.last_exit: Optional[Dict[str, Any]] = None
+        self.warmup_ms: Optional[float] = None
+        self.rpc = RpcWorkers(holder)
+        self.finished = anyio.Event()             # set when run() has stopped the child for good
+        self._queue = SwapQueue()
+        self._paths: Dict[str, Path] = {}
+        self._tickets: List[Ticket] = []          # waiting for a model
+        self._unloads: List[Ticket] = []          # waiting for the child to be stopped
+        self._inbox: Deque[Tuple[str, Any]] = deque()
+        self._kick = anyio.Event()
+        self._inflight = 0
+        self._drained = anyio.Event()
+        self._drained.set()
+        self._backoff_until = 0.0
+        self._restart_why: Optional[str] = None
+        self._want_seen: Optional[str] = None
+        self._shutdown = False
+        self._tg: Optional[anyio.abc.TaskGroup] = None
+        self._rss = RssSampler()
+
+    @property
+    def policy(self) -> BackoffPolicy:
+        l = self.holder.cfg.llama
+        return BackoffPolicy(l.restart_backoff_initial, l.restart_backoff_max, l.restart_backoff_reset,
+                             l.crash_loop_threshold)
+
+    # ------------------------------------------------------------------ queries (any task)
+    @property
+    def model(self) -> Optional[str]:
+        return self.child.model if self.child else None
+
+    @property
+    def in_flight(self) -> int:
+        return self._inflight
+
+    def status(self) -> Dict[str, Any]:
+        child = self.child
+        cfg = self.holder.cfg
+        st: Dict[str, Any] = {
+            "state": self.state.value, "model": self.model, "wanted_model": self._queue.current,
+            "pid": child.pid if child else None, "restarts": self.restarts, "loads": self.loads,
+            "consecutive_failures": self.consecutive_failures, "in_flight": self._inflight,
+            "endpoint": child.endpoint.describe() if child else None,
+            "last_error": self.last_error, "last_exit": self.last_exit,
+            "profile": self.model if self.model in cfg.profiles else None, "warmup_ms": self.warmup_ms,
+        }
+        if child and child.returncode is None:
+            ps = child.psutil()
+            st["rss_bytes"] = self._rss.rss(ps) if ps is not None else None
+            st["uptime_s"] = round(time.monotonic() - child.started_at, 3)
+        if self.state == ChildState.BACKOFF:
+            st["retry_in_s"] = round(max(0.0, self._backoff_until - time.monotonic()), 3)
+        rpc = self.rpc.status(self.model or self._queue.current, child.rpc_workers if child else ())
+        if rpc is not None:
+            st["rpc"] = rpc
+        return st
+
+    # ------------------------------------------------------------------ requests' side: post, then wait
+    def _post(self, kind: str, item: Any = None) -> None:
+        self._inbox.append((kind, item))
+        self._kick.set()
+
+    def ready_child(self, name: str) -> Optional[Child]:
+        """The warm child if it serves ``name`` right now and nothing is pending (the fast path)."""
+        c = self.child
+        if (self.state is ChildState.READY and c is not None and c.model == name and c.returncode is None
+                and self._queue.current == name and not self._inbox):
+            return c
+        return None
+
+    async def _wait(self, ticket: Ticket) -> Optional[Child]:
+        if self._shutdown:
+            raise ShuttingDown()
+        self._post("want", ticket)
+        try:
+            await ticket.done.wait()
+        except BaseException:            # the request gave up (its deadline, its client hung up)
+            if not ticket.done.is_set():
+                self._post("leave", ticket)
+            elif ticket.lease and ticket.child is not None:
+                self._release()
+            raise
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket.child
+
+    @asynccontextmanager
+    async def use(self, name: str, path: Path) -> AsyncIterator[Child]:
+        """Hold the child serving ``name`` for one request; a swap waits until such holds end."""
+        child = self.ready_child(name)
+        if child is not None:
+            self._acquire()
+        else:
+            child = await self._wait(Ticket(name, path, lease=True))
+        assert child is not None
+        try:
+            yield child
+        finally:
+            self._release()
+
+    async def load(self, name: str, path: Path) -> Child:
+        """Wait until ``name`` is ready; its load failure (after this call) is raised."""
+        child = await self._wait(Ticket(name, path))
+        assert child is not None
+        return child
+
+    async def unload(self) -> None:
+        """Stop the child; returns once it is stopped."""
+        await self._wait(Ticket(None))
+
+    def request_restart(self, why: str) -> None:
+        """Restart the warm model (same model, new load options), e.g. after a profile reload."""
+        self._post("restart", why)
+
+    def shutdown(self) -> None:
+        self._shutdown = True
+        self._kick.set()
+
+    def _acquire(self) -> None:
+        self._inflight += 1
+        if self._drained.is_set():
+            self._drained = anyio.Event()
+
+    def _release(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._drained.set()
+
+    # ------------------------------------------------------------------ owner side: the inbox and tickets
+    def apply_inbox(self) -> None:
+        """Take in what requests posted, then resolve every ticket the current state can answer."""
+        while self._inbox:
+            kind, item = self._inbox.popleft()
+            if kind == "want" and item.model is None:
+                self._queue.unload()
+                self._unloads.append(item)
+            elif kind == "want":
+                self._paths[item.model] = item.path
+                self._tickets.append(item)
+                self._queue.arrive(item.model)
+            elif kind == "leave":
+                if item in self._tickets:
+                    self._tickets.remove(item)
+                    self._queue.leave(item.model)
+                elif item in self._unloads:
+                    self._unloads.remove(item)
+            elif kind == "restart":
+                self._restart_why = item
+        self._settle_tickets()
+
+    def _resolve(self, match: Callable[[Ticket], bool], child: Optional[Child] = None,
+                 error: Optional[OracError] = None) -> None:
+        keep = []
+        for t in self._tickets:
+            if not match(t):
+                keep.append(t)
+                continue
+            if child is not None and t.lease:
+                self._acquire()
+            t.child, t.error = child, (_copy(error) if error is not None else None)
+            t.done.set()
+            self._queue.leave(t.model)
+        self._tickets = keep
+
+    def _settle_tickets(self) -> None:
+        if self._shutdown:
+            self._resolve(lambda t: True, error=ShuttingDown())
+            for t in self._unloads:
+                t.done.set()
+            self._unloads = []
+            return
+        child, current = self.child, self._queue.current
+        if self.state is ChildState.READY and child is not None and child.returncode is None \
+                and child.model == current:
+            self._resolve(lambda t: t.model == current, child=child)
+        elif self.state is ChildState.BACKOFF and current and self.policy.fail_fast(self.consecutive_failures):
+            err = ServerUnavailable(
+                f"llama-server for {current} is in a crash loop ({self.consecutive_failures} failures); "
+                f"next attempt in {max(0.0, self._backoff_until - time.monotonic()):.1f}s",
+                {"last_error": self.last_error, "last_exit": self.last_exit})
+            self._resolve(lambda t: t.model == current, error=err)
+
+    def _resolve_unloads(self) -> None:
+        for t in self._unloads:
+            t.done.set()
+        self._unloads = []
+
+    def must_act(self, child: Child) -> bool:
+        """Does the owner have to leave READY for ``child`` (exit, swap, unload, restart, shutdown)?"""
+        return (self._shutdown or child.returncode is not None or self._queue.current != child.model
+                or self._restart_why is not None or self._queue.swap_due())
+
+    async def wait_kick(self, timeout: float = math.inf) -> None:
+        with anyio.move_on_after(timeout):
+            await self._kick.wait()
+        if self._kick.is_set():
+            self._kick = anyio.Event()
+
+    # ------------------------------------------------------------------ the owner task
+    def _set_state(self, state: ChildState, **info: Any) -> None:
+        if state == self.state and not info:
+            return
+        check_transition(self.state, state)
+        prev, self.state = self.state, state
+        info.setdefault("model", self.model or self._queue.current)
+        log.info("child state", state=state.value, previous=prev.value, **info)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        """The owner loop.  Returns after shutdown() once the child is stopped."""
+        cfg = self.holder.cfg
+        prepare_runtime_dir(cfg)
+        orphan = await anyio.to_thread.run_sync(reap_orphan, cfg, Path(str(cfg.llama.server_bin)).name,
+                                                cfg.llama.stop_grace)
+        if orphan:
+            log.warning("stopped orphaned llama-server", pid=orphan)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                task_status.started()
+                await self._loop()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if self.child is not None:
+                    await self._stop_child("shutdown")
+                self._set_state(ChildState.SHUTDOWN)
+                self._settle_tickets()
+                self.finished.set()
+
+    async def _loop(self) -> None:
+        from .watchdog import watch    # watchdog reads supervisor internals; import at use avoids a cycle
+        while True:
+            self.apply_inbox()
+            if self._shutdown:
+                if self.child is not None:
+                    await self._drain(self.holder.cfg.server.shutdown_grace)
+                    await self._stop_child("shutdown")
+                return
+            moved_from = self._queue.current
+            if self._queue.advance() is not None:
+                log.info("swap requested", model=self._queue.current, previous=moved_from)
+            want, child = self._queue.current, self.child
+            if want != self._want_seen:
+                self._want_seen = want
+                if want is not None:      # another model (or the same after an unload): a clean slate
+                    self._backoff_until, self.consecutive_failures = 0.0, 0
+            if child is None:
+                self._resolve_unloads()
+                if want is None:
+                    if self.state not in (ChildState.STOPPED, ChildState.FAILED):
+                        self._set_state(ChildState.STOPPED)
+                    await self.wait_kick()
+                    continue
+                wait = self._backoff_until - time.monotonic()
+                if wait > 0:
+                    if self.state is not ChildState.BACKOFF:
+                        self._set_state(ChildState.BACKOFF, retry_in_s=round(wait, 3))
+                    await self.wait_kick(wait)
+                    continue
+                await self._start(want)
+                continue
+            if child.returncode is not None:
+                self._on_child_lost(child)
+                continue
+            if want != child.model:
+                await self._drain(self.holder.cfg.llama.swap_drain_timeout)
+                await self._stop_child("swap" if want else "unload")
+                continue
+            if self._restart_why:
+                why, self._restart_why = self._restart_why, None
+                await self._drain(self.holder.cfg.llama.swap_drain_timeout)
+                await self._stop_child(why)
+                continue
+            await watch(self, child)
+
+    async def _drain(self, timeout: float) -> None:
+        if self._inflight:
+            log.info("waiting for in-flight requests", in_flight=self._inflight, timeout_s=timeout)
+            with anyio.move_on_after(timeout):
+                await self._drained.wait()
+
+    async def _start(self, name: str) -> None:
+        """STARTING: spawn llama-server for ``name``, wait for /health 200, warm it up: READY."""
+        assert self._tg is not None
+        cfg, fresh, path = self.holder.cfg, self._queue.fresh, self._paths[name]
+        self._set_state(ChildState.STARTING, model=name)
+        t0 = time.monotonic()
+        try:
+            binary = find_binary(cfg.llama.server_bin)
+            workers, rpc_error = await self.rpc.plan(name)
+            if rpc_error:
+                raise ModelLoadFailed(f"cannot load {name}: {rpc_error}", {"reason": "rpc_worker_down", "workers": [
+                    self.rpc.checks[a].as_dict() for a in workers if a in self.rpc.checks]})
+            endpoint = make_endpoint(cfg, binary)
+            cmd = build_command(cfg, binary, path, endpoint, workers)
+            proc = await ManagedProcess.spawn(cmd, env=child_env(endpoint))
+        except OracError as exc:
+            self._load_failed(name, exc, fresh)
+            return
+        except OSError as exc:
+            self._load_failed(name, ModelLoadFailed(f"cannot start llama-server: {exc}", {"reason": "spawn"}), fresh)
+            return
+        proc.on_line = lambda stream, line: _log_child_line(proc.pid, stream, line)
+        child = self.child = Child(proc, name, endpoint, cfg.llama.parallel, workers)
+        self.loads += 1
+        write_pidfile(cfg, proc.pid)
+        log.info("child spawned", pid=proc.pid, cmd=" ".join(cmd))
+        self._tg.start_soon(self._reap, child)
+        err = await self._wait_healthy(child)
+        if err is None and child.returncode is None and self._queue.current == name and not self._shutdown:
+            self.warmup_ms = await warm_slots(child.http, name, cfg)
+            if workers:   # status shows the connections from the start, not from the first health tick
+                await anyio.to_thread.run_sync(self.rpc.lost, proc.pid, workers)
+            child.ready_at = time.monotonic()
+            self._queue.served()
+            self.last_error = None
+            self._set_state(ChildState.READY, pid=proc.pid, load_s=round(child.ready_at - t0, 3))
+            self._settle_tickets()
+            return
+        if err is None:  # aborted: unloaded meanwhile, or we are shutting down
+            log.info("start aborted", model=name, why="shutdown" if self._shutdown else "unloaded")
+            await self._stop_child("start aborted")
+            return
+        if child.returncode is not None:
+            self._record_exit(child, "load_failed")
+        await self._stop_child("load failed", settle=False)
+        self._load_failed(name, err, fresh)
+
+    async def _wait_healthy(self, child: Child) -> Optional[OracError]:
+        """None when /health says 200 (or the start was abandoned); the error when the load failed."""
+        l = self.holder.cfg.llama
+        deadline = time.monotonic() + l.load_timeout
+        delay = 0.02
+        while time.monotonic() < deadline:
+            if child.returncode is not None:
+                tail = list(child.tail)[-15:]
+                return ModelLoadFailed(
+                    f"{exits.describe(child.returncode)} while loading {child.model}: {telling_line(tail)}",
+                    {"reason": classify_load_failure(tail), **exits.exit_info(child.returncode), "stderr_tail": tail})
+            self.apply_inbox()
+            if self._queue.current != child.model or self._shutdown:
+                return None
+            with anyio.move_on_after(min(l.health_timeout, max(0.01, deadline - time.monotonic()))):
+                try:
+                    if await child.http.health() == 200:
+                        return None
+                except Exception:
+                    pass
+            await self.wait_kick(delay)
+            delay = min(delay * 1.5, 0.25)
+        return ModelLoadFailed(f"llama-server did not become ready within {l.load_timeout:.0f}s loading {child.model}",
+                               {"reason": "load_timeout", "stderr_tail": list(child.tail)[-15:]})
+
+    def _load_failed(self, name: str, err: OracError, fresh: bool) -> None:
+        self.last_error = {"message": err.message, "data": err.data, "at": time.time()}
+        log.error("load failed", model=name, error=err.message, fresh=fresh)
+        if fresh:
+            # an explicit load (or swap) failed: no retry on our own; its waiters get the error
+            self._resolve(lambda t: t.model == name, error=err)
+            if self._queue.current == name:
+                self._queue.unload()
+            self._set_state(ChildState.FAILED, error=err.message)
+        else:
+            # restarting a model that was serving: keep trying with growing backoff (crash loop)
+            self._schedule_restart()
+            self._set_state(ChildState.BACKOFF, retry_in_s=round(self._backoff_until - time.monotonic(), 3),
+                            error=err.message)
+            self._settle_tickets()
+
+    def _schedule_restart(self) -> float:
+        self.restarts += 1
+        self.consecutive_failures += 1
+        delay = self.policy.delay(self.consecutive_failures)
+        self._backoff_until = time.monotonic() + delay
+        return delay
+
+    def _on_child_lost(self, child: Child) -> None:
+        """The child exited on its own (crash) or was killed for a hang: back off, then restart."""
+        delay = self._schedule_restart()
+        if child.killed_for is None and child.rpc_workers and worker_lost(child.tail):
+            child.killed_for = "rpc_worker_lost"   # llama-server aborted: a worker went away under it
+        reason = child.killed_for or "crash"
+        message = self._record_exit(child, reason)
+        self.last_error = {"message": message, "at": time.time()}
+        log.error("child lost", pid=child.pid, message=message, **exits.exit_info(child.returncode),
+                  reason=reason, stderr_tail=list(child.tail)[-10:], restart_in_s=delay, restarts=self.restarts)
+        self._cleanup_child(child)
+        self._set_state(ChildState.BACKOFF, retry_in_s=delay)
+        self._settle_tickets()
+
+    def _record_exit(self, child: Child, reason: str) -> str:
+        """status.child.last_exit for a child that is gone: "llama-server crashed (SIGSEGV)" and why."""
+        message = exits.describe(child.returncode) + ("" if reason in ("crash", "load_failed") else f" ({reason})")
+        self.last_exit = {**exits.exit_info(child.returncode), "message": message, "reason": reason,
+                          "stderr_tail": list(child.tail)[-10:], "at": time.time()}
+        return message
+
+    def _cleanup_child(self, child: Child) -> None:
+        self.child = None
+        self.rpc.attached = {}
+        remove_pidfile(self.holder.cfg)
+        if self._tg is not None:
+            self._tg.start_soon(child.http.close)
+
+    def reset_failures_if_healthy(self, child: Child) -> None:
+        """A child ready for restart_backoff_reset seconds wipes the slate: backoff starts over."""
+        if child.ready_at and self.consecutive_failures and \
+                self.policy.healthy_long_enough(time.monotonic() - child.ready_at):
+            self.consecutive_failures = 0
+
+    async def kill(self, child: Child, why: str, reason: str = "hang") -> None:
+        """The child is stuck or lost a worker: SIGKILL its group and wait for the exit (then it is restarted)."""
+        if child.returncode is None and child.killed_for is None:
+            if reason == "hang":
+                log.warning("child hang", why=why, pid=child.pid)
+            child.killed_for = reason
+        await child.proc.stop(0, first=signal.SIGKILL)
+
+    async def _stop_child(self, why: str, settle: bool = True) -> None:
+        """STOPPING: SIGTERM to the group, grace period, then SIGKILL (``process.stop_steps``)."""
+        child = self.child
+        if child is None:
+            return
+        self._set_state(ChildState.STOPPING, why=why, pid=child.pid)
+        if child.returncode is None:
+            child.killed_for = child.killed_for or "stop"
+            grace = self.holder.cfg.llama.stop_grace
+            if await child.proc.stop(grace) == signal.SIGKILL:
+                log.warning("child ignored SIGTERM, killed", pid=child.pid, grace_s=grace)
+        log.info("child stopped", pid=child.pid, returncode=child.returncode, why=why)
+        self._cleanup_child(child)
+        if settle and not self._shutdown:
+            self._set_state(ChildState.STOPPED, why=why)
+
+    async def _reap(self, child: Child) -> None:
+        await child.proc.watch()
+        self._kick.set()
+
+
+def _log_child_line(pid: int, stream: str, line: str) -> None:
+    # llama.cpp lines look like "0.00.177.025 W msg": keep its level
+    child_log.log(_LLAMA_LEVELS.get(line[13:15], logging.INFO), line, source="llama-server", stream=stream, pid=pid)

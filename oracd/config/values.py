@@ -1,0 +1,29 @@
+"""Value checks shared by ``[llama]`` and per-model profiles (a leaf: neither imports the other)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Tuple
+
+from ..workers.hello import split_address
+
+
+def rpc_workers(key: str, value: Any) -> Tuple[str, ...]:
+    """A list of "host:port" (IPv4 or a name; rpc-server has no IPv6), no duplicates; ValueError naming ``key``."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f'{key}: expected a list of "host:port" strings, got {value!r}')
+    for v in value:
+        try:
+            split_address(v)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    if len(set(value)) != len(value):
+        raise ValueError(f"{key}: lists a worker twice, got {value!r}")
+    return tuple(value)
+
+
+def tensor_split(key: str, value: Any) -> Tuple[float, ...]:
+    if (not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                               and math.isfinite(v) and v >= 0 for v in value)
+            or (value and not any(value))):
+        raise ValueError(f"{key}: expected a list of numbers >= 0, not all zero, got {value!r}")
+    return tuple(float(v) for v in value)

@@ -1,0 +1,1 @@
+"""Model files: the store (names confined to the models dirs, listing), GGUF headers, quantize."""
