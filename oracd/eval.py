@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .profiles import COMMAND_SCHEMA
+from .config.profiles import COMMAND_SCHEMA
 
 FIELDS = ("device", "action", "location", "value")
 SOCKET_ENV = "ORACD_SOCKET"

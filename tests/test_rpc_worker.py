@@ -1,4 +1,4 @@
-"""python -m oracd.rpc_worker / scripts/rpc-worker against the real rpc-server: refusals, readiness, clean stop."""
+"""python -m oracd.workers.launcher / scripts/rpc-worker against the real rpc-server: refusals, readiness, clean stop."""
 from __future__ import annotations
 
 import os
@@ -27,7 +27,7 @@ def free_port() -> int:
 
 
 def worker(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "oracd.rpc_worker", *args], cwd=str(REPO),
+    return subprocess.run([sys.executable, "-m", "oracd.workers.launcher", *args], cwd=str(REPO),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -75,7 +75,7 @@ def read_lines(stream) -> "queue.Queue[str]":
 def test_starts_answers_and_stops_cleanly(started):
     assert RPC_SERVER.exists(), f"{RPC_SERVER} missing: run scripts/setup"
     port = free_port()
-    p = subprocess.Popen([sys.executable, "-m", "oracd.rpc_worker", "--port", str(port), "--threads", "1"],
+    p = subprocess.Popen([sys.executable, "-m", "oracd.workers.launcher", "--port", str(port), "--threads", "1"],
                          cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started.append(p)
     out, err = read_lines(p.stdout), read_lines(p.stderr)
@@ -152,7 +152,7 @@ def test_missing_binary_names_the_path():
 
 
 def test_bin_from_environment(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "oracd.rpc_worker", "--check-only", "--port", str(free_port())],
+    res = subprocess.run([sys.executable, "-m", "oracd.workers.launcher", "--check-only", "--port", str(free_port())],
                          cwd=str(REPO), capture_output=True, text=True, timeout=30,
                          env={**os.environ, "ORACD_RPC_SERVER": str(tmp_path / "nope")})
     assert res.returncode == 2 and str(tmp_path / "nope") in res.stderr, res

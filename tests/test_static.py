@@ -120,7 +120,7 @@ def test_logs_placeholder_is_not_ignored():
 
 def test_daemon_does_not_load_numpy():
     """oracd reads GGUF headers with gguf's enums only; gguf/__init__ would pull in numpy (~10 MB RSS)."""
-    code = ("import sys, oracd.server, oracd.models as m; "
+    code = ("import sys, oracd.serve, oracd.models.gguf as m; "
             "assert m.GGUFValueType.STRING == 8 and m.LlamaFileType.MOSTLY_Q4_1 == 3; "
             "print(sorted(k for k in ('numpy', 'gguf', 'pydantic') if k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)

@@ -516,11 +516,11 @@ class Supervisor:
                           "stderr_tail": list(child.tail)[-10:], "at": time.time()}
         return message
 
-    def _cleanup_child(self, child: Child) -> None:
+    def _cleanup_child(self, child: Child, close_http: bool = True) -> None:
         self.child = None
         self.rpc.attached = {}
         remove_pidfile(self.holder.cfg)
-        if self._tg is not None:
+        if close_http and self._tg is not None:
             self._tg.start_soon(child.http.close)
 
     def reset_failures_if_healthy(self, child: Child) -> None:
@@ -549,7 +549,8 @@ class Supervisor:
             if await child.proc.stop(grace) == signal.SIGKILL:
                 log.warning("child ignored SIGTERM, killed", pid=child.pid, grace_s=grace)
         log.info("child stopped", pid=child.pid, returncode=child.returncode, why=why)
-        self._cleanup_child(child)
+        self._cleanup_child(child, close_http=False)
+        await child.http.close()
         if settle and not self._shutdown:
             self._set_state(ChildState.STOPPED, why=why)
 

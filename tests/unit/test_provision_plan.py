@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from oracd import exits
+from oracd.child import exits
 from oracd.provision import flavors as fl
 
 X86_AVX512_AMX = {"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512cd", "avx512vl", "avx512dq",
