@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
-from helpers import SMOL, Oracd, gone, log_events
+from helpers import SMOL, Oracd, gone
 
 SMOL_B = "smol-b.gguf"   # the same weights under another name: a real swap, cheaply
 
@@ -92,32 +90,6 @@ def test_hang_detected_and_restarted(oracd_crash):
     assert st["last_exit"]["reason"] == "hang"
     assert took < 45
     assert gone(before["pid"])
-
-
-def test_stuck_decode_loop_is_detected_while_health_says_ok(fresh_oracd, tmp_path):
-    """A GPU hang: /health stays 200 but the main loop never answers.  With a generation in
-    flight oracd probes /slots, kills the stuck child after hang_timeout, retries once on a
-    fresh one, and then fails the request clearly instead of hanging until its timeout."""
-    fake = tmp_path / "llama-server"
-    fake.write_text(f"#!/bin/sh\nexec {sys.executable} {Path(__file__).parent / 'fake_llama_server.py'} \"$@\"\n")
-    fake.chmod(0o755)
-    o = fresh_oracd(llama={"server_bin": str(fake), "hang_timeout": 2, "health_interval": 0.3,
-                           "health_timeout": 0.5}).start()
-    first = o.call("status")["child"]
-    assert first["state"] == "ready"
-    time.sleep(1.5)                      # idle: /health is the probe, nothing is killed
-    assert o.call("status")["child"]["pid"] == first["pid"]
-    t0 = time.monotonic()
-    resp = o.request("generate", prompt="Hello", max_tokens=4, timeout=60)
-    took = time.monotonic() - t0
-    assert resp["error"]["code"] == -32007, resp
-    assert "twice; giving up" in resp["error"]["message"]
-    assert took < 30, f"a stuck child held the request for {took:.1f}s"
-    hangs = [e for e in log_events(o, "child hang")]
-    assert len(hangs) == 2 and all(e["why"].startswith("/slots unanswered") for e in hangs)
-    st = o.wait_child_state("ready", 30)
-    assert st["pid"] not in (first["pid"], None) and st["last_exit"]["reason"] == "hang"
-    assert gone(first["pid"])
 
 
 @pytest.fixture(scope="module")

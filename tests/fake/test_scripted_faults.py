@@ -1,0 +1,87 @@
+"""Faults the real llama-server cannot show on demand, against a scripted stand-in (``llama_server.py``).
+
+No llama.cpp here: oracd is real, its child is the stand-in, the model file a tiny GGUF.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import RPCError, gone, log_events, write_tiny_f32
+
+FAKE = Path(__file__).resolve().parent / "llama_server.py"
+MODEL = "fake.gguf"
+
+
+@pytest.fixture
+def scripted(fresh_oracd, tmp_path):
+    """An oracd whose llama-server is the stand-in with ``fault``; extra llama options as keywords."""
+    def make(fault: str, **llama):
+        wrapper = tmp_path / "llama-server"
+        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} --fault {fault} "$@"\n')
+        wrapper.chmod(0o755)
+        o = fresh_oracd(models=(), llama={"server_bin": str(wrapper), "default_model": MODEL, "threads": 1,
+                                          **llama})
+        write_tiny_f32(o.models_dir / MODEL)
+        return o
+    return make
+
+
+def test_crash_on_load_is_named_everywhere(scripted):
+    """A llama-server that segfaults while loading (the AMX crash) reads "crashed (SIGSEGV)" everywhere."""
+    o = scripted("crash-on-load", preload=False).start()
+    with pytest.raises(RPCError) as err:
+        o.call("load_model", timeout=30)
+    assert err.value.code == -32002
+    assert err.value.message.startswith(f"llama-server crashed (SIGSEGV) while loading {MODEL}"), err.value.message
+    assert err.value.data["signal"] == "SIGSEGV" and err.value.data["returncode"] == -11
+    child = o.call("status")["child"]
+    assert child["state"] == "failed" and "crashed (SIGSEGV)" in child["last_error"]["message"]
+    assert child["last_exit"]["message"] == "llama-server crashed (SIGSEGV)"
+    assert child["last_exit"]["signal"] == "SIGSEGV" and child["last_exit"]["reason"] == "load_failed"
+    failed = log_events(o, "load failed")
+    assert failed and "llama-server crashed (SIGSEGV)" in failed[-1]["error"]
+    out = __import__("subprocess").run([sys.executable, "-m", "oracd_client.cli", "--socket", str(o.socket), "status"],
+                                       capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "llama-server crashed (SIGSEGV)" in out.stdout, out.stdout
+
+
+def test_hang_mid_decode_is_killed_restarted_and_reported(scripted):
+    """The stand-in hangs like a GPU hang: /health stays 200, the decode never returns.  With the generation
+    in flight oracd probes /slots, kills the stuck child after hang_timeout, retries once on a fresh one,
+    and then fails the request clearly instead of hanging until its timeout."""
+    o = scripted("hang-decode", hang_timeout=2, health_interval=0.3, health_timeout=0.5).start()
+    first = o.call("status")["child"]
+    assert first["state"] == "ready"
+    time.sleep(1.5)                      # idle: /health is the probe, nothing is killed
+    assert o.call("status")["child"]["pid"] == first["pid"]
+    t0 = time.monotonic()
+    resp = o.request("generate", prompt="Hello", max_tokens=4, timeout=60)
+    took = time.monotonic() - t0
+    assert resp["error"]["code"] == -32007, resp
+    assert "twice; giving up" in resp["error"]["message"]
+    assert took < 30, f"a stuck child held the request for {took:.1f}s"
+    hangs = log_events(o, "child hang")
+    assert len(hangs) == 2 and all(e["why"].startswith("/slots unanswered") for e in hangs)
+    st = o.wait_child_state("ready", 30)
+    assert st["pid"] not in (first["pid"], None) and st["last_exit"]["reason"] == "hang"
+    assert st["last_exit"]["message"] == "llama-server killed (SIGKILL) (hang)"
+    assert gone(first["pid"])
+
+
+def test_http_500_while_healthy_is_a_clear_generation_error(scripted):
+    """Every completion answers 500 "Compute error." while /health is 200: each generate fails with
+    -32007 naming llama-server's error; the daemon and its other clients carry on."""
+    o = scripted("http-500", health_interval=0.3).start()
+    pid = o.call("status")["child"]["pid"]
+    for _ in range(3):
+        resp = o.request("generate", prompt="Hello", max_tokens=4, timeout=30)
+        assert resp["error"]["code"] == -32007, resp
+        assert resp["error"]["message"] == "llama-server error 500: Compute error."
+    st = o.call("status")
+    assert st["child"]["state"] == "ready" and st["requests"]["errors"] == 3
+    assert [m["name"] for m in o.call("list_models")] == [MODEL]
+    assert pid == st["child"]["pid"]

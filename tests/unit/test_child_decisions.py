@@ -1,0 +1,139 @@
+"""The supervisor's pure decisions, in milliseconds: swap order, backoff, crash-loop fail-fast, hang detection,
+and the state table."""
+from __future__ import annotations
+
+import pytest
+
+from oracd.child.backoff import BackoffPolicy
+from oracd.child.failures import classify_load_failure, telling_line, worker_lost
+from oracd.child.hang import HangDetector, slot_progress
+from oracd.child.states import LEGAL, ChildState as S, IllegalTransition, check_transition
+from oracd.child.swap_queue import SwapQueue
+
+
+# ---------------------------------------------------------------------- swap queue
+def test_first_request_picks_the_model_and_others_queue_in_arrival_order():
+    q = SwapQueue()
+    q.arrive("a")
+    assert q.current == "a" and q.fresh
+    q.arrive("c")
+    q.arrive("b")
+    q.arrive("c")                      # queued once, at its first arrival
+    assert q.queued() == ["c", "b"]
+    assert q.advance() is None         # someone still waits for "a"
+    q.leave("a")
+    assert q.swap_due()
+    assert q.advance() == "c" and q.current == "c" and q.fresh
+    assert q.queued() == ["b"]
+
+
+def test_no_ping_pong_everyone_waiting_for_the_new_model_is_served_first():
+    q = SwapQueue()
+    q.arrive("a")
+    q.arrive("b")
+    q.leave("a")
+    assert q.advance() == "b"
+    q.arrive("a")                      # "a" wanted again while "b" has waiters
+    q.arrive("b")
+    q.leave("b")
+    assert q.advance() is None         # one "b" request still waits: stay on "b"
+    q.leave("b")
+    assert q.advance() == "a"
+
+
+def test_a_model_whose_waiters_gave_up_is_skipped():
+    q = SwapQueue()
+    q.arrive("a")
+    q.arrive("b")
+    q.arrive("c")
+    q.leave("b")                       # timed out while queued
+    q.leave("a")
+    assert q.advance() == "c"
+    assert q.queued() == []
+
+
+def test_unload_and_served():
+    q = SwapQueue()
+    q.arrive("a")
+    q.served()
+    assert not q.fresh
+    q.unload()
+    assert q.current is None and not q.swap_due()
+    q.leave("a")
+    q.arrive("a")
+    assert q.current == "a" and q.fresh   # the same model after an unload is a fresh load again
+
+
+# ---------------------------------------------------------------------- backoff
+def test_backoff_doubles_caps_and_fails_fast_at_the_threshold():
+    p = BackoffPolicy(initial=0.5, maximum=4.0, reset_after=60.0, fail_fast_after=3)
+    assert [p.delay(n) for n in range(1, 7)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert p.delay(10_000) == 4.0                      # no overflow on a long crash loop
+    assert [p.fail_fast(n) for n in (0, 2, 3, 9)] == [False, False, True, True]
+    assert not p.healthy_long_enough(59.9) and p.healthy_long_enough(60.1)
+
+
+# ---------------------------------------------------------------------- hang detection
+def busy(*decoded, task=7):
+    return [{"id": 0, "is_processing": True, "id_task": task, "n_prompt_tokens_processed": 10,
+             "next_token": [{"n_decoded": d} for d in decoded]}, {"id": 1, "is_processing": False}]
+
+
+def test_slot_progress_reads_only_busy_slots():
+    assert slot_progress(busy(3)) == ((0, 7, 10, (3,)),)
+    assert slot_progress([{"id": 1, "is_processing": False}]) == ()
+    assert slot_progress({"error": "no"}) == ()
+
+
+def test_frozen_counters_with_an_idle_cpu_is_a_hang():
+    d = HangDetector(hang_timeout=10, health_timeout=2, now=0.0)
+    assert d.slots(0.0, slot_progress(busy(5)), cpu_s=1.0) is None
+    assert d.slots(5.0, slot_progress(busy(5)), cpu_s=1.1) is None        # frozen, but not for long
+    why = d.slots(10.5, slot_progress(busy(5)), cpu_s=1.2)
+    assert why and why.startswith("no progress in /slots for 10.5s")
+
+
+def test_frozen_counters_while_burning_cpu_is_a_long_prompt_not_a_hang():
+    d = HangDetector(hang_timeout=10, health_timeout=2, now=0.0)
+    d.slots(0.0, slot_progress(busy(5)), cpu_s=0.0)
+    assert d.slots(30.0, slot_progress(busy(5)), cpu_s=25.0) is None
+
+
+def test_moving_counters_are_never_a_hang():
+    d = HangDetector(hang_timeout=10, health_timeout=2, now=0.0)
+    for t in range(0, 100, 5):
+        assert d.slots(float(t), slot_progress(busy(t)), cpu_s=0.0) is None
+
+
+def test_unanswered_probe_counts_from_the_first_failure_plus_its_timeout():
+    d = HangDetector(hang_timeout=10, health_timeout=2, now=0.0)
+    assert d.failed(1.0, "/health") is None
+    assert d.failed(8.0, "/health") is None                 # 7 s + 2 s timeout = 9 s
+    assert d.failed(9.0, "/health") == "/health unanswered for 10.0s"
+    assert d.health(9.5, True) is None and d.unhealthy_since is None   # one answer clears it
+    assert d.failed(10.0, "/slots") is None
+
+
+# ---------------------------------------------------------------------- states and failures
+def test_transition_table_allows_the_documented_moves_and_rejects_others_loudly():
+    for prev, new in [(S.STOPPED, S.STARTING), (S.STARTING, S.READY), (S.READY, S.STOPPING),
+                      (S.STOPPING, S.STOPPED), (S.READY, S.BACKOFF), (S.BACKOFF, S.STARTING),
+                      (S.STARTING, S.FAILED), (S.STOPPING, S.BACKOFF), (S.FAILED, S.STARTING)]:
+        check_transition(prev, new)
+    for prev, new in [(S.STOPPED, S.READY), (S.READY, S.STARTING), (S.SHUTDOWN, S.STARTING),
+                      (S.FAILED, S.READY), (S.READY, S.READY)]:
+        with pytest.raises(IllegalTransition, match=f"{prev.value} -> {new.value}"):
+            check_transition(prev, new)
+    assert LEGAL[S.SHUTDOWN] == frozenset()
+    assert all(S.SHUTDOWN in LEGAL[s] for s in S if s not in (S.SHUTDOWN, S.READY))
+
+
+def test_load_failure_reasons_and_the_telling_line():
+    tail = ["llama_model_load: error loading model: tensor 'x' data is not within the file bounds",
+            "srv load_model: failed to load model", "exiting due to model loading error"]
+    assert classify_load_failure(tail) == "corrupt"
+    assert telling_line(tail) == tail[0]
+    assert classify_load_failure(["ggml_cuda: cudaMalloc failed: out of memory"]) == "out_of_memory"
+    assert classify_load_failure(["something else"]) == "load_failed"
+    assert telling_line(["a", "b failed here", "c"]) == "b failed here"
+    assert worker_lost(["ggml-rpc.cpp:123: Remote RPC server crashed"]) and not worker_lost(["fine"])
