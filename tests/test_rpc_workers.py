@@ -187,3 +187,34 @@ def test_frozen_worker_is_caught_by_the_slots_probe_and_named_at_restart(fresh_o
     assert fb["workers"] == [w.address] and "no HELLO answer" in fb["reason"]
     w.kill(signal.SIGCONT)
     assert w.proc.poll() is None          # the abandoned probe (closed with a reset) did not kill it
+
+
+def test_reload_to_no_workers_makes_the_next_load_local_with_the_old_worker_gone(fresh_oracd, workers, tmp_path):
+    """The reload bug: a reload that sets the profile's rpc_workers = [] used to leave the worker pre-flight
+    (and extra servers) on the old config, so the restart still required the removed worker."""
+    from helpers import SMOL
+    (w,) = workers(1)
+    pfile = tmp_path / "models.toml"
+    pfile.write_text(f'[profiles."{SMOL}"]\nmax_tokens = 8\nrpc_workers = ["{w.address}"]\n')
+    o = fresh_oracd(llama={"profiles_file": str(pfile)}).start()
+    first = o.call("status")["child"]
+    assert first["state"] == "ready" and f"--rpc {w.address}" in log_events(o, "child spawned")[-1]["cmd"]
+    tmp = tmp_path / "models.toml.tmp"
+    tmp.write_text(f'[profiles."{SMOL}"]\nmax_tokens = 8\nrpc_workers = []\n')
+    tmp.replace(pfile)
+    assert o.call("reload")["restarted"] is True
+    deadline = time.monotonic() + 60
+    while True:
+        st = o.call("status")["child"]
+        if st["state"] == "ready" and st["pid"] != first["pid"]:
+            break
+        assert time.monotonic() < deadline, st
+        time.sleep(0.1)
+    assert "--rpc" not in log_events(o, "child spawned")[-1]["cmd"]
+    assert "rpc" not in st or not st["rpc"]["workers"], st.get("rpc")
+    w.kill()                                   # the old worker is gone: nothing here needs it
+    r = o.call("generate", prompt="Turn on the kitchen lights.", temperature=0)
+    assert r["usage"]["completion_tokens"] > 0
+    after = o.call("status")["child"]
+    assert after["pid"] == st["pid"] and after["restarts"] == 0 and after["last_error"] is None
+    assert not [e for e in log_events(o, "load failed") if "rpc worker" in e["error"]]

@@ -18,19 +18,16 @@ backoff; ``_loop`` starts it again when the delay is over ("no child" branch).
 """
 from __future__ import annotations
 
-import logging
 import math
 import signal
 import time
 from collections import deque
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, AsyncIterator, Callable, Deque, Dict, Optional, Tuple
 
 import anyio
 import anyio.abc
-import psutil
 
 from ..config import ConfigHolder
 from ..errors import ModelLoadFailed, OracError, ServerUnavailable, ShuttingDown
@@ -41,71 +38,15 @@ from . import exits
 from .backoff import BackoffPolicy
 from .command import build_command, child_env, find_binary, make_endpoint
 from .failures import classify_load_failure, telling_line, worker_lost
-from .http import LlamaEndpoint, LlamaHTTP
+from .instance import Child, log_child_line
 from .pidfile import prepare_runtime_dir, reap_orphan, remove_pidfile, write_pidfile
 from .process import ManagedProcess
 from .states import ChildState, check_transition
 from .swap_queue import SwapQueue
+from .tickets import Ticket, Waiters
 from .warmup import warm_slots
 
 log = get_logger("oracd.supervisor")
-child_log = get_logger("llama-server")
-_LLAMA_LEVELS = {"W ": logging.WARNING, "E ": logging.ERROR, "D ": logging.DEBUG}
-
-
-class Child:
-    """One running llama-server: its process, endpoint, HTTP client, and why we killed it (if we did)."""
-
-    def __init__(self, proc: ManagedProcess, model: str, endpoint: LlamaEndpoint, parallel: int,
-                 rpc_workers: Tuple[str, ...]):
-        self.proc = proc
-        self.pid = proc.pid
-        self.model = model
-        self.endpoint = endpoint
-        self.http = LlamaHTTP(endpoint, max_connections=parallel)
-        self.rpc_workers = rpc_workers        # the --rpc workers it was started with
-        self.started_at = time.monotonic()
-        self.ready_at: Optional[float] = None
-        self.killed_for: Optional[str] = None  # "hang" / "stop" / "rpc_worker_lost" when we killed it ourselves
-        self.ps: Optional[psutil.Process] = None
-
-    @property
-    def exited(self) -> anyio.Event:
-        return self.proc.exited
-
-    @property
-    def returncode(self) -> Optional[int]:
-        return self.proc.returncode
-
-    @property
-    def tail(self) -> Deque[str]:
-        return self.proc.tail
-
-    def psutil(self) -> Optional[psutil.Process]:
-        if self.ps is None:
-            try:
-                self.ps = psutil.Process(self.pid)
-            except psutil.Error:
-                return None
-        return self.ps
-
-
-@dataclass(eq=False)
-class Ticket:
-    """One request's wait: for ``model`` (None: for an unload).  The owner resolves it exactly once."""
-    model: Optional[str]
-    path: Optional[Path] = None
-    lease: bool = False                  # take an in-flight lease on the child when resolved (use())
-    done: anyio.Event = field(default_factory=anyio.Event)
-    child: Optional[Child] = None
-    error: Optional[OracError] = None
-
-
-def _copy(err: OracError) -> OracError:
-    """Each waiter raises its own exception object (tracebacks are per task)."""
-    new = type(err)(err.message, err.data)
-    new.code = err.code
-    return new
 
 
 class Supervisor:
@@ -125,13 +66,9 @@ class Supervisor:
         self.finished = anyio.Event()             # set when run() has stopped the child for good
         self._queue = SwapQueue()
         self._paths: Dict[str, Path] = {}
-        self._tickets: List[Ticket] = []          # waiting for a model
-        self._unloads: List[Ticket] = []          # waiting for the child to be stopped
+        self._waiters = Waiters()
         self._inbox: Deque[Tuple[str, Any]] = deque()
         self._kick = anyio.Event()
-        self._inflight = 0
-        self._drained = anyio.Event()
-        self._drained.set()
         self._backoff_until = 0.0
         self._restart_why: Optional[str] = None
         self._want_seen: Optional[str] = None
@@ -152,7 +89,7 @@ class Supervisor:
 
     @property
     def in_flight(self) -> int:
-        return self._inflight
+        return self._waiters.in_flight
 
     def status(self) -> Dict[str, Any]:
         child = self.child
@@ -160,7 +97,7 @@ class Supervisor:
         st: Dict[str, Any] = {
             "state": self.state.value, "model": self.model, "wanted_model": self._queue.current,
             "pid": child.pid if child else None, "restarts": self.restarts, "loads": self.loads,
-            "consecutive_failures": self.consecutive_failures, "in_flight": self._inflight,
+            "consecutive_failures": self.consecutive_failures, "in_flight": self._waiters.in_flight,
             "endpoint": child.endpoint.describe() if child else None,
             "last_error": self.last_error, "last_exit": self.last_exit,
             "profile": self.model if self.model in cfg.profiles else None, "warmup_ms": self.warmup_ms,
@@ -199,7 +136,7 @@ class Supervisor:
             if not ticket.done.is_set():
                 self._post("leave", ticket)
             elif ticket.lease and ticket.child is not None:
-                self._release()
+                self._waiters.release()
             raise
         if ticket.error is not None:
             raise ticket.error
@@ -210,14 +147,14 @@ class Supervisor:
         """Hold the child serving ``name`` for one request; a swap waits until such holds end."""
         child = self.ready_child(name)
         if child is not None:
-            self._acquire()
+            self._waiters.acquire()
         else:
             child = await self._wait(Ticket(name, path, lease=True))
         assert child is not None
         try:
             yield child
         finally:
-            self._release()
+            self._waiters.release()
 
     async def load(self, name: str, path: Path) -> Child:
         """Wait until ``name`` is ready; its load failure (after this call) is raised."""
@@ -237,58 +174,33 @@ class Supervisor:
         self._shutdown = True
         self._kick.set()
 
-    def _acquire(self) -> None:
-        self._inflight += 1
-        if self._drained.is_set():
-            self._drained = anyio.Event()
-
-    def _release(self) -> None:
-        self._inflight -= 1
-        if self._inflight == 0:
-            self._drained.set()
-
     # ------------------------------------------------------------------ owner side: the inbox and tickets
     def apply_inbox(self) -> None:
         """Take in what requests posted, then resolve every ticket the current state can answer."""
         while self._inbox:
             kind, item = self._inbox.popleft()
-            if kind == "want" and item.model is None:
-                self._queue.unload()
-                self._unloads.append(item)
-            elif kind == "want":
-                self._paths[item.model] = item.path
-                self._tickets.append(item)
-                self._queue.arrive(item.model)
+            if kind == "want":
+                self._waiters.add(item)
+                if item.model is None:
+                    self._queue.unload()
+                else:
+                    self._paths[item.model] = item.path
+                    self._queue.arrive(item.model)
             elif kind == "leave":
-                if item in self._tickets:
-                    self._tickets.remove(item)
+                if self._waiters.remove(item):
                     self._queue.leave(item.model)
-                elif item in self._unloads:
-                    self._unloads.remove(item)
             elif kind == "restart":
                 self._restart_why = item
         self._settle_tickets()
 
     def _resolve(self, match: Callable[[Ticket], bool], child: Optional[Child] = None,
                  error: Optional[OracError] = None) -> None:
-        keep = []
-        for t in self._tickets:
-            if not match(t):
-                keep.append(t)
-                continue
-            if child is not None and t.lease:
-                self._acquire()
-            t.child, t.error = child, (_copy(error) if error is not None else None)
-            t.done.set()
-            self._queue.leave(t.model)
-        self._tickets = keep
+        self._waiters.resolve(match, self._queue.leave, child, error)
 
     def _settle_tickets(self) -> None:
         if self._shutdown:
             self._resolve(lambda t: True, error=ShuttingDown())
-            for t in self._unloads:
-                t.done.set()
-            self._unloads = []
+            self._waiters.resolve_unloads()
             return
         child, current = self.child, self._queue.current
         if self.state is ChildState.READY and child is not None and child.returncode is None \
@@ -300,11 +212,6 @@ class Supervisor:
                 f"next attempt in {max(0.0, self._backoff_until - time.monotonic()):.1f}s",
                 {"last_error": self.last_error, "last_exit": self.last_exit})
             self._resolve(lambda t: t.model == current, error=err)
-
-    def _resolve_unloads(self) -> None:
-        for t in self._unloads:
-            t.done.set()
-        self._unloads = []
 
     def must_act(self, child: Child) -> bool:
         """Does the owner have to leave READY for ``child`` (exit, swap, unload, restart, shutdown)?"""
@@ -366,7 +273,7 @@ class Supervisor:
                 if want is not None:      # another model (or the same after an unload): a clean slate
                     self._backoff_until, self.consecutive_failures = 0.0, 0
             if child is None:
-                self._resolve_unloads()
+                self._waiters.resolve_unloads()
                 if want is None:
                     if self.state not in (ChildState.STOPPED, ChildState.FAILED):
                         self._set_state(ChildState.STOPPED)
@@ -395,10 +302,9 @@ class Supervisor:
             await watch(self, child)
 
     async def _drain(self, timeout: float) -> None:
-        if self._inflight:
-            log.info("waiting for in-flight requests", in_flight=self._inflight, timeout_s=timeout)
-            with anyio.move_on_after(timeout):
-                await self._drained.wait()
+        if self._waiters.in_flight:
+            log.info("waiting for in-flight requests", in_flight=self._waiters.in_flight, timeout_s=timeout)
+            await self._waiters.drain(timeout)
 
     async def _start(self, name: str) -> None:
         """STARTING: spawn llama-server for ``name``, wait for /health 200, warm it up: READY."""
@@ -421,7 +327,7 @@ class Supervisor:
         except OSError as exc:
             self._load_failed(name, ModelLoadFailed(f"cannot start llama-server: {exc}", {"reason": "spawn"}), fresh)
             return
-        proc.on_line = lambda stream, line: _log_child_line(proc.pid, stream, line)
+        proc.on_line = lambda stream, line: log_child_line(proc.pid, stream, line)
         child = self.child = Child(proc, name, endpoint, cfg.llama.parallel, workers)
         self.loads += 1
         write_pidfile(cfg, proc.pid)
@@ -557,8 +463,3 @@ class Supervisor:
     async def _reap(self, child: Child) -> None:
         await child.proc.watch()
         self._kick.set()
-
-
-def _log_child_line(pid: int, stream: str, line: str) -> None:
-    # llama.cpp lines look like "0.00.177.025 W msg": keep its level
-    child_log.log(_LLAMA_LEVELS.get(line[13:15], logging.INFO), line, source="llama-server", stream=stream, pid=pid)

@@ -1,0 +1,62 @@
+"""One running llama-server: its process, endpoint, HTTP client, and why we killed it (if we did).
+
+Its output goes to oracd's log line by line, tagged ``source=llama-server``
+with llama.cpp's own level.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Deque, Optional, Tuple
+
+import anyio
+import psutil
+
+from ..logs import get as get_logger
+from .http import LlamaEndpoint, LlamaHTTP
+from .process import ManagedProcess
+
+child_log = get_logger("llama-server")
+_LLAMA_LEVELS = {"W ": logging.WARNING, "E ": logging.ERROR, "D ": logging.DEBUG}
+
+
+class Child:
+    """One running llama-server: its process, endpoint, HTTP client, and why we killed it (if we did)."""
+
+    def __init__(self, proc: ManagedProcess, model: str, endpoint: LlamaEndpoint, parallel: int,
+                 rpc_workers: Tuple[str, ...]):
+        self.proc = proc
+        self.pid = proc.pid
+        self.model = model
+        self.endpoint = endpoint
+        self.http = LlamaHTTP(endpoint, max_connections=parallel)
+        self.rpc_workers = rpc_workers        # the --rpc workers it was started with
+        self.started_at = time.monotonic()
+        self.ready_at: Optional[float] = None
+        self.killed_for: Optional[str] = None  # "hang" / "stop" / "rpc_worker_lost" when we killed it ourselves
+        self.ps: Optional[psutil.Process] = None
+
+    @property
+    def exited(self) -> anyio.Event:
+        return self.proc.exited
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.proc.returncode
+
+    @property
+    def tail(self) -> Deque[str]:
+        return self.proc.tail
+
+    def psutil(self) -> Optional[psutil.Process]:
+        if self.ps is None:
+            try:
+                self.ps = psutil.Process(self.pid)
+            except psutil.Error:
+                return None
+        return self.ps
+
+
+def log_child_line(pid: int, stream: str, line: str) -> None:
+    # llama.cpp lines look like "0.00.177.025 W msg": keep its level
+    child_log.log(_LLAMA_LEVELS.get(line[13:15], logging.INFO), line, source="llama-server", stream=stream, pid=pid)
