@@ -206,6 +206,7 @@ class Oracd:
         srv.update(server or {})
         lla = {"server_bin": str(BIN / "llama-server"), "quantize_bin": str(BIN / "llama-quantize"),
                "models_dir": str(self.models_dir), "default_model": SMOL, "preload": True,
+               "kv_cache_dir": str(self.root / "kv"),
                "ctx_size": 1024, "parallel": 2, "health_interval": 0.5, "hang_timeout": 6,
                # one thread: ggml's spinning thread pool slows to a crawl when the 2 cores are shared
                "threads": 1,

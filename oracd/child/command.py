@@ -12,7 +12,7 @@ import socket
 import subprocess
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Optional, Sequence
 
 from ..config import Config
 from ..errors import ModelLoadFailed
@@ -59,7 +59,7 @@ def make_endpoint(cfg: Config, binary: str) -> LlamaEndpoint:
 
 
 def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEndpoint,
-                  rpc_workers: Sequence[str] = ()) -> List[str]:
+                  rpc_workers: Sequence[str] = (), slot_save_path: Optional[Path] = None) -> List[str]:
     """The llama-server command line for one model: [llama] options, overridden by its profile's.
 
     ``rpc_workers`` (chosen by the supervisor: the configured ones, or none in a
@@ -96,6 +96,8 @@ def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEnd
     template = prof.chat_template if prof is not None else None
     if template:
         cmd += ["--chat-template-file", template] if "/" in template else ["--chat-template", template]
+    if slot_save_path is not None:
+        cmd += ["--slot-save-path", str(slot_save_path)]
     cmd += list(opt("extra_args"))
     return cmd
 

@@ -102,6 +102,28 @@ class LlamaHTTP:
                 data = raw.decode("utf-8", "replace")
             raise LlamaHTTPError(resp.status, _error_text(data))
 
+    async def post(self, path: str, body: Dict[str, Any]) -> Dict[str, Any]:
+        """POST a JSON body, return the JSON answer (LlamaHTTPError on a non-2xx status)."""
+        session = self._get_session()
+        try:
+            async with session.post(path, json=body) as resp:
+                await self._raise_for_status(resp)
+                return json.loads(await resp.read())
+        except (aiohttp.ClientError, OSError):
+            await self._drop_session()
+            raise
+
+    async def apply_template(self, messages: Any, template_kwargs: Optional[Dict[str, Any]] = None) -> str:
+        """The exact prompt text the model's chat template makes of ``messages`` (POST /apply-template)."""
+        body: Dict[str, Any] = {"messages": messages}
+        if template_kwargs:
+            body["chat_template_kwargs"] = template_kwargs
+        return str((await self.post("/apply-template", body))["prompt"])
+
+    async def slot_action(self, slot: int, action: str, filename: Optional[str] = None) -> Dict[str, Any]:
+        """POST /slots/{slot}?action=save|restore|erase (needs --slot-save-path for save and restore)."""
+        return await self.post(f"/slots/{slot}?action={action}", {"filename": filename} if filename else {})
+
     async def chat(self, body: Dict[str, Any]) -> Dict[str, Any]:
         """POST /v1/chat/completions (not streamed) on a kept-alive connection.
 

@@ -32,6 +32,7 @@ import anyio.abc
 from ..config import ConfigHolder
 from ..errors import ModelLoadFailed, OracError, ServerUnavailable, ShuttingDown
 from ..logs import get as get_logger
+from ..models.gguf import read_gguf_header
 from ..procinfo import RssSampler
 from ..workers.pool import RpcWorkers
 from . import exits
@@ -44,7 +45,8 @@ from .process import ManagedProcess
 from .states import ChildState, check_transition
 from .swap_queue import SwapQueue
 from .tickets import Ticket, Waiters
-from .warmup import warm_slots
+from .kvstore import KVStore
+from .warmup import WarmReport, Warmer
 
 log = get_logger("oracd.supervisor")
 
@@ -61,7 +63,10 @@ class Supervisor:
         self.consecutive_failures = 0
         self.last_error: Optional[Dict[str, Any]] = None
         self.last_exit: Optional[Dict[str, Any]] = None
-        self.warmup_ms: Optional[float] = None
+        cfg = holder.cfg
+        store = KVStore(cfg.llama.kv_cache_dir, cfg.llama.kv_cache_max_mb * 2 ** 20) if cfg.llama.warm_restore else None
+        self.warmer = Warmer(store)
+        self.warm = WarmReport()
         self.rpc = RpcWorkers(holder)
         self.finished = anyio.Event()             # set when run() has stopped the child for good
         self._queue = SwapQueue()
@@ -100,7 +105,9 @@ class Supervisor:
             "consecutive_failures": self.consecutive_failures, "in_flight": self._waiters.in_flight,
             "endpoint": child.endpoint.describe() if child else None,
             "last_error": self.last_error, "last_exit": self.last_exit,
-            "profile": self.model if self.model in cfg.profiles else None, "warmup_ms": self.warmup_ms,
+            "profile": self.model if self.model in cfg.profiles else None,
+            "warmup_ms": self.warm.ms if self.warm.how != "none" else None,
+            "warm": self.warm.as_dict(self.warmer.store, self.warmer.counts),
         }
         if child and child.returncode is None:
             ps = child.psutil()
@@ -237,6 +244,12 @@ class Supervisor:
         """The owner loop.  Returns after shutdown() once the child is stopped."""
         cfg = self.holder.cfg
         prepare_runtime_dir(cfg)
+        if self.warmer.store is not None:
+            try:
+                self.warmer.store.prepare()
+            except OSError as exc:       # restore is an optimisation: run without it, and say so
+                log.warning("kv cache dir unusable; warm restore off", dir=str(cfg.llama.kv_cache_dir), error=str(exc))
+                self.warmer.store = None
         orphan = await anyio.to_thread.run_sync(reap_orphan, cfg, Path(str(cfg.llama.server_bin)).name,
                                                 cfg.llama.stop_grace)
         if orphan:
@@ -319,7 +332,8 @@ class Supervisor:
                 raise ModelLoadFailed(f"cannot load {name}: {rpc_error}", {"reason": "rpc_worker_down", "workers": [
                     self.rpc.checks[a].as_dict() for a in workers if a in self.rpc.checks]})
             endpoint = make_endpoint(cfg, binary)
-            cmd = build_command(cfg, binary, path, endpoint, workers)
+            store = self.warmer.store
+            cmd = build_command(cfg, binary, path, endpoint, workers, store.dir if store is not None else None)
             proc = await ManagedProcess.spawn(cmd, env=child_env(endpoint))
         except OracError as exc:
             self._load_failed(name, exc, fresh)
@@ -335,7 +349,8 @@ class Supervisor:
         self._tg.start_soon(self._reap, child)
         err = await self._wait_healthy(child)
         if err is None and child.returncode is None and self._queue.current == name and not self._shutdown:
-            self.warmup_ms = await warm_slots(child.http, name, cfg)
+            meta = await anyio.to_thread.run_sync(read_gguf_header, path)
+            self.warm = await self.warmer.warm(child.http, cfg, path, binary, cmd, meta)
             if workers:   # status shows the connections from the start, not from the first health tick
                 await anyio.to_thread.run_sync(self.rpc.lost, proc.pid, workers)
             child.ready_at = time.monotonic()

@@ -1,42 +1,172 @@
-"""Warm-up after a load: prefill every slot's KV cache with the profile's system prompt.
+"""Warm-up after every load: the profile's system prompt in every slot's KV cache, from disk when it can be.
 
-Why: the first real request after a start, swap or restart then pays only for
-its own tokens.  ``cache_prompt`` keeps the prefix in each slot.  A failed
-warm-up is logged and never fails the load: it is an optimisation.
+Why: the first real request after a start, swap, crash restart, reload restart
+or oracd restart then pays only for its own tokens.  Two ways to get there:
+
+- **restore**: the KV cache saved after an earlier prefill (``kvstore``, keyed by
+  everything that makes it valid) is loaded into every slot, then *verified*: a
+  zero-token completion of the same prompt must find nearly all of its tokens
+  in the cache.  Some llama.cpp builds report a restore as done while the next
+  request reprocesses everything; a restore that does not verify is erased and
+  the slot is prefilled instead.
+- **prefill**: a zero-token completion of the prompt in each slot (``n_predict:
+  0``, nothing is sampled), then slot 0 is saved for next time.
+
+Restore is skipped for models with sliding-window attention (llama.cpp cannot
+restore their cache correctly) and when ``llama.warm_restore = false``.  A
+failed warm-up is logged and never fails the load.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import anyio
 
 from ..config import Config
 from ..logs import get as get_logger
+from .kvstore import KVStore, entry_key
 
 log = get_logger("oracd.warmup")
+VERIFY_SHARE = 0.9          # a restore took if at least this share of the prompt came from the cache
 
 
-async def warm_slots(http: Any, model: str, cfg: Config) -> Optional[float]:
-    """Prefill each of the ``parallel`` slots; returns the milliseconds it took (None: nothing to warm)."""
+@dataclass
+class WarmReport:
+    """How this load was warmed, for status.child.warm."""
+    how: str = "none"                     # restored | prefilled | none
+    ms: Optional[float] = None
+    cached_tokens: List[int] = field(default_factory=list)
+    prompt_tokens: Optional[int] = None
+    restore: str = "off"                  # on | off | unsupported: <why>
+    note: Optional[str] = None            # why a restore was not used this time
+
+    def as_dict(self, store: Optional[KVStore], counts: Dict[str, int]) -> Dict[str, Any]:
+        d = {"how": self.how, "ms": self.ms, "cached_tokens": self.cached_tokens,
+             "prompt_tokens": self.prompt_tokens, "restore": self.restore, "note": self.note,
+             "outcomes": dict(counts)}
+        if store is not None:
+            d["cache_dir"] = str(store.dir)
+            d["cache_dir_bytes"] = store.size_bytes()
+        return d
+
+
+def restore_support(cfg: Config, meta: Dict[str, Any]) -> str:
+    """'on', 'off' (configured), or 'unsupported: <why>' for this model."""
+    if not cfg.llama.warm_restore:
+        return "off"
+    if (meta.get("sliding_window") or 0) > 0:
+        return f"unsupported: sliding-window attention ({meta.get('architecture')})"
+    return "on"
+
+
+def warm_messages(cfg: Config, model: str) -> Optional[Dict[str, Any]]:
+    """What warm-up sends for ``model``: its profile's system prompt (with ``think``), or None."""
     prof = cfg.profile_for(model)
     system = prof.effective_system_prompt() if prof is not None else None
     if not system or not cfg.llama.warmup:
         return None
-    t0 = time.monotonic()
+    return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "ok"}],
+            "template_kwargs": None if prof.think else {"enable_thinking": False}}
 
-    async def one(slot: int) -> None:
-        body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "ok"}],
-                "max_tokens": 1, "temperature": 0, "id_slot": slot, "cache_prompt": True}
-        try:
-            await http.chat(body)
-        except Exception as exc:   # warm-up is an optimisation: never fail a load over it
-            log.warning("warm-up failed", slot=slot, error=str(exc))
 
-    with anyio.move_on_after(cfg.llama.load_timeout):
+class Warmer:
+    """Warms one freshly started child; counts outcomes across loads."""
+
+    def __init__(self, store: Optional[KVStore]):
+        self.store = store
+        self.counts: Dict[str, int] = {}
+
+    def _count(self, outcome: str) -> None:
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    async def warm(self, http: Any, cfg: Config, model: Path, binary: str, cmd: List[str],
+                   meta: Dict[str, Any]) -> WarmReport:
+        report = WarmReport(restore=restore_support(cfg, meta) if self.store is not None else "off")
+        what = warm_messages(cfg, model.name)
+        if what is None:
+            return report
+        t0 = time.monotonic()
+        with anyio.move_on_after(cfg.llama.load_timeout):
+            try:
+                prompt = await http.apply_template(what["messages"], what["template_kwargs"])
+                key = entry_key(model, binary, cmd, prompt) if report.restore == "on" else None
+                if key is not None and self.store.has(key) and await self._restore(http, cfg, key, prompt, report):
+                    report.how = "restored"
+                else:
+                    await self._prefill(http, cfg, prompt, report)
+                    report.how = "prefilled"
+                    if key is not None:
+                        await self._save(http, key)
+            except Exception as exc:   # warm-up is an optimisation: never fail a load over it
+                self._count("failed")
+                log.warning("warm-up failed", model=model.name, error=str(exc))
+        report.ms = round((time.monotonic() - t0) * 1000, 1)
+        self._count(report.how)
+        log.info("slots warmed", model=model.name, how=report.how, slots=cfg.llama.parallel, ms=report.ms,
+                 cached_tokens=report.cached_tokens, note=report.note)
+        return report
+
+    async def _zero_token(self, http: Any, prompt: str, slot: int) -> Dict[str, Any]:
+        return await http.post("/completion", {"prompt": prompt, "n_predict": 0, "cache_prompt": True,
+                                               "id_slot": slot, "temperature": 0})
+
+    async def _prefill(self, http: Any, cfg: Config, prompt: str, report: WarmReport) -> None:
+        cached: List[int] = [0] * cfg.llama.parallel
+
+        async def one(slot: int) -> None:
+            res = await self._zero_token(http, prompt, slot)
+            cached[slot] = int(res.get("tokens_evaluated") or 0)
+            report.prompt_tokens = cached[slot]
+
         async with anyio.create_task_group() as tg:
             for slot in range(cfg.llama.parallel):
                 tg.start_soon(one, slot)
-    ms = round((time.monotonic() - t0) * 1000, 1)
-    log.info("slots warmed", model=model, slots=cfg.llama.parallel, ms=ms)
-    return ms
+        report.cached_tokens = cached
+
+    async def _restore(self, http: Any, cfg: Config, key: str, prompt: str, report: WarmReport) -> bool:
+        """Restore the entry into every slot and verify each; on any failure erase them all: False."""
+        assert self.store is not None
+        name = self.store.name(key)
+        cached = []
+        try:
+            if not await anyio.to_thread.run_sync(self.store.intact, key):
+                raise ValueError("the file does not match the checksum taken when it was saved")
+            for slot in range(cfg.llama.parallel):
+                await http.slot_action(slot, "restore", name)
+                res = await self._zero_token(http, prompt, slot)
+                timings = res.get("timings") or {}
+                total = int(res.get("tokens_evaluated") or 0)
+                reused = int(timings.get("cache_n") or 0)
+                if total == 0 or reused < VERIFY_SHARE * total:
+                    self._count("verify_failed")
+                    report.note = f"restore did not verify: slot {slot} reused {reused} of {total} prompt tokens"
+                    break
+                cached.append(reused)
+                report.prompt_tokens = total
+            else:
+                self.store.used(key)
+                report.cached_tokens = cached
+                return True
+        except Exception as exc:       # a corrupt or truncated file: llama-server refuses it (HTTP 400)
+            self._count("restore_failed")
+            report.note = f"restore failed: {exc}"
+        self.store.discard(key, report.note or "restore failed")
+        for slot in range(cfg.llama.parallel):
+            try:
+                await http.slot_action(slot, "erase")
+            except Exception as exc:
+                log.warning("slot erase failed", slot=slot, error=str(exc))
+        return False
+
+    async def _save(self, http: Any, key: str) -> None:
+        assert self.store is not None
+        try:
+            await http.slot_action(0, "save", self.store.tmp_name(key))
+            self.store.commit(key)
+            self._count("saved")
+        except Exception as exc:
+            log.warning("kv cache save failed", key=key, error=str(exc))
+            self.store.discard(key, f"save failed: {exc}")

@@ -76,6 +76,9 @@ class LlamaConfig:
     fallback_models: Tuple[str, ...] = ()  # tried in order when default_model cannot be loaded
     profiles_file: Optional[Path] = None   # extra [profiles."x.gguf"] tables (e.g. etc/models.toml)
     warmup: bool = True                    # prefill every slot with the profile's system prompt after a load
+    warm_restore: bool = True              # restore that prefill from disk (verified) instead, when possible
+    kv_cache_dir: Path = Path("/var/cache/oracd/kv")   # saved slot KV caches (the unit's CacheDirectory)
+    kv_cache_max_mb: int = 1024            # bound on that dir; least recently used entries go first
     allow_remote_http: bool = False   # start_server() may bind non-loopback hosts
     quantize_max_output_bytes: int = 0    # RLIMIT_FSIZE for llama-quantize (0 = unlimited): a disk guard
     # timeouts (seconds)
@@ -123,7 +126,7 @@ class Config:
 
 
 _SECTIONS = {"server": ServerConfig, "llama": LlamaConfig}
-_PATH_KEYS = {"socket", "runtime_dir", "log_dir", "models_dir", "extra_models_dirs", "profiles_file"}
+_PATH_KEYS = {"socket", "runtime_dir", "log_dir", "models_dir", "extra_models_dirs", "profiles_file", "kv_cache_dir"}
 _BIN_KEYS = {"server_bin", "quantize_bin"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 
@@ -191,6 +194,11 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
         if not isinstance(value, str) or value not in _LOG_LEVELS:
             raise _fail(key, f"expected one of {sorted(_LOG_LEVELS)}", value)
         return value
+    return _coerce_typed(key, ftype, value)
+
+
+def _coerce_typed(key: str, ftype: Any, value: Any) -> Any:
+    """Keys without a rule of their own: by their field type (seconds are > 0, counts >= 0)."""
     if ftype in (bool, "bool"):
         if not isinstance(value, bool):
             raise _fail(key, "expected true or false", value)

@@ -47,7 +47,7 @@ _SCALARS = {
     GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
 }
 _WANTED_KEYS = ("general.architecture", "general.name", "general.file_type", "general.size_label")
-_SUFFIXES = (".context_length", ".block_count")
+_SUFFIXES = (".context_length", ".block_count", ".attention.sliding_window")
 
 
 def read_gguf_header(path: Path) -> Dict[str, Any]:
