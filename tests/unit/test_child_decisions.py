@@ -137,3 +137,20 @@ def test_load_failure_reasons_and_the_telling_line():
     assert classify_load_failure(["something else"]) == "load_failed"
     assert telling_line(["a", "b failed here", "c"]) == "b failed here"
     assert worker_lost(["ggml-rpc.cpp:123: Remote RPC server crashed"]) and not worker_lost(["fine"])
+
+
+def test_sliding_window_models_are_detected_from_the_gguf_header(tmp_path):
+    import gguf
+    from oracd.child.warmup import restore_support
+    from oracd.config import Config
+    from oracd.models.gguf import read_gguf_header
+    path = tmp_path / "swa.gguf"
+    w = gguf.GGUFWriter(str(path), "gemma3")
+    w.add_uint32("gemma3.attention.sliding_window", 512)
+    w.add_uint32("gemma3.block_count", 2)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    meta = read_gguf_header(path)
+    assert meta["architecture"] == "gemma3" and meta["sliding_window"] == 512
+    assert restore_support(Config(), meta) == "unsupported: sliding-window attention (gemma3)"
