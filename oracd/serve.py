@@ -120,6 +120,12 @@ async def _startup(app: App, tg: anyio.abc.TaskGroup) -> None:
     await tg.start(app.extra_servers.run)
     if app.cfg.llama.preload and app.cfg.llama.default_model:
         await _preload(app)
+    if app.active_default:
+        try:
+            app.supervisor.set_default(app.active_default, app.store.resolve(app.active_default))
+        except Exception as exc:      # no such file: nothing to return to, and status says why elsewhere
+            log.warning("default model not found; return_to_default_after has nothing to return to",
+                        model=app.active_default, error=getattr(exc, "message", str(exc)))
 
 
 async def _main_loop(app: App, tg: anyio.abc.TaskGroup, signals: Any) -> None:

@@ -109,7 +109,8 @@ async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg:
                 on_delta: OnDelta = None) -> Dict[str, Any]:
     """POST the chat completion; if llama-server died under us, retry once on the restarted one.
 
-    A generation has no side effects, so one transparent retry after a crash is
+    A generation has no side effects, so one transparent retry after a crash, or
+    after the 5xx answer that showed the child is wedged (``child/wedge.py``), is
     safe; a second failure is GenerationFailed.  Not retried: a generation cut
     off by a lost RPC worker (the next llama-server needs the workers again).
     The caller's deadline bounds all of it.
@@ -118,18 +119,24 @@ async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg:
         async with supervisor.use(path.name, path) as child:
             try:
                 if on_delta is None and body["max_tokens"] <= cfg.llama.stream_above_tokens:
-                    return await child.http.chat(body)
-                return await child.http.chat_stream(body, on_delta)
+                    data = await child.http.chat(body)
+                else:
+                    data = await child.http.chat_stream(body, on_delta)
+                supervisor.generation_result(child, True)
+                return data
             except LlamaHTTPError as exc:
                 if exc.status == 400:
                     raise InvalidParams(f"llama-server rejected the request: {exc.message}") from None
-                raise GenerationFailed(f"llama-server error {exc.status}: {exc.message}") from None
+                if exc.status < 500 or not supervisor.generation_result(child, False):
+                    raise GenerationFailed(f"llama-server error {exc.status}: {exc.message}") from None
+                failure = f"llama-server is wedged (error {exc.status}: {exc.message}); it is being restarted"
             except (aiohttp.ClientError, OSError) as exc:
+                supervisor.generation_result(child, False)
                 failure = f"lost connection to llama-server ({type(exc).__name__})"
         if attempt == 2:
             raise GenerationFailed(f"{failure}, twice; giving up", {"retryable": True})
-        with anyio.move_on_after(cfg.llama.health_timeout):
-            await child.exited.wait()     # let the supervisor see the exit before we ask again
+        with anyio.move_on_after(cfg.llama.health_timeout + cfg.llama.stop_grace):
+            await child.exited.wait()     # let the supervisor see the exit (or kill it: wedged) before we ask again
         if child.rpc_workers and (child.killed_for == "rpc_worker_lost" or worker_lost(child.tail)):
             raise GenerationFailed(
                 "an RPC worker was lost during the generation; llama-server aborted and is being "

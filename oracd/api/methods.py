@@ -21,6 +21,7 @@ from ..config import ConfigHolder, Profile, load_options_changed, plan_reload
 from ..errors import (GenerationTimeout, InvalidParams, InvalidPath, LoadTimeout, ModelLoadFailed, OracError,
                       ShuttingDown, UnloadTimeout)
 from ..logs import get as get_logger
+from ..memory import MiB, available, estimate
 from ..models.quantize import quantize
 from ..models.store import ModelStore
 from .deadline import Deadline
@@ -48,6 +49,7 @@ class App:
         self.accepting = True
         self.active_default: str = cfg.llama.default_model    # a fallback model after a failed preload
         self.fallback: Optional[Dict[str, Any]] = None
+        self.memory: Optional[Dict[str, Any]] = None   # the last memory check: required/available bytes
         self.connections: Any = None         # set by serve(): the Connections registry (counts)
         self.dispatcher: Any = None          # set by serve(): the Dispatcher (served/errors)
 
@@ -68,14 +70,34 @@ class App:
             raise InvalidParams("model is required (no llama.default_model is configured)", "model")
         return name
 
-    def check_loadable(self, path: Path) -> None:
-        """Refuse a non-GGUF/corrupt file before it can evict the model that is serving."""
+    def check_loadable(self, path: Path, replaces_child: bool = True) -> None:
+        """Refuse a non-GGUF file, or one that cannot fit in memory, before it can evict the model that is
+        serving (``replaces_child``: the warm model would be stopped for it, so its memory counts as free)."""
         if path.name == self.supervisor.model:
             return
         meta = self.store.metadata(path)
         if not meta.get("valid"):
             raise ModelLoadFailed(f"{path.name} is not a loadable GGUF model: {meta.get('error')}",
                                   {"path": str(path), "reason": "not_gguf"})
+        cfg = self.cfg
+        if not cfg.llama.memory_check:
+            return
+        fp = estimate(meta, cfg.option_for(path.name, "ctx_size"), cfg.option_for(path.name, "extra_args"),
+                      cfg.option_for(path.name, "cache_ram_mb"))
+        avail, source = available(self.supervisor.cgroup_dir)
+        if avail is None:
+            return
+        freed = self.supervisor.child_rss() if replaces_child else 0
+        need = fp.total + cfg.llama.memory_margin_mb * MiB
+        self.memory = {"model": path.name, "required_bytes": need, "available_bytes": avail + freed}
+        if need > avail + freed:
+            raise ModelLoadFailed(
+                f"cannot load {path.name}: it needs about {need // MiB} MiB ({fp.describe()}, margin "
+                f"{cfg.llama.memory_margin_mb} MiB) but only {(avail + freed) // MiB} MiB is available ({source}"
+                + (f", plus {freed // MiB} MiB the current model frees" if freed else "") + ")",
+                {"reason": "insufficient_memory", "required_bytes": need, "available_bytes": avail + freed,
+                 "footprint": {"weights": fp.weights, "kv": fp.kv, "compute": fp.compute,
+                               "host_cache": fp.host_cache}})
 
     # ------------------------------------------------------------------ generate
     async def generate(self, ctx: CallContext, *, prompt: str, model: Optional[str] = None,
@@ -201,7 +223,7 @@ class App:
         check_range("top_p", top_p, 0, 1)
         check_range("top_k", top_k, 0, 100_000)
         path = self.store.resolve(model)
-        self.check_loadable(path)
+        self.check_loadable(path, replaces_child=False)
         return await self.extra_servers.start(path, host, port, temperature, top_p, top_k,
                                               timeout or self.cfg.llama.load_timeout)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+OOM_MIN_DELAY = 5.0
+
 
 @dataclass(frozen=True)
 class BackoffPolicy:
@@ -16,10 +18,14 @@ class BackoffPolicy:
     reset_after: float
     fail_fast_after: int
 
-    def delay(self, consecutive_failures: int) -> float:
-        """Seconds to wait after the n-th failure in a row (n >= 1)."""
+    def delay(self, consecutive_failures: int, reason: str = "crash") -> float:
+        """Seconds to wait after the n-th failure in a row (n >= 1).  After an out-of-memory kill, four
+        times longer (at least OOM_MIN_DELAY): a box under memory pressure is not hammered."""
         n = max(1, consecutive_failures)
-        return min(self.initial * 2 ** min(n - 1, 60), self.maximum)
+        d = min(self.initial * 2 ** min(n - 1, 60), self.maximum)
+        if reason == "out_of_memory":
+            d = min(max(4 * d, OOM_MIN_DELAY), max(self.maximum, OOM_MIN_DELAY))
+        return d
 
     def healthy_long_enough(self, healthy_for: float) -> bool:
         """True once a child has been ready so long that earlier failures no longer count."""

@@ -82,7 +82,7 @@ def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEnd
         if opt("tensor_split"):
             cmd += ["-ts", ",".join(f"{v:g}" for v in opt("tensor_split"))]
     cmd += ["-c", str(opt("ctx_size")), "-np", str(l.parallel), "-ngl", str(ngl),
-            "--no-webui", "--log-colors", "off"]
+            "--cache-ram", str(opt("cache_ram_mb")), "--metrics", "--no-webui", "--log-colors", "off"]
     if endpoint.unix_path:
         cmd += ["--host", endpoint.unix_path]
     else:

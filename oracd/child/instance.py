@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Deque, Optional, Tuple
+from typing import Any, Deque, Optional, Tuple
 
 import anyio
 import psutil
@@ -35,6 +35,8 @@ class Child:
         self.ready_at: Optional[float] = None
         self.killed_for: Optional[str] = None  # "hang" / "stop" / "rpc_worker_lost" when we killed it ourselves
         self.ps: Optional[psutil.Process] = None
+        self.oom_baseline: Optional[int] = None   # the cgroup's oom_kill count when it started
+        self.wedge: Any = None                    # its WedgeDetector (5xx streaks on generations)
 
     @property
     def exited(self) -> anyio.Event:

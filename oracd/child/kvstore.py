@@ -34,7 +34,7 @@ SUFFIX = ".kv"
 SUM = ".sha256"
 _HEAD = 1 << 20
 # command-line options that do not change the KV bytes (where it listens, how many threads compute)
-_IRRELEVANT = {"--host", "--port", "-t", "--threads", "--slot-save-path", "--api-key"}
+_IRRELEVANT = {"--host", "--port", "-t", "--threads", "--slot-save-path", "--api-key", "--cache-ram"}
 
 
 def file_identity(path: Path, hash_head: bool) -> Dict[str, Any]:

@@ -32,6 +32,7 @@ import anyio.abc
 from ..config import ConfigHolder
 from ..errors import ModelLoadFailed, OracError, ServerUnavailable, ShuttingDown
 from ..logs import get as get_logger
+from ..memory import oom_kills, own_cgroup_dir
 from ..models.gguf import read_gguf_header
 from ..procinfo import RssSampler
 from ..workers.pool import RpcWorkers
@@ -44,6 +45,7 @@ from .pidfile import prepare_runtime_dir, reap_orphan, remove_pidfile, write_pid
 from .process import ManagedProcess
 from .states import ChildState, check_transition
 from .swap_queue import SwapQueue
+from .wedge import WedgeDetector
 from .tickets import Ticket, Waiters
 from .kvstore import KVStore
 from .warmup import WarmReport, Warmer
@@ -59,6 +61,7 @@ class Supervisor:
         self.state = ChildState.STOPPED
         self.child: Optional[Child] = None
         self.restarts = 0
+        self.restart_reasons: Dict[str, int] = {}     # crash, hang, wedged, out_of_memory, load_failed, ...
         self.loads = 0
         self.consecutive_failures = 0
         self.last_error: Optional[Dict[str, Any]] = None
@@ -77,6 +80,10 @@ class Supervisor:
         self._backoff_until = 0.0
         self._restart_why: Optional[str] = None
         self._want_seen: Optional[str] = None
+        self._kill_request: Optional[Tuple[Child, str, str]] = None   # (child, reason, why): the owner kills it
+        self.default: Optional[Tuple[str, Path]] = None                # the active default model (return to it)
+        self.last_busy = time.monotonic()                              # when a request last held or wanted the child
+        self.cgroup_dir = cfg.llama.cgroup_dir or own_cgroup_dir()
         self._shutdown = False
         self._tg: Optional[anyio.abc.TaskGroup] = None
         self._rss = RssSampler()
@@ -102,6 +109,7 @@ class Supervisor:
         st: Dict[str, Any] = {
             "state": self.state.value, "model": self.model, "wanted_model": self._queue.current,
             "pid": child.pid if child else None, "restarts": self.restarts, "loads": self.loads,
+            "restarts_by_reason": dict(self.restart_reasons),
             "consecutive_failures": self.consecutive_failures, "in_flight": self._waiters.in_flight,
             "endpoint": child.endpoint.describe() if child else None,
             "last_error": self.last_error, "last_exit": self.last_exit,
@@ -124,6 +132,11 @@ class Supervisor:
     def _post(self, kind: str, item: Any = None) -> None:
         self._inbox.append((kind, item))
         self._kick.set()
+
+    def child_rss(self) -> int:
+        """What the running child holds (and frees when it is replaced), in bytes."""
+        ps = self.child.psutil() if self.child is not None else None
+        return (self._rss.rss(ps) or 0) if ps is not None else 0
 
     def ready_child(self, name: str) -> Optional[Child]:
         """The warm child if it serves ``name`` right now and nothing is pending (the fast path)."""
@@ -162,6 +175,7 @@ class Supervisor:
             yield child
         finally:
             self._waiters.release()
+            self.last_busy = time.monotonic()
 
     async def load(self, name: str, path: Path) -> Child:
         """Wait until ``name`` is ready; its load failure (after this call) is raised."""
@@ -187,6 +201,7 @@ class Supervisor:
         while self._inbox:
             kind, item = self._inbox.popleft()
             if kind == "want":
+                self.last_busy = time.monotonic()
                 self._waiters.add(item)
                 if item.model is None:
                     self._queue.unload()
@@ -198,6 +213,8 @@ class Supervisor:
                     self._queue.leave(item.model)
             elif kind == "restart":
                 self._restart_why = item
+            elif kind == "kill":
+                self._kill_request = item
         self._settle_tickets()
 
     def _resolve(self, match: Callable[[Ticket], bool], child: Optional[Child] = None,
@@ -223,7 +240,7 @@ class Supervisor:
     def must_act(self, child: Child) -> bool:
         """Does the owner have to leave READY for ``child`` (exit, swap, unload, restart, shutdown)?"""
         return (self._shutdown or child.returncode is not None or self._queue.current != child.model
-                or self._restart_why is not None or self._queue.swap_due())
+                or self._restart_why is not None or self._kill_request is not None or self._queue.swap_due())
 
     async def wait_kick(self, timeout: float = math.inf) -> None:
         with anyio.move_on_after(timeout):
@@ -307,6 +324,12 @@ class Supervisor:
                 await self._drain(self.holder.cfg.llama.swap_drain_timeout)
                 await self._stop_child("swap" if want else "unload")
                 continue
+            if self._kill_request is not None:
+                target, reason, why = self._kill_request
+                self._kill_request = None
+                if target is child:
+                    await self.kill(child, why, reason)
+                continue
             if self._restart_why:
                 why, self._restart_why = self._restart_why, None
                 await self._drain(self.holder.cfg.llama.swap_drain_timeout)
@@ -346,6 +369,8 @@ class Supervisor:
         self.loads += 1
         write_pidfile(cfg, proc.pid)
         log.info("child spawned", pid=proc.pid, cmd=" ".join(cmd))
+        child.oom_baseline = oom_kills(self.cgroup_dir)
+        child.wedge = WedgeDetector(cfg.llama.wedge_threshold, cfg.llama.wedge_window)
         self._tg.start_soon(self._reap, child)
         err = await self._wait_healthy(child)
         if err is None and child.returncode is None and self._queue.current == name and not self._shutdown:
@@ -404,24 +429,29 @@ class Supervisor:
             self._set_state(ChildState.FAILED, error=err.message)
         else:
             # restarting a model that was serving: keep trying with growing backoff (crash loop)
-            self._schedule_restart()
+            self._schedule_restart("load_failed")
             self._set_state(ChildState.BACKOFF, retry_in_s=round(self._backoff_until - time.monotonic(), 3),
                             error=err.message)
             self._settle_tickets()
 
-    def _schedule_restart(self) -> float:
+    def _schedule_restart(self, reason: str) -> float:
         self.restarts += 1
+        self.restart_reasons[reason] = self.restart_reasons.get(reason, 0) + 1
         self.consecutive_failures += 1
-        delay = self.policy.delay(self.consecutive_failures)
+        delay = self.policy.delay(self.consecutive_failures, reason)
         self._backoff_until = time.monotonic() + delay
         return delay
 
     def _on_child_lost(self, child: Child) -> None:
         """The child exited on its own (crash) or was killed for a hang: back off, then restart."""
-        delay = self._schedule_restart()
         if child.killed_for is None and child.rpc_workers and worker_lost(child.tail):
             child.killed_for = "rpc_worker_lost"   # llama-server aborted: a worker went away under it
+        if child.killed_for is None and child.returncode == -signal.SIGKILL:
+            kills = oom_kills(self.cgroup_dir)     # a SIGKILL we did not send: the kernel's OOM killer?
+            if kills is not None and child.oom_baseline is not None and kills > child.oom_baseline:
+                child.killed_for = "out_of_memory"
         reason = child.killed_for or "crash"
+        delay = self._schedule_restart(reason)
         message = self._record_exit(child, reason)
         self.last_error = {"message": message, "at": time.time()}
         log.error("child lost", pid=child.pid, message=message, **exits.exit_info(child.returncode),
@@ -443,6 +473,39 @@ class Supervisor:
         remove_pidfile(self.holder.cfg)
         if close_http and self._tg is not None:
             self._tg.start_soon(child.http.close)
+
+    # ------------------------------------------------------------------ reports from requests and the watchdog
+    def generation_result(self, child: Child, ok: bool) -> bool:
+        """A generation on ``child`` succeeded, or got a 5xx / lost its connection.  True when that
+        failure makes the child count as wedged: the owner will kill and restart it."""
+        if ok:
+            child.wedge.success()
+            return False
+        if child.wedge.failure(time.monotonic()) and child.killed_for is None and child.returncode is None:
+            log.error("wedged", pid=child.pid, failures=child.wedge.streak,
+                      threshold=self.holder.cfg.llama.wedge_threshold)
+            self._post("kill", (child, "wedged", f"{child.wedge.streak} failed generations in a row"))
+            return True
+        return child.killed_for == "wedged"
+
+    def set_default(self, name: str, path: Path) -> None:
+        """The model to return to after ``return_to_default_after`` idle seconds on another one."""
+        self.default = (name, path)
+
+    def return_to_default_at(self, child: Child) -> Optional[float]:
+        """When the idle child should give way to the default model (None: never)."""
+        after = self.holder.cfg.llama.return_to_default_after
+        if not after or self.default is None or child.model == self.default[0]:
+            return None
+        return self.last_busy + after
+
+    def return_to_default(self) -> None:
+        """Owner side, from the watchdog: nobody used the other model for long enough."""
+        name, path = self.default
+        log.info("returning to the default model", model=name, previous=self.model,
+                 idle_s=round(time.monotonic() - self.last_busy, 1))
+        self._paths[name] = path
+        self._queue.want(name)
 
     def reset_failures_if_healthy(self, child: Child) -> None:
         """A child ready for restart_backoff_reset seconds wipes the slate: backoff starts over."""

@@ -1,5 +1,8 @@
 """While the child is READY: probe it on a fixed schedule, kill it when it hangs, hand control back when the owner must act.
 
+It also notices when a non-default model has been idle for ``return_to_default_after``
+seconds and asks the owner to load the default back.
+
 Idle, the probe is /health.  With generations in flight it is /slots: a decode
 that stops making progress (a GPU hang, a frozen RPC worker) leaves /health at
 200, but its slot's counters stop moving (``hang.HangDetector`` decides).  RPC
@@ -37,8 +40,13 @@ async def watch(sup: "Supervisor", child: "Child") -> None:
         if sup.must_act(child):
             return
         now = time.monotonic()
+        back_at = sup.return_to_default_at(child)
+        if back_at is not None and now >= back_at and sup.in_flight == 0:
+            sup.return_to_default()      # idle on another model long enough: the owner swaps back
+            return
         if now < next_probe:
-            await sup.wait_kick(next_probe - now)
+            wake = next_probe if back_at is None else min(next_probe, max(back_at, now + 0.05))
+            await sup.wait_kick(wake - now)
             continue
         next_probe = now + l.health_interval
         if child.rpc_workers:

@@ -53,7 +53,7 @@ ws     ::= | " " | "\n" [ \t]{0,20}
 BUILTIN_GRAMMARS = {"json": JSON_GRAMMAR}
 BUILTIN_SCHEMAS = {"command": COMMAND_SCHEMA}
 LOAD_KEYS = ("ctx_size", "n_gpu_layers", "batch_size", "ubatch_size", "threads", "extra_args", "chat_template",
-             "rpc_workers", "tensor_split")
+             "rpc_workers", "tensor_split", "cache_ram_mb")
 
 
 class ProfileError(ValueError):
@@ -81,6 +81,7 @@ class Profile:
     extra_args: Optional[Tuple[str, ...]] = None
     rpc_workers: Optional[Tuple[str, ...]] = None   # overrides [llama] rpc_workers; [] = this model stays local
     tensor_split: Optional[Tuple[float, ...]] = None
+    cache_ram_mb: Optional[int] = None      # overrides [llama] cache_ram_mb (llama-server --cache-ram)
     source: Dict[str, Any] = field(default_factory=dict, compare=False)   # as written, for status
 
     def load_options(self) -> Tuple[Any, ...]:
@@ -96,7 +97,7 @@ class Profile:
 
 _NUM = {"temperature": (0.0, 10.0), "top_p": (0.0, 1.0)}
 _INT = {"top_k": 0, "max_tokens": 1, "ctx_size": 0, "n_gpu_layers": -1, "batch_size": 0, "ubatch_size": 0,
-        "threads": 0}
+        "threads": 0, "cache_ram_mb": 0}
 
 
 def _parse(model: str, table: Any, base: Path) -> Profile:

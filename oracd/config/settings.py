@@ -79,6 +79,13 @@ class LlamaConfig:
     warm_restore: bool = True              # restore that prefill from disk (verified) instead, when possible
     kv_cache_dir: Path = Path("/var/cache/oracd/kv")   # saved slot KV caches (the unit's CacheDirectory)
     kv_cache_max_mb: int = 1024            # bound on that dir; least recently used entries go first
+    cache_ram_mb: int = 256                # llama-server --cache-ram: its host prompt cache (its default is 8192)
+    memory_check: bool = True              # refuse a load that cannot fit, before stopping the warm model
+    memory_margin_mb: int = 256            # headroom the check leaves for everything else on the box
+    cgroup_dir: Optional[Path] = None      # cgroup v2 dir for memory.max/.current/.events (default: our own)
+    wedge_threshold: int = 3               # this many 5xx answers in a row on generations: restart the child
+    wedge_window: float = 120.0            # ... within this many seconds (a slow trickle of errors is not a wedge)
+    return_to_default_after: float = 0.0   # idle seconds on another model before the default is loaded back (0: off)
     allow_remote_http: bool = False   # start_server() may bind non-loopback hosts
     quantize_max_output_bytes: int = 0    # RLIMIT_FSIZE for llama-quantize (0 = unlimited): a disk guard
     # timeouts (seconds)
@@ -126,7 +133,9 @@ class Config:
 
 
 _SECTIONS = {"server": ServerConfig, "llama": LlamaConfig}
-_PATH_KEYS = {"socket", "runtime_dir", "log_dir", "models_dir", "extra_models_dirs", "profiles_file", "kv_cache_dir"}
+_PATH_KEYS = {"socket", "runtime_dir", "log_dir", "models_dir", "extra_models_dirs", "profiles_file", "kv_cache_dir",
+              "cgroup_dir"}
+_ZERO_IS_OFF = {"return_to_default_after"}     # seconds where 0 means "off"
 _BIN_KEYS = {"server_bin", "quantize_bin"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
 
@@ -208,8 +217,11 @@ def _coerce_typed(key: str, ftype: Any, value: Any) -> Any:
             raise _fail(key, "expected an integer >= 0", value)
         return value
     if ftype in (float, "float"):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or value <= 0:
-            raise _fail(key, "expected a number > 0 (seconds)", value)
+        zero_ok = key.split(".")[-1] in _ZERO_IS_OFF
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or value < 0 \
+                or (value == 0 and not zero_ok):
+            raise _fail(key, "expected a number >= 0 (seconds; 0 = off)" if zero_ok else
+                        "expected a number > 0 (seconds)", value)
         return float(value)
     if ftype in (str, "str"):
         if not isinstance(value, str):
@@ -262,6 +274,8 @@ def _check(cfg: Config) -> None:
         raise _fail("server.max_pending_per_connection", "expected an integer >= 1", s.max_pending_per_connection)
     if s.max_connections < 1:
         raise _fail("server.max_connections", "expected an integer >= 1", s.max_connections)
+    if l.wedge_threshold < 1:
+        raise _fail("llama.wedge_threshold", "expected an integer >= 1", l.wedge_threshold)
     if l.parallel < 1:
         raise _fail("llama.parallel", "expected an integer >= 1", l.parallel)
     if l.stream_above_tokens < 0:

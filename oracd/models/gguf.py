@@ -47,11 +47,14 @@ _SCALARS = {
     GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
 }
 _WANTED_KEYS = ("general.architecture", "general.name", "general.file_type", "general.size_label")
-_SUFFIXES = (".context_length", ".block_count", ".attention.sliding_window")
+_SUFFIXES = (".context_length", ".block_count", ".attention.sliding_window", ".embedding_length",
+             ".attention.head_count", ".attention.head_count_kv", ".attention.key_length", ".attention.value_length")
+_QUANT_SIZES = {int(k): v for k, v in _constants.GGML_QUANT_SIZES.items()}   # type -> (block size, bytes)
 
 
 def read_gguf_header(path: Path) -> Dict[str, Any]:
-    """A few scalar metadata keys from a GGUF file's KV section (arrays skipped)."""
+    """A few scalar metadata keys from a GGUF file's KV section (arrays skipped), and ``weights_bytes``:
+    the size of every tensor its tensor infos declare (what loading it costs)."""
     size = path.stat().st_size
     out: Dict[str, Any] = {"valid": False}
     with open(path, "rb") as fh:
@@ -104,5 +107,19 @@ def read_gguf_header(path: Path) -> Dict[str, Any]:
                         pass
                     short = "quantization"
                 out[short] = value
+        weights = 0
+        for _ in range(n_tensors):
+            read_str()
+            (n_dims,) = struct.unpack("<I", read(4))
+            if n_dims > 8:
+                raise ValueError("corrupt GGUF tensor info")
+            dims = struct.unpack(f"<{n_dims}Q", read(8 * n_dims))
+            (ttype,), _offset = struct.unpack("<I", read(4)), read(8)
+            block, type_size = _QUANT_SIZES.get(ttype, (1, 0))
+            elements = 1
+            for d in dims:
+                elements *= d
+            weights += elements // block * type_size
+        out["weights_bytes"] = weights
         out["valid"] = True
     return out

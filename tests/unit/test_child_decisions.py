@@ -154,3 +154,47 @@ def test_sliding_window_models_are_detected_from_the_gguf_header(tmp_path):
     meta = read_gguf_header(path)
     assert meta["architecture"] == "gemma3" and meta["sliding_window"] == 512
     assert restore_support(Config(), meta) == "unsupported: sliding-window attention (gemma3)"
+
+
+def test_oom_restarts_back_off_harder():
+    p = BackoffPolicy(initial=0.5, maximum=30.0, reset_after=60.0, fail_fast_after=3)
+    assert p.delay(1, "out_of_memory") == 5.0 and p.delay(4, "out_of_memory") == 16.0
+    assert p.delay(9, "out_of_memory") == 30.0 and p.delay(1) == 0.5
+
+
+def test_wedge_needs_a_streak_of_failures_within_the_window():
+    from oracd.child.wedge import WedgeDetector
+    w = WedgeDetector(threshold=3, window=60)
+    assert not w.failure(0) and not w.failure(1)
+    w.success()                                   # one good answer in between: start over
+    assert not w.failure(2) and not w.failure(3) and w.failure(4)
+    slow = WedgeDetector(threshold=3, window=60)
+    assert not slow.failure(0) and not slow.failure(100) and not slow.failure(200)   # a trickle, not a wedge
+    assert slow.streak == 1
+
+
+def test_memory_estimate_from_the_header():
+    from oracd.memory import MiB, estimate, kv_types
+    meta = {"weights_bytes": 100 * MiB, "block_count": 30, "head_count": 9, "head_count_kv": 3,
+            "embedding_length": 576, "context_length": 8192}
+    fp = estimate(meta, ctx_size=2048, extra_args=[], cache_ram_mb=256)
+    # 30 layers x 2048 positions x 3 KV heads x 64 dims x (K + V) x 2 bytes (f16)
+    assert fp.kv == 30 * 2048 * 3 * 64 * 2 * 2
+    assert fp.weights == 100 * MiB and fp.compute == 64 * MiB and fp.host_cache == 256 * MiB
+    assert estimate(meta, 0, [], 0).kv == fp.kv * 4             # ctx 0: the model's own context length
+    assert kv_types(["-ctk", "q8_0", "-fa", "on"]) == ("q8_0", "f16")
+    assert estimate(meta, 2048, ["-ctk", "q8_0", "-ctv", "q8_0"], 0).kv < fp.kv * 0.6
+    huge = estimate({"weights_bytes": 200 * 2 ** 30}, 2048, [], 256)
+    assert huge.total > 200 * 2 ** 30 and huge.compute == int(200 * 2 ** 30 * 0.05)
+
+
+def test_cgroup_budget_and_oom_count(tmp_path):
+    from oracd.memory import MiB, available, oom_kills
+    (tmp_path / "memory.max").write_text(f"{512 * MiB}\n")
+    (tmp_path / "memory.current").write_text(f"{400 * MiB}\n")
+    (tmp_path / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n")
+    avail, source = available(tmp_path)
+    assert avail == 112 * MiB and "memory.max 512 MiB" in source
+    assert oom_kills(tmp_path) == 2 and oom_kills(None) is None
+    (tmp_path / "memory.max").write_text("max\n")
+    assert available(tmp_path)[1] == "MemAvailable"
