@@ -13,7 +13,6 @@ because the daemon answers -32700 for "not JSON" and -32600 for "too deep".
 """
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any, List, Union
 
@@ -101,7 +100,8 @@ class NewlineFramer:
 
 
 # ---------------------------------------------------------------------- encoding
-_dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
+# one encoder, made once (json.dumps with options builds a new JSONEncoder on every call)
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def encode(obj: Any) -> bytes:
