@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
-from oracd.errors import AccessDenied, OracError
+from oracd_protocol.blocking import call_sync
+from oracd_protocol.errors import AccessDenied, CallTimeout, ConnectionLost, OracdUnavailable, OracError
+from oracd_protocol.names import (CHECKOUT, CLIENT_GRACE_S, DEV_SOCKET, SOCKET_ENV, SYSTEM_SOCKET,
+                                  default_socket_path)
 
 from . import cli_format as fmt
 from . import cli_logs
-from .exceptions import CallTimeout, ConnectionLost, OracdUnavailable
-from .paths import DEV_SOCKET, REPO, SOCKET_ENV, SYSTEM_SOCKET, default_socket_path
-from .sync import call_sync
 
 EXIT_OK = 0
 EXIT_ERROR = 1          # oracd answered with an error (or did not answer in time)
@@ -50,8 +50,6 @@ socket: --socket, else ${SOCKET_ENV}, else {SYSTEM_SOCKET} if it exists, else {D
 result line); errors then also go to stdout as {{"error": {{code, message, data}}}}.
 """
 
-#: Client-side bound added to the daemon's own deadline for a call.
-GRACE = 15.0
 FOREVER = 7 * 24 * 3600.0
 
 
@@ -248,7 +246,7 @@ def cmd_generate(ctx: Ctx) -> int:
     if a.stream:
         params["stream"] = True
     on_notify = show_chunk if a.stream else None
-    r = ctx.call("generate", params, timeout=a.timeout + GRACE, on_notify=on_notify)
+    r = ctx.call("generate", params, timeout=a.timeout + CLIENT_GRACE_S, on_notify=on_notify)
     if ctx.json:
         ctx.print_json(r, compact=a.stream)
         return EXIT_OK
@@ -289,7 +287,7 @@ def cmd_load(ctx: Ctx) -> int:
     if prog.tty and not ctx.json:
         prog.status(f"{a.model or 'the default model'} ...")
     try:
-        r = ctx.call("load_model", params, timeout=(a.timeout or FOREVER) + GRACE, on_notify=on_notify)
+        r = ctx.call("load_model", params, timeout=(a.timeout or FOREVER) + CLIENT_GRACE_S, on_notify=on_notify)
     finally:
         prog.clear()
     if ctx.json:
@@ -302,7 +300,7 @@ def cmd_load(ctx: Ctx) -> int:
 
 def cmd_unload(ctx: Ctx) -> int:
     params = {"timeout": ctx.args.timeout} if ctx.args.timeout else {}
-    r = ctx.call("unload_model", params, timeout=(ctx.args.timeout or 600) + GRACE)
+    r = ctx.call("unload_model", params, timeout=(ctx.args.timeout or 600) + CLIENT_GRACE_S)
     if ctx.json:
         ctx.print_json(r)
         return EXIT_OK
@@ -375,7 +373,7 @@ def _log_path(ctx: Ctx) -> Path:
         return Path(st["log_file"])
     except OracdUnavailable:
         # oracd is down, which is when its log matters most: try the usual places
-        for cand in (Path("/var/log/oracd/orac.log"), REPO / "logs" / "orac.log"):
+        for cand in (Path("/var/log/oracd/orac.log"), CHECKOUT / "logs" / "orac.log"):
             if cand.exists():
                 ctx.note(f"oracd is not running at {ctx.socket}; reading {cand} (use --file to choose)")
                 return cand

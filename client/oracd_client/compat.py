@@ -42,12 +42,12 @@ import subprocess
 import time
 from typing import Any, Dict, List, Optional
 
-from oracd.errors import (GenerationTimeout, InvalidParams, InvalidPath, ModelNotFound, OracError)
+from oracd_protocol.errors import GenerationTimeout, InvalidParams, InvalidPath, ModelNotFound, OracError
+from oracd_protocol.names import CLIENT_GRACE_S, MODELS_PATH_ENV
 
 from .exceptions import (CallTimeout, ConnectionLost, ModelsPathNotServed, OracdUnavailable, as_builtin,
                          with_message)
 from .models import PromptResponse
-from .paths import MODELS_PATH_ENV
 from .streaming import GenerateStream
 from .sync import call_sync
 from .transport import OracdClient
@@ -61,7 +61,6 @@ DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT = 30
 
 MAX_TIMEOUT = 24 * 3600.0       # what oracd accepts; used for timeout=None
-_GENERATE_GRACE = 15.0          # client-side bound = the daemon's deadline + this
 _QUANT_PREFIX = "Quantization error: "
 _START_PREFIX = "Failed to start llama server: "
 
@@ -328,7 +327,7 @@ class LlamaCppClient:
                         "prompt=%r", model, temperature, top_p, top_k, max_tokens, timeout, stream, prompt)
         t0 = time.perf_counter()
         try:
-            r = await self._rpc.call("generate", params, timeout=params["timeout"] + _GENERATE_GRACE)
+            r = await self._rpc.call("generate", params, timeout=params["timeout"] + CLIENT_GRACE_S)
         except OracError as exc:
             raise _generate_error(exc, timeout) from None
         except CallTimeout:
@@ -370,7 +369,7 @@ class LlamaCppClient:
             return _response_from(r, elapsed_ms, model, prompt, verbose, "generate_stream")
 
         before = self._check_models_path if self._unchecked_models_path is not None else None
-        return GenerateStream(self._rpc, params, params["timeout"] + _GENERATE_GRACE, before=before,
+        return GenerateStream(self._rpc, params, params["timeout"] + CLIENT_GRACE_S, before=before,
                               map_error=map_error, make_response=make_response)
 
     async def start_server(self, model: str, host: str = "127.0.0.1", port: int = 8080,
