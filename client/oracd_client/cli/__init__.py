@@ -24,8 +24,8 @@ from oracd_protocol.errors import AccessDenied, CallTimeout, ConnectionLost, Ora
 from oracd_protocol.names import (CHECKOUT, CLIENT_GRACE_S, DEV_SOCKET, SOCKET_ENV, SYSTEM_SOCKET,
                                   default_socket_path)
 
-from . import cli_format as fmt
-from . import cli_logs
+from . import format as fmt
+from . import logs as cli_logs
 
 EXIT_OK = 0
 EXIT_ERROR = 1          # oracd answered with an error (or did not answer in time)
@@ -313,8 +313,8 @@ def cmd_unload(ctx: Ctx) -> int:
 
 # ---------------------------------------------------------------------- eval
 def cmd_eval(ctx: Ctx) -> int:
-    """The command-parsing eval (``python -m oracd.eval``) against this oracd."""
-    from oracd import eval as oracd_eval
+    """The command-parsing eval (``python -m oracd_client.cli.eval``) against this oracd."""
+    from .eval import main as eval_main      # not at import time: python -m oracd_client.cli.eval runs it as __main__
     a = ctx.args
     argv = ["--socket", ctx.socket, "-j", str(a.concurrency)]
     for m in a.model or ():
@@ -329,7 +329,7 @@ def cmd_eval(ctx: Ctx) -> int:
         argv.append("--verbose")
     if ctx.json:
         argv.append("--json")
-    return oracd_eval.main(argv)
+    return eval_main(argv)
 
 
 # ---------------------------------------------------------------------- quantize
@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--type", metavar="TYPE", help="quantization type, e.g. q4_k, q8_0 (default: q4_k)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
-    p = add("eval", "run the command-parsing corpus against models and report accuracy (oracd.eval)", cmd_eval)
+    p = add("eval", "run the command-parsing corpus against models and report accuracy", cmd_eval)
     p.add_argument("-m", "--model", action="append", metavar="MODEL", help="model to evaluate (repeatable; "
                    "default: the loaded/default model)")
     p.add_argument("--all", action="store_true", help="every model oracd lists")
@@ -575,6 +575,3 @@ def main(argv: Optional[List[str]] = None, out: Optional[TextIO] = None, err: Op
         ctx.note(f"oracctl: {_perm_message(exc.filename or ctx.socket)}", "red")
         return EXIT_PERMISSION
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO
 
-from .cli_format import paint
+from .format import paint
 
 POLL_INTERVAL = 0.2
 _BLOCK = 64 * 1024

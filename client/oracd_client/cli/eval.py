@@ -1,6 +1,6 @@
-"""python -m oracd.eval: how well each model turns spoken home commands into ORAC's command JSON.
+"""python -m oracd_client.cli.eval (or oracctl eval): how well each model turns spoken home commands into ORAC's command JSON.
 
-Runs a corpus (``oracd_client/data/commands.jsonl``, shipped as package data: one ``{"text", "expected"}`` per line) through a
+Runs a corpus (``data/commands.jsonl`` next to this module, shipped as package data: one ``{"text", "expected"}`` per line) through a
 running oracd over its Unix socket and reports, per model: valid-JSON rate, schema-valid rate
 (the built-in ``command`` schema), exact-match accuracy per field (device, action, location,
 value) and for all four at once, the median request latency, and how many answers were cut
@@ -16,9 +16,9 @@ Comparison: strings are compared case-insensitively with whitespace collapsed; n
 numeric strings such as "21") numerically; null only equals null.  A response that is not JSON,
 not an object or an RPC error counts as wrong on every field.
 
-    python -m oracd.eval                           # the active default model
-    python -m oracd.eval --model Qwen3-1.7B-Q4_K_M --model SmolLM2-135M-Instruct.Q4_1
-    python -m oracd.eval --all --json > eval.json  # every model list_models shows
+    python -m oracd_client.cli.eval                           # the active default model
+    python -m oracd_client.cli.eval --model Qwen3-1.7B-Q4_K_M --model SmolLM2-135M-Instruct.Q4_1
+    python -m oracd_client.cli.eval --all --json > eval.json  # every model list_models shows
 
 Loading models is oracd's job: the harness asks for each model in turn (``load_model``) and
 swaps back to the model that was loaded before it started.  Exit status: 0 when every model
@@ -30,7 +30,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 import re
 import socket
 import statistics
@@ -42,15 +41,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .profiles import COMMAND_SCHEMA
+from oracd_protocol.names import DEV_SOCKET, SOCKET_ENV, SYSTEM_SOCKET, default_socket_path
+from oracd_protocol.schemas import COMMAND_SCHEMA
 
+PROG = "python -m oracd_client.cli.eval"
 FIELDS = ("device", "action", "location", "value")
-SOCKET_ENV = "ORACD_SOCKET"
-SYSTEM_SOCKET = "/run/oracd/oracd.sock"
-REPO = Path(__file__).resolve().parent.parent
-DEV_SOCKET = str(REPO / "run" / "oracd.sock")
-# package data of oracd_client, so an installed (non-editable) oracctl eval has its corpus too
-DEFAULT_CORPUS = Path(str(importlib.resources.files("oracd_client") / "data" / "commands.jsonl"))
+# package data next to this module, so an installed (non-editable) oracctl eval has its corpus too
+DEFAULT_CORPUS = Path(str(importlib.resources.files("oracd_client.cli") / "data" / "commands.jsonl"))
 # --no-schema: any text at all (GBNF); a profile's json_schema would apply to a request sending none
 ANY_TEXT_GRAMMAR = r"root ::= [^\x00]*"
 _NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
@@ -131,11 +128,6 @@ class Pool:
     def close(self) -> None:
         for c in self._all:
             c.close()
-
-
-def default_socket() -> str:
-    """``$ORACD_SOCKET``, else the system socket if it exists, else the checkout's run/oracd.sock."""
-    return os.environ.get(SOCKET_ENV) or (SYSTEM_SOCKET if os.path.exists(SYSTEM_SOCKET) else DEV_SOCKET)
 
 
 # ---------------------------------------------------------------------- corpus and scoring
@@ -346,7 +338,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> Dict[str, 
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m oracd.eval", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--model", "-m", action="append", help="a model file name (repeatable); "
                     "default: oracd's active default model")
     ap.add_argument("--all", action="store_true", help="every model list_models shows")
@@ -365,7 +357,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         ap.error("--all and --model are exclusive")
     if args.concurrency < 1:
         ap.error("--concurrency must be >= 1")
-    args.socket = args.socket or default_socket()
+    args.socket = args.socket or default_socket_path()
     interactive = sys.stderr.isatty()
 
     def progress(msg: str) -> None:
@@ -375,10 +367,10 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     try:
         report = run(args, progress)
     except UsageError as exc:
-        print(f"oracd.eval: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     except (OSError, ConnectionError, RPCError) as exc:
-        print(f"oracd.eval: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     if interactive:
         print(file=sys.stderr)
