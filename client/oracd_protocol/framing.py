@@ -175,5 +175,5 @@ def decode_strict(line: Union[bytes, bytearray]) -> Any:
     return obj
 
 
-__all__ = ["MAX_DEPTH", "CLIENT_MAX_LINE", "TOO_LONG", "NewlineFramer", "encode", "decode_strict", "depth_ok", "DecodeError",
-           "NotJSON", "TooDeep"]
+__all__ = ["MAX_DEPTH", "CLIENT_MAX_LINE", "TOO_LONG", "NewlineFramer", "encode", "decode_strict", "depth_ok",
+           "DecodeError", "NotJSON", "TooDeep"]
