@@ -16,7 +16,7 @@ from oracd_protocol.names import default_socket_path
 
 from .compat import LlamaCppClient, ManagedServer, response_class
 from .exceptions import CallTimeout, ConnectionLost, ModelsPathNotServed, OracdUnavailable
-from .models import PromptResponse
+from .response import PromptResponse
 from .streaming import GenerateStream
 from .transport import OracdClient
 

@@ -58,3 +58,7 @@ class ModelsPathNotServed(FileNotFoundError, ValueError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+__all__ = ["OracError", "error_from_code", "OracdUnavailable", "ConnectionLost", "CallTimeout", "as_builtin",
+           "with_message", "ModelsPathNotServed"]
