@@ -29,7 +29,7 @@ from .api.methods import App
 from .api.status import status_line
 from .child.states import ChildState
 from .config import Config, ConfigHolder
-from .errors import LoadTimeout
+from oracd_protocol.errors import LoadTimeout
 from .logs import get as get_logger
 from .notify import Notifier
 

@@ -1,7 +1,6 @@
 """Test helpers: a real oracd process with a throwaway config, socket RPC calls, tiny GGUF files."""
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -17,12 +16,13 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from oracd.workers.hello import hello
+from oracd_protocol.blocking import BlockingClient
+from oracd_protocol.errors import OracError
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / "bin"
 MODELS = REPO / "models"
 SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_ids = itertools.count(1)
 
 
 def toml_value(v: Any) -> str:
@@ -126,65 +126,21 @@ def log_events(o: "Oracd", event: str) -> List[Dict[str, Any]]:
     return out
 
 
-class RPCError(Exception):
-    def __init__(self, error: Dict[str, Any]):
-        super().__init__(f"{error.get('code')}: {error.get('message')}")
-        self.code = error.get("code")
-        self.message = error.get("message")
-        self.data = error.get("data")
+#: oracd's errors as the tests see them: the shared table's classes (``.code``, ``.message``, ``.data``).
+RPCError = OracError
 
 
-class Conn:
-    """A blocking line-oriented JSON-RPC connection (tests only)."""
+class Conn(BlockingClient):
+    """The protocol's blocking client with params as keywords: ``c.call("generate", prompt="hi")``.
 
-    def __init__(self, path: Path, timeout: float = 60):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.sock.settimeout(timeout)
-            self.sock.connect(str(path))
-        except BaseException:
-            self.sock.close()
-            raise
-        self.file = self.sock.makefile("rb")
-        self.notifications: List[Dict[str, Any]] = []
+    ``recv()``/``recv_line()``/``send_raw()`` for raw protocol tests; ``.sock`` is the socket.
+    """
 
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
+    def request(self, method: str, **params: Any) -> Dict[str, Any]:    # type: ignore[override]
+        return super().request(method, params or None)
 
-    def recv(self) -> Any:
-        line = self.file.readline()
-        if not line:
-            raise EOFError("connection closed by oracd")
-        return json.loads(line)
-
-    def request(self, method: str, **params: Any) -> Any:
-        rid = next(_ids)
-        msg = {"jsonrpc": "2.0", "method": method, "id": rid}
-        if params:
-            msg["params"] = params
-        self.send_raw(json.dumps(msg).encode() + b"\n")
-        resp = self.recv()
-        while "method" in resp and "id" not in resp:       # progress notifications before the answer
-            self.notifications.append(resp)
-            resp = self.recv()
-        assert resp.get("id") == rid, resp
-        return resp
-
-    def call(self, method: str, **params: Any) -> Any:
-        resp = self.request(method, **params)
-        if "error" in resp:
-            raise RPCError(resp["error"])
-        return resp["result"]
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-    def __enter__(self) -> "Conn":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def call(self, method: str, **params: Any) -> Any:                  # type: ignore[override]
+        return super().call(method, params or None)
 
 
 class Oracd:
@@ -239,7 +195,7 @@ class Oracd:
                 with Conn(self.socket, timeout=5) as c:
                     c.call("status")
                     return
-            except (OSError, EOFError):
+            except OSError:              # not listening yet (OracdUnavailable), or closed on us (ConnectionLost)
                 time.sleep(0.05)
         raise TimeoutError(f"oracd not ready after {timeout}s:\n{self.stderr_tail()}")
 

@@ -30,12 +30,12 @@ import pytest
 
 from helpers import REPO, SMOL, Oracd
 
-from oracd.errors import (GenerationTimeout, InvalidParams, ModelNotFound, OracError, QuantizeFailed,
-                          ServerStartFailed)
 from oracd_client import OracdClient, call_sync
 from oracd_client.compat import LlamaCppClient, ManagedServer
 from oracd_client.exceptions import ConnectionLost, ModelsPathNotServed, OracdUnavailable
-from oracd_client.paths import DEV_SOCKET, SYSTEM_SOCKET, default_socket_path
+from oracd_protocol.errors import (GenerationTimeout, InvalidParams, ModelNotFound, OracError, QuantizeFailed,
+                                   ServerStartFailed)
+from oracd_protocol.names import DEV_SOCKET, SYSTEM_SOCKET, default_socket_path
 
 pytestmark = pytest.mark.anyio
 SMOL_STEM = SMOL[:-len(".gguf")]
@@ -768,7 +768,7 @@ async def test_answers_out_of_order_reach_their_callers(short_sock):
 
 
 async def test_daemon_errors_map_through_the_shared_table(short_sock):
-    from oracd.errors import ERRORS
+    from oracd_protocol.errors import ERRORS
 
     codes = sorted(ERRORS)
 
@@ -809,7 +809,7 @@ async def test_connect_is_retried_once_when_oracd_is_not_there_yet(short_sock):
 
 async def test_oversized_request_fails_alone(env):
     """oracd answers an over-long line with an id-less RequestTooLarge: only the big call gets it."""
-    from oracd.errors import RequestTooLarge
+    from oracd_protocol.errors import RequestTooLarge
     c = LlamaCppClient()
     with anyio.fail_after(120):
         big, models = await asyncio.gather(c.generate(SMOL, "x " * 1_000_000, timeout=60), c.list_models(),

@@ -67,7 +67,7 @@ RUNNER = textwrap.dedent('''
     import orac
     import orac.models as app_models
     from orac.llama_cpp_client import LlamaCppClient
-    import oracd_client.models
+    import oracd_client.response
 
     SMOL = sys.argv[2]
 
@@ -83,7 +83,7 @@ RUNNER = textwrap.dedent('''
         "orac_file": orac.__file__,
         "is_app_class": app_cls is not None and type(r) is app_cls,
         "all_app_class": app_cls is not None and all(type(x) is app_cls for x in rs),
-        "is_client_class": type(r) is oracd_client.models.PromptResponse,
+        "is_client_class": type(r) is oracd_client.response.PromptResponse,
         "summary": r.summary() if hasattr(r, "summary") else None,
         "fields": r.model_dump(),
     }))

@@ -1,4 +1,4 @@
-"""The command-parsing eval (python -m oracd.eval) against a real oracd with the shipped profiles.
+"""The command-parsing eval (python -m oracd_client.cli.eval) against a real oracd with the shipped profiles.
 
 Accuracy is reported, not asserted (SmolLM2-135M is a weak parser); what is asserted is what the
 grammar promises: every answer is JSON and fits the built-in ``command`` schema.  The harness
@@ -15,7 +15,7 @@ import pytest
 
 from helpers import REPO, SMOL, Oracd
 
-CORPUS = REPO / "client" / "oracd_client" / "data" / "commands.jsonl"
+CORPUS = REPO / "client" / "oracd_client" / "cli" / "data" / "commands.jsonl"
 FIELDS = ("device", "action", "location", "value")
 
 
@@ -25,7 +25,7 @@ def corpus_items():
 
 def test_corpus_is_well_formed():
     import jsonschema
-    from oracd.config.profiles import COMMAND_ACTIONS, COMMAND_SCHEMA
+    from oracd_protocol.schemas import COMMAND_ACTIONS, COMMAND_SCHEMA
     items = corpus_items()
     assert len(items) >= 60
     assert len({i["text"].lower() for i in items}) == len(items), "duplicate utterances"
@@ -37,7 +37,7 @@ def test_corpus_is_well_formed():
         assert exp["action"] in COMMAND_ACTIONS
         if exp["device"] == "none":
             assert exp == {"device": "none", "action": "none", "location": None, "value": None}, i
-        for k in ("device", "location", "value"):   # oracd_client/data/README.md: lower case, trimmed, no "the"
+        for k in ("device", "location", "value"):   # oracd_client/cli/data/README.md: lower case, trimmed, no "the"
             v = exp[k]
             if isinstance(v, str):
                 assert v == " ".join(v.lower().split()), i
@@ -54,7 +54,7 @@ def shipped():
 
 
 def run_eval(o: Oracd, *args: str, timeout: float = 170) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "oracd.eval", "--socket", str(o.socket), *args],
+    return subprocess.run([sys.executable, "-m", "oracd_client.cli.eval", "--socket", str(o.socket), *args],
                           cwd=str(REPO), capture_output=True, text=True, timeout=timeout)
 
 
@@ -77,7 +77,7 @@ def test_eval_full_corpus_grammar_gives_valid_json(shipped):
     assert 0.0 <= m["all_fields"] <= min(m["field_accuracy"].values())
     assert m["median_ms"] > 0
     # the grammar came from the request, max_tokens from the shipped profile
-    from oracd.config.profiles import load_profiles_file
+    from oracd.profiles import load_profiles_file
     limit = load_profiles_file(REPO / "etc" / "models.toml")[SMOL].max_tokens
     assert all(i["completion_tokens"] <= limit for i in m["items"])
     print(f"\nSmolLM2 eval: {elapsed:.0f}s, all fields {m['all_fields']:.1%}, "
@@ -103,16 +103,16 @@ def test_eval_markdown_table_and_model_errors(shipped, tmp_path):
 def test_eval_usage_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "hi"}\n')
-    res = subprocess.run([sys.executable, "-m", "oracd.eval", "--socket", str(tmp_path / "none.sock"),
+    res = subprocess.run([sys.executable, "-m", "oracd_client.cli.eval", "--socket", str(tmp_path / "none.sock"),
                           "--corpus", str(bad)], cwd=str(REPO), capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "expected" in res.stderr, res.stderr
-    res = subprocess.run([sys.executable, "-m", "oracd.eval", "--socket", str(tmp_path / "none.sock")],
+    res = subprocess.run([sys.executable, "-m", "oracd_client.cli.eval", "--socket", str(tmp_path / "none.sock")],
                          cwd=str(REPO), capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "cannot connect" in res.stderr, res.stderr
 
 
 def test_scoring_rules():
-    from oracd.eval import parse_response, same, score, _mini_valid, _validator
+    from oracd_client.cli.eval import parse_response, same, score, _mini_valid, _validator
     assert same(21, "21") and same(19.5, 19.50) and same("Living  Room", "living room")
     assert not same(None, "none") and not same(None, "null") and not same(1, True) and not same("21", "21 degrees")
     assert parse_response('```json\n{"a": 1}\n```') == (True, {"a": 1})

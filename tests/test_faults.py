@@ -30,6 +30,7 @@ import pytest
 from helpers import SMOL, Conn, Oracd, RPCError, write_tiny_f32, gone, log_events
 from llama_direct import busy_slots
 from oracd.models.gguf import read_gguf_header
+from oracd_protocol.errors import from_wire
 
 # On a shared 2-core box: one llama.cpp thread (several spin-waiting threads stall badly when
 # another process takes a core) and no warm-up pass (it only costs start-up time).
@@ -54,7 +55,7 @@ def creq(c: Conn, method: str, **params: Any) -> Dict[str, Any]:
 def ccall(c: Conn, method: str, **params: Any) -> Any:
     resp = creq(c, method, **params)
     if "error" in resp:
-        raise RPCError(resp["error"])
+        raise from_wire(resp["error"])
     return resp["result"]
 
 

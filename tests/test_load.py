@@ -96,10 +96,9 @@ def _client(o: Oracd, n: int, out: Dict[int, Any]) -> None:
                     problems.append(f"{rid}: not a list_models answer {str(res)[:200]}")
             c.sock.settimeout(0.3)                 # nothing more may come: no duplicates
             try:
-                extra = c.file.readline()
-                if extra:
-                    problems.append(f"unexpected extra answer {extra[:200]!r}")
-            except (socket.timeout, TimeoutError):
+                extra = c.recv_line()
+                problems.append(f"unexpected extra answer {extra[:200]!r}")
+            except (TimeoutError, ConnectionError):    # nothing more came, or oracd closed the idle connection
                 pass
             lost = sorted(set(reqs) - set(seen))
             dup = sorted(r for r, k in seen.items() if k > 1)

@@ -31,7 +31,7 @@ import pytest
 from helpers import BIN, REPO, SMOL, Conn, Oracd, write_tiny_f32
 from llama_direct import busy_slots, wait_slots_idle
 
-from oracd_client import cli_logs
+from oracd_client.cli import logs as cli_logs
 
 CLI = [sys.executable, "-m", "oracd_client.cli"]
 SMOL_NAME = SMOL[:-len(".gguf")]
@@ -369,7 +369,7 @@ def test_daemon_down_exits_3_with_an_actionable_message(tmp_path):
 
 def _python_for(uid: int) -> Tuple[str, Dict[str, str]]:
     """An interpreter that ``uid`` may run (the venv's may live under /root), with an env that
-    imports this checkout's client, oracd.errors and the venv's packages (same Python version)."""
+    imports this checkout's client, oracd_protocol and the venv's packages (same Python version)."""
     want = "%d.%d" % sys.version_info[:2]
     paths = sysconfig.get_paths()
     env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
@@ -563,9 +563,9 @@ def test_logs_follow_waits_for_new_lines_in_a_file(tmp_path):
 
 
 def test_eval_subcommand_runs_the_harness(tmp_path):
-    """`oracctl eval` runs oracd.eval on a small corpus against the real daemon."""
+    """`oracctl eval` runs the eval harness on a small corpus against the real daemon."""
     corpus = tmp_path / "mini.jsonl"
-    src = (REPO / "client" / "oracd_client" / "data" / "commands.jsonl").read_text().splitlines()[:3]
+    src = (REPO / "client" / "oracd_client" / "cli" / "data" / "commands.jsonl").read_text().splitlines()[:3]
     corpus.write_text("\n".join(src) + "\n")
     with Oracd(llama={"profiles_file": str(REPO / "etc" / "models.toml")}) as o:
         out = subprocess.run([sys.executable, "-m", "oracd_client.cli", "--socket", str(o.socket), "eval",

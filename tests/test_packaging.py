@@ -20,13 +20,13 @@ def test_wheel_ships_subpackages_and_the_eval_corpus(tmp_path):
                     "-w", str(wheels), str(REPO)], check=True, timeout=600, capture_output=True)
     (wheel,) = wheels.glob("oracd-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "oracd_client/data/commands.jsonl" in names
+    assert "oracd_client/cli/data/commands.jsonl" in names
     assert {"oracd/provision/__main__.py", "oracd/provision/flavors.py"} <= names
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--disable-pip-version-check",
                     "--target", str(site), str(wheel)], check=True, timeout=600, capture_output=True)
     # run from outside the checkout with only the installed copy of oracd on the path
-    code = ("import json, oracd.eval as e; items = e.load_corpus(e.DEFAULT_CORPUS); "
+    code = ("import json, oracd_client.cli.eval as e; items = e.load_corpus(e.DEFAULT_CORPUS); "
             "print(json.dumps([str(e.DEFAULT_CORPUS), len(items)]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, timeout=60)

@@ -7,16 +7,17 @@
   ``LlamaCppClient.generate_stream()`` streams a generation (``GenerateStream``).
 * ``oracctl`` (``oracd_client.cli``) -- the operator's command line.
 
-Errors from the daemon are the classes of ``oracd.errors`` (shared error table).
+The wire itself (error table, framing, socket discovery, the blocking client) is
+``oracd_protocol``, shared with the daemon; errors from the daemon are its classes.
 """
-from oracd.errors import OracError, error_from_code
+from oracd_protocol.blocking import call_sync
+from oracd_protocol.errors import OracError, error_from_code
+from oracd_protocol.names import default_socket_path
 
 from .compat import LlamaCppClient, ManagedServer, response_class
 from .exceptions import CallTimeout, ConnectionLost, ModelsPathNotServed, OracdUnavailable
-from .models import PromptResponse
-from .paths import default_socket_path
+from .response import PromptResponse
 from .streaming import GenerateStream
-from .sync import call_sync
 from .transport import OracdClient
 
 __all__ = ["OracdClient", "call_sync", "LlamaCppClient", "ManagedServer", "PromptResponse", "response_class",

@@ -1,43 +1,20 @@
-"""Client-side exceptions, on top of the shared error table in ``oracd.errors``.
+"""The exceptions callers of the client library see.
 
-Daemon errors arrive as ``{code, message, data}`` and are rebuilt with
-``oracd.errors.error_from_code`` into the daemon's own classes
-(``ModelNotFound``, ``GenerationTimeout``...).  The ORAC-compatible client then
-re-raises some of them as the builtin types old callers catch, using classes
-that are *both* (``as_builtin``): a missing model is a ``ModelNotFound`` and a
+Daemon errors arrive as ``{code, message, data}`` and are rebuilt by
+``oracd_protocol.errors.from_wire`` into the shared table's classes
+(``ModelNotFound``, ``GenerationTimeout``...); the transport errors
+(``OracdUnavailable``, ``ConnectionLost``, ``CallTimeout``) come from the same
+module.  Both are re-exported here.  The ORAC-compatible client then re-raises
+some daemon errors as the builtin types old callers catch, using classes that
+are *both* (``as_builtin``): a missing model is a ``ModelNotFound`` and a
 ``FileNotFoundError`` at the same time, with the daemon's code and data kept.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple, Type
 
-from oracd.errors import OracError, error_from_code  # noqa: F401  (re-exported)
-
-
-class OracdUnavailable(ConnectionError):
-    """No oracd answers on the socket; the message names the socket and how to start oracd.
-
-    ``errno`` is the connect error (``ENOENT``/``ECONNREFUSED``: no daemon there; ``EACCES``:
-    this user may not open the socket or its directory), None for a connect timeout.
-    """
-
-    def __init__(self, message: str, socket_path: Optional[str] = None, errno: Optional[int] = None):
-        super().__init__(message)
-        self.socket_path = socket_path
-        self.errno = errno
-
-
-class ConnectionLost(ConnectionError):
-    """The connection to oracd broke after the request was written (its outcome is unknown)."""
-
-    def __init__(self, message: str, socket_path: Optional[str] = None):
-        super().__init__(message)
-        self.socket_path = socket_path
-
-
-class CallTimeout(TimeoutError):
-    """oracd did not answer within the client-side bound of a call."""
-
+from oracd_protocol.errors import (CallTimeout, ConnectionLost, OracdUnavailable, OracError,  # noqa: F401
+                                   error_from_code)
 
 _COMBOS: Dict[Tuple[type, ...], type] = {}
 
@@ -81,3 +58,7 @@ class ModelsPathNotServed(FileNotFoundError, ValueError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+__all__ = ["OracError", "error_from_code", "OracdUnavailable", "ConnectionLost", "CallTimeout", "as_builtin",
+           "with_message", "ModelsPathNotServed"]

@@ -14,6 +14,8 @@ import asyncio
 import socket
 from typing import Any, Awaitable, Callable, Dict, Optional
 
+from oracd_protocol.names import GENERATE_CHUNK
+
 from .transport import Connection, OracdClient
 
 _END = object()
@@ -111,7 +113,7 @@ class GenerateStream:
             raise
 
         def on_notify(method: str, params: Dict[str, Any]) -> None:
-            if method == "generate.chunk":
+            if method == GENERATE_CHUNK:
                 text = params.get("text")
                 if isinstance(text, str) and text:
                     queue.put_nowait(text)

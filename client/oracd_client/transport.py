@@ -24,6 +24,16 @@ Notifications about a request in flight (``generate.chunk``, ``quantize.progress
 go to the ``on_notify(method, params)`` callback given to that call; without one
 they are dropped as before.  The lookup happens only for id-less messages, so
 plain responses take the same path as ever.
+
+Framing: answers are read with asyncio's ``StreamReader.readline`` (limit
+``LINE_LIMIT``) rather than ``oracd_protocol.framing.NewlineFramer``.  The reader
+already buffers in a ``bytearray`` and resumes its newline search where it
+stopped, so the framer would save nothing here, and switching would mean
+replacing the streams (reconnect checks, ``drain``, ``GenerateStream``'s
+hang-up) with a hand-written ``asyncio.Protocol``.  An answer line over the limit
+ends the connection (its calls fail with ``ConnectionLost``), as before.
+Requests are written with the protocol's ``encode``; errors are rebuilt with
+its ``from_wire``.
 """
 from __future__ import annotations
 
@@ -33,36 +43,22 @@ import socket
 import weakref
 from typing import Any, Callable, Dict, Optional
 
-from oracd.errors import ERRORS, RequestTooLarge, error_from_code
-
-from .exceptions import CallTimeout, ConnectionLost, OracdUnavailable
-from .paths import default_socket_path, start_hint
+from oracd_protocol.errors import CallTimeout, ConnectionLost, OracdUnavailable, RequestTooLarge, from_wire
+from oracd_protocol.framing import CLIENT_MAX_LINE, encode
+from oracd_protocol.names import CONNECT_TIMEOUT_S, default_socket_path, start_hint
 
 #: ``on_notify(method, params)``: called from the connection's reader for each notification about a call.
 NotifyCallback = Callable[[str, Dict[str, Any]], None]
 
-#: Longest response line accepted (a long generation is one line).
-LINE_LIMIT = 64 * 1024 * 1024
+#: Longest response line accepted (asyncio's StreamReader frames the lines; see the module docstring).
+LINE_LIMIT = CLIENT_MAX_LINE
 #: Request lines longer than this are remembered, to pin an id-less RequestTooLarge on the right call.
 _BIG_LINE = 64 * 1024
 _HIGH_WATER = 256 * 1024
-CONNECT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = CONNECT_TIMEOUT_S
 RECONNECT_DELAY = 0.2
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
-_dumps = json.dumps
 _loads = json.loads
-
-
-def _rpc_error(err: Any) -> BaseException:
-    if not isinstance(err, dict):
-        return error_from_code(-32603, f"malformed error from oracd: {err!r}")
-    code = err.get("code")
-    code = code if isinstance(code, int) else -32603
-    message = str(err.get("message") or "")
-    data = err.get("data")
-    if isinstance(data, str) and data and message == getattr(ERRORS.get(code), "default_message", None):
-        message = f"{message}: {data}"     # "Invalid params: top_k: expected integer"
-    return error_from_code(code, message, data)
 
 
 def _expire(fut: "asyncio.Future[Any]", method: str, timeout: float) -> None:
@@ -130,7 +126,7 @@ class Connection:
         """Send one request and wait for its answer; ``on_notify(method, params)`` (optional) gets the
         notifications oracd sends about this request (``params.id`` == its id) until the answer."""
         self._last_id = rid = self._last_id + 1
-        line = _dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": rid}).encode() + b"\n"
+        line = encode({"jsonrpc": "2.0", "method": method, "params": params, "id": rid})
         fut = self.loop.create_future()
         self.pending[rid] = fut
         if on_notify is not None:
@@ -194,7 +190,7 @@ class Connection:
         if fut.done():
             return
         if "error" in msg:
-            fut.set_exception(_rpc_error(msg["error"]))
+            fut.set_exception(from_wire(msg["error"]))
         else:
             fut.set_result(msg.get("result"))
 
@@ -221,14 +217,14 @@ class Connection:
             del self.big[rid]
             fut = self.pending.pop(rid, None)
             if fut is not None and not fut.done():
-                fut.set_exception(_rpc_error(err))
+                fut.set_exception(from_wire(err))
             return
         if not self.pending:
-            self.close_reason = _rpc_error(err)   # e.g. Busy: oracd is about to close this connection
+            self.close_reason = from_wire(err)   # e.g. Busy: oracd is about to close this connection
             return
         for fut in list(self.pending.values()):
             if not fut.done():
-                fut.set_exception(_rpc_error(err))
+                fut.set_exception(from_wire(err))
         self.pending.clear()
 
     # ------------------------------------------------------------------ closing
@@ -293,7 +289,7 @@ class OracdClient:
     Opens nothing until the first call.  Safe to share between tasks (calls
     pipeline over one connection) and to use from several event loops (one
     connection each).  Errors oracd returns are raised as the classes of
-    ``oracd.errors`` (``error_from_code``); no daemon -> ``OracdUnavailable``
+    ``oracd_protocol.errors`` (``from_wire``); no daemon -> ``OracdUnavailable``
     (a ``ConnectionError`` naming the socket).
     """
 

@@ -14,15 +14,16 @@ from __future__ import annotations
 import math
 import select
 import socket
+import time
 import uuid
 from typing import Any, Optional
 
 import anyio
 import anyio.abc
-from anyio.streams.buffered import BufferedByteReceiveStream
+from oracd_protocol.framing import TOO_LONG, NewlineFramer, encode
 
 from ..config import ConfigHolder
-from ..errors import AccessDenied, Busy, RequestTooLarge
+from oracd_protocol.errors import AccessDenied, Busy, RequestTooLarge
 from ..logs import get as get_logger
 from .jsonrpc import CallContext, Dispatcher, Peer, error_obj
 from .listener import allowed, peer_of
@@ -81,7 +82,7 @@ class Connections:
 async def _refuse(stream: anyio.abc.SocketStream, err: Any) -> None:
     with anyio.move_on_after(1):
         try:
-            await stream.send(Dispatcher.encode(error_obj(err.code, err.message, err.data)))
+            await stream.send(encode(error_obj(err.code, err.message, err.data)))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
 
@@ -109,45 +110,47 @@ class Connection:
         self.room.set()
         self._send_lock = anyio.Lock(fast_acquire=True)   # no event-loop trip when it is free
         self._tg: Optional[anyio.abc.TaskGroup] = None
-        self._too_long = Dispatcher.encode(error_obj(RequestTooLarge.code, RequestTooLarge.default_message,
+        self._too_long = encode(error_obj(RequestTooLarge.code, RequestTooLarge.default_message,
                                                      f"request line longer than {self.max_line} bytes"))
 
     async def serve(self) -> None:
-        buffered = BufferedByteReceiveStream(self.stream)
+        framer = NewlineFramer(self.max_line)       # the protocol's framing: limits and resync in one place
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            while await self._read_one(buffered):
-                pass
+            deadline = math.inf
+            while True:
+                if self.pending == 0 and deadline == math.inf:
+                    # idle: nothing in flight and no complete line for idle_timeout -> close
+                    deadline = time.monotonic() + self.idle_timeout
+                try:
+                    with anyio.fail_after(max(0.0, deadline - time.monotonic()) if deadline != math.inf else math.inf):
+                        chunk = await self.stream.receive(65536)
+                except TimeoutError:
+                    log.info("closing idle connection", peer_pid=self.peer.pid, idle_timeout_s=self.idle_timeout)
+                    break
+                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    break
+                for line in framer.feed(chunk):
+                    deadline = math.inf
+                    await self._take(line)
             await self._finish_after_eof()
 
-    async def _read_one(self, buffered: BufferedByteReceiveStream) -> bool:
-        """Read the next request line and start it; False when the connection is done."""
-        if self.pending >= self.max_pending:      # backpressure: a client that floods us waits
+    async def _take(self, line: Any) -> None:
+        """Answer an over-long line at once; start a request task for any other non-blank one."""
+        if line is TOO_LONG:
+            await self.send(self._too_long)
+            return
+        if not line.strip():
+            return
+        while self.pending >= self.max_pending:      # backpressure: a client that floods us waits
             self.room = anyio.Event()
             await self.room.wait()
-        try:
-            # idle: nothing in flight and no complete line for idle_timeout -> close
-            with anyio.fail_after(self.idle_timeout if self.pending == 0 else math.inf):
-                line = await buffered.receive_until(b"\n", self.max_line + 1)   # exactly max_line is allowed
-        except TimeoutError:
-            log.info("closing idle connection", peer_pid=self.peer.pid, idle_timeout_s=self.idle_timeout)
-            return False
-        except anyio.DelimiterNotFound:
-            await self.send(self._too_long)
-            return await _skip_to_newline(buffered)
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
-                anyio.ClosedResourceError, OSError):
-            return False
-        if len(line) > self.max_line:      # the delimiter arrived in the chunk that crossed the limit
-            await self.send(self._too_long)
-        elif line.strip():
-            self.pending += 1
-            if self.pending == 1:
-                self.all_done = anyio.Event()
-            self.owner.task_started()
-            assert self._tg is not None
-            self._tg.start_soon(self._process, line)
-        return True
+        self.pending += 1
+        if self.pending == 1:
+            self.all_done = anyio.Event()
+        self.owner.task_started()
+        assert self._tg is not None
+        self._tg.start_soon(self._process, line)
 
     async def _finish_after_eof(self) -> None:
         """EOF from the client: a half-close (socat, shell pipes) still wants its answers, a full
@@ -168,7 +171,7 @@ class Connection:
             except Exception:
                 incident = uuid.uuid4().hex[:12]
                 log.exception("request failed", peer_pid=self.peer.pid, incident=incident)
-                out = Dispatcher.encode(error_obj(-32603, "Internal error", {"incident": incident}))
+                out = encode(error_obj(-32603, "Internal error", {"incident": incident}))
             if out is not None:
                 await self.send(out)
         finally:
@@ -209,26 +212,7 @@ class Connection:
             self._send_lock.release()
 
     async def notify(self, method: str, params: Any) -> None:
-        await self.send(Dispatcher.encode({"jsonrpc": "2.0", "method": method, "params": params}))
-
-
-async def _skip_to_newline(buffered: BufferedByteReceiveStream) -> bool:
-    """Discard the rest of an oversized line; False if the connection ended first."""
-    while True:
-        idx = buffered.buffer.find(b"\n")
-        try:
-            if idx >= 0:
-                await buffered.receive(idx + 1)
-                return True
-            if buffered.buffer:
-                await buffered.receive(len(buffered.buffer))
-            chunk = await buffered.receive(65536)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            return False
-        idx = chunk.find(b"\n")
-        if idx >= 0:
-            buffered.feed_data(chunk[idx + 1:])
-            return True
+        await self.send(encode({"jsonrpc": "2.0", "method": method, "params": params}))
 
 
 def _hung_up(sock: socket.socket) -> bool:

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import anyio
 
-from ..errors import InvalidParams, OracError
+from oracd_protocol.errors import InvalidParams, OracError
 
 MAX_TIMEOUT = 24 * 3600.0
 

@@ -22,7 +22,7 @@ from ..child.failures import worker_lost
 from ..child.http import LlamaHTTPError
 from ..config import Config, Profile, ProfileError
 from ..config.profiles import resolve_grammar, resolve_schema
-from ..errors import GenerationFailed, InvalidParams
+from oracd_protocol.errors import GenerationFailed, InvalidParams
 from ..logs import get as get_logger
 
 if TYPE_CHECKING:

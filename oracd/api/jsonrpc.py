@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import time
 import typing
 import uuid
@@ -22,15 +21,14 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
 import anyio
 from jsonrpcserver import JsonRpcError, Success, async_dispatch_to_serializable
+from oracd_protocol.framing import NotJSON, TooDeep, decode_strict, encode
 
-from ..errors import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, InvalidParams, OracError
+from oracd_protocol.errors import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, InvalidParams, OracError
 from ..logs import get as get_logger
 
 log = get_logger("oracd.jsonrpc")
 req_log = get_logger("oracd.request")
 
-_dumps = functools.partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
-MAX_DEPTH = 64
 
 
 @dataclass
@@ -134,31 +132,6 @@ def error_obj(code: int, message: str, data: Any = None, id: Any = None) -> Dict
     return {"jsonrpc": "2.0", "error": err, "id": id}
 
 
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"number out of range: {text[:40]}")
-    return value
-
-
-def _depth_ok(obj: Any) -> bool:
-    """Reject absurd nesting before touching it (json itself already caps recursion)."""
-    stack = [(obj, 0)]
-    while stack:
-        o, d = stack.pop()
-        if d > MAX_DEPTH:
-            return False
-        if isinstance(o, dict):
-            stack.extend((v, d + 1) for v in o.values())
-        elif isinstance(o, list):
-            stack.extend((v, d + 1) for v in o)
-    return True
-
-
 def _checked(obj: Any) -> Any:
     """jsonrpcserver's validator hook: the object was already checked by ``_check_request``."""
     return obj
@@ -194,18 +167,16 @@ class Dispatcher:
 
     async def handle_line(self, line: bytes, ctx: CallContext) -> Optional[bytes]:
         try:
-            # strict UTF-8 (json.loads(bytes) would let encoded surrogates through), and RFC 8259
-            # numbers only: no NaN/Infinity, no float that overflows to inf
-            obj = json.loads(line.decode("utf-8"), parse_constant=_not_json, parse_float=_finite_float)
-        except (ValueError, RecursionError) as exc:
+            obj = decode_strict(line)      # the protocol's rules: strict UTF-8, RFC 8259 numbers, bounded depth
+        except NotJSON as exc:
             self.errors += 1
             self._log_one("-", None, ctx, 0.0, PARSE_ERROR)
-            return self.encode(error_obj(PARSE_ERROR, "Parse error", str(exc)[:200]))
-        if not _depth_ok(obj):
-            return self.encode(error_obj(INVALID_REQUEST, "Invalid Request", f"nesting deeper than {MAX_DEPTH}"))
+            return encode(error_obj(PARSE_ERROR, "Parse error", str(exc)[:200]))
+        except TooDeep as exc:
+            return encode(error_obj(INVALID_REQUEST, "Invalid Request", str(exc)))
         if isinstance(obj, list):
             if not obj:
-                return self.encode(error_obj(INVALID_REQUEST, "Invalid Request", "empty batch"))
+                return encode(error_obj(INVALID_REQUEST, "Invalid Request", "empty batch"))
             results: List[Optional[Dict[str, Any]]] = [None] * len(obj)
 
             async def one(i: int, item: Any) -> None:
@@ -215,9 +186,9 @@ class Dispatcher:
                 for i, item in enumerate(obj):
                     tg.start_soon(one, i, item)
             out = [r for r in results if r is not None]
-            return self.encode(out) if out else None
+            return encode(out) if out else None
         resp = await self.handle_obj(obj, ctx)
-        return self.encode(resp) if resp is not None else None
+        return encode(resp) if resp is not None else None
 
     async def handle_obj(self, obj: Any, ctx: CallContext) -> Optional[Dict[str, Any]]:
         """Dispatch one request object; returns the response object or None (notification)."""
@@ -243,13 +214,6 @@ class Dispatcher:
             self.errors += 1
         self._log_one(obj["method"], rid, ctx, (time.perf_counter() - t0) * 1000, code)
         return resp if "id" in obj else None
-
-    @staticmethod
-    def encode(obj: Any) -> bytes:
-        try:
-            return _dumps(obj).encode("utf-8") + b"\n"
-        except UnicodeEncodeError:   # a lone surrogate ("\ud800" escape) somewhere: keep it escaped
-            return json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n"
 
     @staticmethod
     def _log_one(method: str, rid: Any, ctx: CallContext, ms: float, code: Optional[int]) -> None:

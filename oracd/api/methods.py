@@ -18,7 +18,7 @@ from .. import config
 from ..child.extra_servers import ExtraServers
 from ..child.supervisor import Supervisor
 from ..config import ConfigHolder, Profile, load_options_changed, plan_reload
-from ..errors import (GenerationTimeout, InvalidParams, InvalidPath, LoadTimeout, ModelLoadFailed, OracError,
+from oracd_protocol.errors import (GenerationTimeout, InvalidParams, InvalidPath, LoadTimeout, ModelLoadFailed, OracError,
                       ShuttingDown, UnloadTimeout)
 from ..logs import get as get_logger
 from ..memory import MiB, available, estimate

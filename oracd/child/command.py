@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 from ..config import Config
-from ..errors import ModelLoadFailed
+from oracd_protocol.errors import ModelLoadFailed
 from .http import LlamaEndpoint
 from .process import locate
 

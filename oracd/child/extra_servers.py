@@ -18,7 +18,7 @@ import anyio
 import anyio.abc
 
 from ..config import ConfigHolder
-from ..errors import InvalidParams, ServerStartFailed
+from oracd_protocol.errors import InvalidParams, ServerStartFailed
 from ..logs import get as get_logger
 from . import exits
 from .command import build_command, child_env, find_binary

@@ -30,7 +30,7 @@ import anyio
 import anyio.abc
 
 from ..config import ConfigHolder
-from ..errors import ModelLoadFailed, OracError, ServerUnavailable, ShuttingDown
+from oracd_protocol.errors import ModelLoadFailed, OracError, ServerUnavailable, ShuttingDown
 from ..logs import get as get_logger
 from ..memory import oom_kills, own_cgroup_dir
 from ..models.gguf import read_gguf_header

@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Optional
 
 import anyio
 
-from ..errors import OracError
+from oracd_protocol.errors import OracError
 
 
 @dataclass(eq=False)

@@ -23,24 +23,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-# ORAC's command JSON: what to do with which device where.  Questions and chit-chat are
-# {"device": "none", "action": "none", "location": null, "value": null}.
-COMMAND_ACTIONS = ("on", "off", "toggle", "set", "increase", "decrease", "open", "close",
-                   "play", "pause", "stop", "activate", "lock", "unlock", "none")
-COMMAND_MAX_STRING = 32
-COMMAND_SCHEMA: Dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        # bounded strings: a small model stuck repeating itself ("john-john-...") still closes the
-        # object well within a profile's max_tokens instead of being cut off as invalid JSON
-        "device": {"type": "string", "maxLength": COMMAND_MAX_STRING},
-        "action": {"type": "string", "enum": list(COMMAND_ACTIONS)},
-        "location": {"type": ["string", "null"], "maxLength": COMMAND_MAX_STRING},
-        "value": {"type": ["number", "string", "null"], "maxLength": COMMAND_MAX_STRING},
-    },
-    "required": ["device", "action", "location", "value"],
-    "additionalProperties": False,
-}
+# ORAC's command JSON (shared with the eval, so it lives in the protocol package).
+from oracd_protocol.schemas import COMMAND_ACTIONS, COMMAND_MAX_STRING, COMMAND_SCHEMA  # noqa: E402,F401
+
 # Any JSON value whose top level is an object (llama.cpp's own json.gbnf, condensed).
 JSON_GRAMMAR = r'''root   ::= object
 value  ::= object | array | string | number | ("true" | "false" | "null") ws

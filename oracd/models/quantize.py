@@ -22,7 +22,7 @@ import anyio
 from ..child import exits
 from ..child.failures import telling_line
 from ..child.process import ManagedProcess, locate
-from ..errors import InvalidParams, ModelNotFound, OutputExists, QuantizeFailed
+from oracd_protocol.errors import InvalidParams, ModelNotFound, OutputExists, QuantizeFailed
 from ..logs import get as get_logger
 from .store import ModelStore
 

@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from ..errors import InvalidParams, InvalidPath, ModelNotFound
+from oracd_protocol.errors import InvalidParams, InvalidPath, ModelNotFound
 from .gguf import read_gguf_header
 
 

@@ -2,6 +2,7 @@
 
 Used when no other ``orac.models.PromptResponse`` is importable; inside the ORAC
 app the app's own class is returned instead (see ``compat.response_class``).
+(Named ``response``, not ``models``: in oracd, "models" are model files.)
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""python -m oracd.eval: how well each model turns spoken home commands into ORAC's command JSON.
+"""oracctl eval, python -m oracd_client.cli.eval: how well models turn spoken commands into ORAC's JSON.
 
-Runs a corpus (``oracd_client/data/commands.jsonl``, shipped as package data: one ``{"text", "expected"}`` per line) through a
-running oracd over its Unix socket and reports, per model: valid-JSON rate, schema-valid rate
-(the built-in ``command`` schema), exact-match accuracy per field (device, action, location,
-value) and for all four at once, the median request latency, and how many answers were cut
-off at max_tokens.
+Runs a corpus (``data/commands.jsonl`` next to this module, shipped as package data: one
+``{"text", "expected"}`` per line) through a running oracd over its Unix socket (the protocol's
+blocking client, one connection per worker thread) and reports, per model: valid-JSON rate,
+schema-valid rate (the built-in ``command`` schema), exact-match accuracy per field (device,
+action, location, value) and for all four at once, the median request latency, and how many
+answers were cut off at max_tokens.
 
 Each request names the model and sends ``json_schema="command"`` (grammar-constrained
 decoding); everything else (system prompt, sampling, max_tokens) comes from the model's profile,
@@ -16,9 +17,9 @@ Comparison: strings are compared case-insensitively with whitespace collapsed; n
 numeric strings such as "21") numerically; null only equals null.  A response that is not JSON,
 not an object or an RPC error counts as wrong on every field.
 
-    python -m oracd.eval                           # the active default model
-    python -m oracd.eval --model Qwen3-1.7B-Q4_K_M --model SmolLM2-135M-Instruct.Q4_1
-    python -m oracd.eval --all --json > eval.json  # every model list_models shows
+    python -m oracd_client.cli.eval                           # the active default model
+    python -m oracd_client.cli.eval --model Qwen3-1.7B-Q4_K_M --model SmolLM2-135M-Instruct.Q4_1
+    python -m oracd_client.cli.eval --all --json > eval.json  # every model list_models shows
 
 Loading models is oracd's job: the harness asks for each model in turn (``load_model``) and
 swaps back to the model that was loaded before it started.  Exit status: 0 when every model
@@ -27,30 +28,26 @@ was evaluated, 1 when a model could not be (its row says why), 2 on a usage or c
 from __future__ import annotations
 
 import argparse
-import itertools
+import importlib.resources
 import json
 import math
-import os
 import re
-import socket
 import statistics
 import sys
 import threading
 import time
-import importlib.resources
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .config.profiles import COMMAND_SCHEMA
+from oracd_protocol.blocking import BlockingClient
+from oracd_protocol.errors import OracError
+from oracd_protocol.names import CLIENT_GRACE_S, DEV_SOCKET, SOCKET_ENV, SYSTEM_SOCKET, default_socket_path
+from oracd_protocol.schemas import COMMAND_FIELDS as FIELDS, COMMAND_SCHEMA
 
-FIELDS = ("device", "action", "location", "value")
-SOCKET_ENV = "ORACD_SOCKET"
-SYSTEM_SOCKET = "/run/oracd/oracd.sock"
-REPO = Path(__file__).resolve().parent.parent
-DEV_SOCKET = str(REPO / "run" / "oracd.sock")
-# package data of oracd_client, so an installed (non-editable) oracctl eval has its corpus too
-DEFAULT_CORPUS = Path(str(importlib.resources.files("oracd_client") / "data" / "commands.jsonl"))
+PROG = "python -m oracd_client.cli.eval"
+# package data next to this module, so an installed (non-editable) oracctl eval has its corpus too
+DEFAULT_CORPUS = Path(str(importlib.resources.files("oracd_client.cli") / "data" / "commands.jsonl"))
 # --no-schema: any text at all (GBNF); a profile's json_schema would apply to a request sending none
 ANY_TEXT_GRAMMAR = r"root ::= [^\x00]*"
 _NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
@@ -60,82 +57,28 @@ class UsageError(Exception):
     """Bad arguments, corpus or socket: exit status 2."""
 
 
-class RPCError(Exception):
-    def __init__(self, error: Dict[str, Any]):
-        self.code = error.get("code")
-        self.message = str(error.get("message"))
-        self.data = error.get("data")
-        super().__init__(f"{self.code}: {self.message}")
-
-
 # ---------------------------------------------------------------------- JSON-RPC over the socket
-class Connection:
-    """One blocking JSON-RPC connection (one per worker thread); skips progress notifications."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self, path: str, timeout: float):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self.sock.settimeout(timeout)
-            self.sock.connect(path)
-        except OSError as exc:
-            self.sock.close()
-            raise UsageError(f"cannot connect to oracd at {path}: {exc.strerror or exc}. Is oracd running? "
-                             f"(--socket or ${SOCKET_ENV} picks another socket)") from None
-        self.reader = self.sock.makefile("rb")
-
-    def call(self, method: str, **params: Any) -> Any:
-        rid = next(self._ids)
-        msg: Dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
-        if params:
-            msg["params"] = params
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
-        while True:
-            line = self.reader.readline()
-            if not line:
-                raise ConnectionError(f"oracd closed the connection ({self.path})")
-            resp = json.loads(line)
-            if resp.get("id") == rid:
-                break                       # anything else: a progress notification
-        if "error" in resp:
-            raise RPCError(resp["error"])
-        return resp["result"]
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
-
-
 class Pool:
-    """Thread-local connections for concurrent requests."""
+    """One blocking connection per worker thread, for requests in flight at once."""
 
     def __init__(self, path: str, timeout: float):
         self.path, self.timeout = path, timeout
         self._local = threading.local()
-        self._all: List[Connection] = []
+        self._all: List[BlockingClient] = []
         self._lock = threading.Lock()
 
-    def conn(self) -> Connection:
+    def call(self, method: str, params: Optional[Dict[str, Any]] = None, timeout: Optional[float] = None) -> Any:
+        """``method`` on this thread's connection; ``timeout`` bounds the call (default: each read)."""
         c = getattr(self._local, "conn", None)
         if c is None:
-            c = self._local.conn = Connection(self.path, self.timeout)
+            c = self._local.conn = BlockingClient(self.path, self.timeout)
             with self._lock:
                 self._all.append(c)
-        return c
-
-    def call(self, method: str, **params: Any) -> Any:
-        return self.conn().call(method, **params)
+        return c.call(method, params, timeout=timeout)
 
     def close(self) -> None:
         for c in self._all:
             c.close()
-
-
-def default_socket() -> str:
-    """``$ORACD_SOCKET``, else the system socket if it exists, else the checkout's run/oracd.sock."""
-    return os.environ.get(SOCKET_ENV) or (SYSTEM_SOCKET if os.path.exists(SYSTEM_SOCKET) else DEV_SOCKET)
 
 
 # ---------------------------------------------------------------------- corpus and scoring
@@ -234,8 +177,8 @@ def evaluate_model(pool: Pool, model: str, corpus: List[Dict[str, Any]], *, sche
     res: Dict[str, Any] = {"model": model, "n": len(corpus), "schema_constrained": schema}
     t0 = time.perf_counter()
     try:
-        loaded = pool.call("load_model", model=model, timeout=load_timeout)
-    except RPCError as exc:
+        loaded = pool.call("load_model", {"model": model, "timeout": load_timeout}, load_timeout + CLIENT_GRACE_S)
+    except OracError as exc:
         res["error"] = f"load failed: {exc.code}: {exc.message}"
         return res
     res["model"] = loaded["model"]
@@ -247,10 +190,11 @@ def evaluate_model(pool: Pool, model: str, corpus: List[Dict[str, Any]], *, sche
         t = time.perf_counter()
         rec: Dict[str, Any] = {"id": item["id"], "text": item["text"], "expected": item["expected"]}
         try:
-            r = pool.call("generate", model=model, prompt=item["text"], timeout=timeout, **constraint)
+            r = pool.call("generate", {"model": model, "prompt": item["text"], "timeout": timeout, **constraint},
+                          timeout + CLIENT_GRACE_S)
             rec.update(response=r["response"], finish_reason=r.get("finish_reason"),
                        completion_tokens=r.get("usage", {}).get("completion_tokens"))
-        except RPCError as exc:
+        except OracError as exc:
             rec.update(response=None, error=f"{exc.code}: {exc.message}")
         rec["ms"] = round((time.perf_counter() - t) * 1000, 1)
         rec.update(score(item, rec.get("response"), valid))
@@ -324,7 +268,7 @@ def pick_models(pool: Pool, args: argparse.Namespace) -> List[str]:
 
 def run(args: argparse.Namespace, progress: Callable[[str], None]) -> Dict[str, Any]:
     corpus = load_corpus(args.corpus)
-    pool = Pool(args.socket, args.timeout + args.load_timeout + 30)
+    pool = Pool(args.socket, args.timeout + CLIENT_GRACE_S)
     try:
         before = pool.call("status")["child"].get("model")
         models = pick_models(pool, args)
@@ -337,8 +281,9 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> Dict[str, 
         after = pool.call("status")["child"].get("model")
         if before and after != before:
             try:
-                pool.call("load_model", model=before, timeout=args.load_timeout)
-            except RPCError as exc:
+                pool.call("load_model", {"model": before, "timeout": args.load_timeout},
+                          args.load_timeout + CLIENT_GRACE_S)
+            except OracError as exc:
                 progress(f"could not reload {before}: {exc.message}")
         return report
     finally:
@@ -346,7 +291,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> Dict[str, 
 
 
 def main(argv: Optional[Iterable[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m oracd.eval", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--model", "-m", action="append", help="a model file name (repeatable); "
                     "default: oracd's active default model")
     ap.add_argument("--all", action="store_true", help="every model list_models shows")
@@ -365,7 +310,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         ap.error("--all and --model are exclusive")
     if args.concurrency < 1:
         ap.error("--concurrency must be >= 1")
-    args.socket = args.socket or default_socket()
+    args.socket = args.socket or default_socket_path()
     interactive = sys.stderr.isatty()
 
     def progress(msg: str) -> None:
@@ -375,10 +320,13 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     try:
         report = run(args, progress)
     except UsageError as exc:
-        print(f"oracd.eval: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    except (OSError, ConnectionError, RPCError) as exc:
-        print(f"oracd.eval: {exc}", file=sys.stderr)
+    except OracError as exc:
+        print(f"{PROG}: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:       # no oracd (OracdUnavailable), connection lost, no answer in time
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     if interactive:
         print(file=sys.stderr)

@@ -16,7 +16,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO
 
-from .cli_format import paint
+from oracd_protocol.errors import OracdUnavailable
+from oracd_protocol.names import CHECKOUT
+
+from .context import EXIT_ERROR, Ctx
+from .format import paint
 
 POLL_INTERVAL = 0.2
 _BLOCK = 64 * 1024
@@ -294,3 +298,31 @@ def _emit(lines: Iterable[bytes], fmt: Callable[[bytes], str], out: TextIO) -> N
         if ln.strip():
             out.write(fmt(ln) + "\n")
     out.flush()
+
+
+# ---------------------------------------------------------------------- the command
+def _log_path(ctx: Ctx) -> Path:
+    if ctx.args.file:
+        return Path(ctx.args.file)
+    try:
+        st = ctx.call("status", timeout=10)
+        ctx.asked_status = True
+        return Path(st["log_file"])
+    except OracdUnavailable:
+        # oracd is down, which is when its log matters most: try the usual places
+        for cand in (Path("/var/log/oracd/orac.log"), CHECKOUT / "logs" / "orac.log"):
+            if cand.exists():
+                ctx.note(f"oracd is not running at {ctx.socket}; reading {cand} (use --file to choose)")
+                return cand
+        raise
+
+
+def cmd_logs(ctx: Ctx) -> int:
+    a = ctx.args
+    path = _log_path(ctx)
+    if not path.exists() and not rotated_files(path) and not a.follow:
+        ctx.note(f"oracctl: no log at {path}", "red")
+        return EXIT_ERROR
+    skip = own_lines(os.getpid()) if ctx.asked_status else None   # our own status call
+    return run(path, a.lines, a.follow, ctx.json, ctx.out, ctx.colour_out,
+               notice=lambda m: ctx.note(f"oracctl: {m}"), skip=skip)

@@ -1,9 +1,14 @@
-"""The one table of JSON-RPC error codes, shared by the daemon and the client library.
+"""The one table of JSON-RPC error codes, and how an error crosses the wire.
 
 Spec codes (-32700..-32600) come first; oracd's own domain errors live in
 -32000..-32099.  The daemon raises these classes, the wire carries ``code``,
-``message`` and ``data``, and the client turns the code back into the same class
-(``error_from_code``), so both sides agree without parsing message text.
+``message`` and ``data`` (``to_wire``), and a client turns the code back into
+the same class (``from_wire``), so both sides agree without parsing message text.
+
+The transport errors at the end (``OracdUnavailable``, ``ConnectionLost``,
+``CallTimeout``) never cross the wire: a client raises them when it cannot
+reach oracd or hear its answer.  They live here because every client
+(blocking or asyncio) raises the same ones.
 """
 from __future__ import annotations
 
@@ -29,10 +34,8 @@ class OracError(Exception):
         super().__init__(self.message)
 
     def to_dict(self) -> Dict[str, Any]:
-        err: Dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.data is not None:
-            err["data"] = self.data
-        return err
+        """The JSON-RPC error object (``to_wire``)."""
+        return to_wire(self)
 
 
 class ParseError(OracError):
@@ -140,13 +143,13 @@ class AccessDenied(OracError):
 
 
 class LoadTimeout(OracError):
-    """A model load (load_model, preload) did not finish within its timeout."""
+    """load_model's deadline passed before llama-server was ready (not a generation timing out)."""
     code = -32014
     default_message = "Model load timed out"
 
 
 class UnloadTimeout(OracError):
-    """unload_model did not finish within its timeout."""
+    """unload_model's deadline passed before llama-server had stopped."""
     code = -32015
     default_message = "Model unload timed out"
 
@@ -163,8 +166,71 @@ ERRORS: Dict[int, Type[OracError]] = {
 
 
 def error_from_code(code: int, message: str, data: Any = None) -> OracError:
-    """Rebuild the named error class from a wire error object (unknown codes -> OracError)."""
+    """The named error class for ``code`` (unknown codes -> OracError), keeping ``code`` as given."""
     cls = ERRORS.get(code, OracError)
     err = cls(message, data)
     err.code = code
     return err
+
+
+def to_wire(exc: OracError) -> Dict[str, Any]:
+    """The JSON-RPC error object for ``exc``: ``code``, ``message`` and ``data`` (only when there is some)."""
+    err: Dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.data is not None:
+        err["data"] = exc.data
+    return err
+
+
+def from_wire(err: Any) -> OracError:
+    """Rebuild the named error class from a wire error object.
+
+    A bare spec message gets a string ``data`` appended ("Invalid params: top_k:
+    expected integer"), because that is where oracd puts the detail a person
+    needs.  Anything that is not a proper error object becomes an InternalError
+    saying so (a client never crashes on a malformed answer).
+    """
+    if not isinstance(err, dict):
+        return error_from_code(INTERNAL_ERROR, f"malformed error from oracd: {err!r}")
+    code = err.get("code")
+    code = code if isinstance(code, int) else INTERNAL_ERROR
+    message = str(err.get("message") or "")
+    data = err.get("data")
+    if isinstance(data, str) and data and message == getattr(ERRORS.get(code), "default_message", None):
+        message = f"{message}: {data}"
+    return error_from_code(code, message, data)
+
+
+# ---------------------------------------------------------------------- transport (client side only)
+class OracdUnavailable(ConnectionError):
+    """No oracd answers on the socket; the message names the socket and how to start oracd.
+
+    ``errno`` is the connect error (``ENOENT``/``ECONNREFUSED``: no daemon there; ``EACCES``:
+    this user may not open the socket or its directory), None for a connect timeout.
+    """
+
+    def __init__(self, message: str, socket_path: Optional[str] = None, errno: Optional[int] = None):
+        super().__init__(message)
+        self.socket_path = socket_path
+        self.errno = errno
+
+
+class ConnectionLost(ConnectionError):
+    """The connection to oracd broke after the request was written (its outcome is unknown)."""
+
+    def __init__(self, message: str, socket_path: Optional[str] = None):
+        super().__init__(message)
+        self.socket_path = socket_path
+
+
+class CallTimeout(TimeoutError):
+    """oracd did not answer within the client-side bound of a call."""
+
+
+__all__ = [
+    "PARSE_ERROR", "INVALID_REQUEST", "METHOD_NOT_FOUND", "INVALID_PARAMS", "INTERNAL_ERROR",
+    "OracError", "ParseError", "InvalidRequest", "MethodNotFound", "InvalidParams", "InternalError",
+    "ModelNotFound", "ModelLoadFailed", "GenerationTimeout", "QuantizeFailed", "Busy", "ServerUnavailable",
+    "GenerationFailed", "InvalidPath", "ShuttingDown", "RequestTooLarge", "OutputExists", "ServerStartFailed",
+    "AccessDenied", "LoadTimeout", "UnloadTimeout", "ERRORS", "error_from_code", "to_wire", "from_wire",
+    "OracdUnavailable", "ConnectionLost", "CallTimeout",
+]

@@ -1,22 +1,12 @@
-"""``LlamaCppClient`` with ORAC's old interface, served by oracd.
+"""``LlamaCppClient`` with the old ORAC interface (``orac.llama_cpp_client``), served by oracd.
 
-Drop-in for ``orac.llama_cpp_client.LlamaCppClient``: same names, parameters,
+Drop-in for the old ``orac.llama_cpp_client.LlamaCppClient``: same names, parameters,
 defaults, return types and exceptions, but nothing is spawned in-process; every
 call is a JSON-RPC request to oracd over its Unix socket (see ``transport``).
+``generate()`` returns the program's own ``orac.models.PromptResponse`` (``results``).
 
-Inside the ORAC app, ``orac/llama_cpp_client.py`` becomes::
-
-    from oracd_client.compat import LlamaCppClient  # noqa: F401
-    from orac.models import PromptResponse  # noqa: F401
-    from orac.logger import get_logger
-    logger = get_logger(__name__)
-
-and ``generate()`` returns the app's own ``orac.models.PromptResponse``: the class
-is looked up at call time with ``importlib.import_module("orac.models")``,
-falling back to ``oracd_client.models.PromptResponse``.
-
-Exceptions (old contract; each is *also* the daemon's error class, with its
-``code`` and ``data``, see ``exceptions.as_builtin``):
+Exceptions (old contract, mapped in ``errors``; each is *also* the daemon's error
+class, with its ``code`` and ``data``, see ``exceptions.as_builtin``):
 
 * blank prompt -> ``ValueError("Prompt cannot be empty")`` (checked before any I/O)
 * missing model -> ``FileNotFoundError("Model not found: <path>")``
@@ -34,24 +24,25 @@ Exceptions (old contract; each is *also* the daemon's error class, with its
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import signal
 import subprocess
 import time
 from typing import Any, Dict, List, Optional
 
-from oracd.errors import (GenerationTimeout, InvalidParams, InvalidPath, ModelNotFound, OracError)
+from oracd_protocol.blocking import call_sync
+from oracd_protocol.errors import CallTimeout, InvalidParams, InvalidPath, ModelNotFound, OracError
+from oracd_protocol.names import CLIENT_GRACE_S, MODELS_PATH_ENV
 
-from .exceptions import (CallTimeout, ConnectionLost, ModelsPathNotServed, OracdUnavailable, as_builtin,
-                         with_message)
-from .models import PromptResponse
-from .paths import MODELS_PATH_ENV
-from .streaming import GenerateStream
-from .sync import call_sync
-from .transport import OracdClient
+from ..exceptions import ModelsPathNotServed, as_builtin
+from ..response import PromptResponse
+from ..streaming import GenerateStream
+from ..transport import OracdClient
+from .errors import QUANT_PREFIX, START_PREFIX, generate_error, prefixed
+from .managed import ManagedServer
+from .results import build_response
 
+#: The old module's logger name (callers configure it; ``verbose=True`` logs here).
 logger = logging.getLogger("oracd_client.compat")
 
 #: The old module's constants (``MODELS_PATH`` is only the env override here: oracd owns the models dir).
@@ -61,158 +52,6 @@ DEFAULT_PORT = 8080
 DEFAULT_TIMEOUT = 30
 
 MAX_TIMEOUT = 24 * 3600.0       # what oracd accepts; used for timeout=None
-_GENERATE_GRACE = 15.0          # client-side bound = the daemon's deadline + this
-_QUANT_PREFIX = "Quantization error: "
-_START_PREFIX = "Failed to start llama server: "
-
-
-def response_class() -> type:
-    """``orac.models.PromptResponse`` as the running program sees it (the app's own inside ORAC)."""
-    try:
-        mod = importlib.import_module("orac.models")
-    except Exception:
-        return PromptResponse
-    cls = getattr(mod, "PromptResponse", None)
-    return cls if isinstance(cls, type) else PromptResponse
-
-
-def _build_response(**fields: Any) -> Any:
-    cls = response_class()
-    try:
-        return cls(**fields)
-    except Exception:
-        if cls is PromptResponse:
-            raise
-        # an app model without the optional fields (and extra="forbid"): give it what it knows
-        try:
-            return cls(**{k: fields[k] for k in ("response", "elapsed_ms", "model", "prompt")})
-        except Exception:
-            return PromptResponse(**fields)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class ManagedServer:
-    """A llama-server that oracd started (``start_server``) and supervises, with ``subprocess.Popen``'s interface.
-
-    ``pid``/``args``/``returncode``, ``poll()``, ``wait(timeout)``, ``communicate()``,
-    ``terminate()``, ``kill()``, ``send_signal()`` and ``with`` work as on a Popen.
-    They are synchronous like Popen's: each is one short blocking call to oracd
-    (``server_info`` / ``stop_server``), usable from sync and async code alike.
-    ``terminate()``/``kill()`` return once oracd has stopped the server, so
-    ``poll()`` is not None right after them.  ``stdin``/``stdout``/``stderr`` are
-    None (oracd keeps the server's output; see its log).
-
-    Leaving a ``with`` block stops the server if it is still running (a plain
-    Popen would wait forever for a server to exit by itself).  If oracd is
-    unreachable or no longer knows the pid, liveness comes from the pid itself;
-    an exit status that cannot be known is reported as ``-SIGTERM`` (oracd
-    stops its servers with SIGTERM when it shuts down).
-    """
-
-    stdin = None
-    stdout = None
-    stderr = None
-    universal_newlines = False
-    text_mode = False
-
-    def __init__(self, info: Dict[str, Any], socket_path: str):
-        self._socket = socket_path
-        self.pid: int = int(info["pid"])
-        self.args: List[str] = list(info.get("args") or [])
-        self.model: Optional[str] = info.get("model")
-        self.host: Optional[str] = info.get("host")
-        self.port: Optional[int] = info.get("port")
-        self.returncode: Optional[int] = None
-        self._update(info)
-
-    def _update(self, info: Dict[str, Any]) -> None:
-        if not info.get("running", True) and self.returncode is None:
-            rc = info.get("returncode")
-            self.returncode = int(rc) if rc is not None else -signal.SIGTERM
-
-    def _gone_unless_alive(self) -> None:
-        if self.returncode is None and not _pid_alive(self.pid):
-            self.returncode = -signal.SIGTERM
-
-    def poll(self) -> Optional[int]:
-        if self.returncode is not None:
-            return self.returncode
-        try:
-            self._update(call_sync("server_info", {"pid": self.pid}, socket_path=self._socket, timeout=10))
-        except (InvalidParams, ConnectionError, TimeoutError):
-            self._gone_unless_alive()
-        return self.returncode
-
-    def wait(self, timeout: Optional[float] = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.01
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(self.args, timeout)
-            time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
-            delay = min(delay * 2, 0.2)
-        return self.returncode  # type: ignore[return-value]
-
-    def communicate(self, input: Any = None, timeout: Optional[float] = None) -> Any:
-        self.wait(timeout)
-        return (None, None)
-
-    def _stop(self, force: bool) -> None:
-        if self.returncode is not None:
-            return
-        try:
-            self._update(call_sync("stop_server", {"pid": self.pid, "force": force},
-                                   socket_path=self._socket, timeout=60))
-            return
-        except InvalidParams:
-            pass            # oracd does not know this pid (it restarted): signal it ourselves
-        except (ConnectionError, TimeoutError):
-            pass
-        try:
-            os.kill(self.pid, signal.SIGKILL if force else signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        self._gone_unless_alive()
-
-    def terminate(self) -> None:
-        self._stop(False)
-
-    def kill(self) -> None:
-        self._stop(True)
-
-    def send_signal(self, sig: int) -> None:
-        if sig in (signal.SIGTERM, signal.SIGINT):
-            self._stop(False)
-        elif sig == signal.SIGKILL:
-            self._stop(True)
-        elif sig == 0:
-            self.poll()
-        elif self.poll() is None:
-            os.kill(self.pid, sig)   # no oracd API for other signals; works when we share oracd's user
-
-    def __enter__(self) -> "ManagedServer":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.poll() is None:
-            self.terminate()
-        try:
-            self.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def __repr__(self) -> str:
-        return (f"<ManagedServer pid={self.pid} {self.host}:{self.port} model={self.model} "
-                f"returncode={self.returncode}>")
 
 
 def _generate_params(model: str, prompt: Any, temperature: Any, top_p: Any, top_k: Any,
@@ -234,7 +73,7 @@ def _response_from(r: Dict[str, Any], elapsed_ms: float, model: str, prompt: str
     if verbose:
         logger.info("%s: %.1f ms, finish_reason=%s usage=%s response=%r", what, elapsed_ms,
                     r.get("finish_reason"), r.get("usage"), r.get("response"))
-    return _build_response(response=r["response"], elapsed_ms=elapsed_ms, model=model or r.get("model"),
+    return build_response(response=r["response"], elapsed_ms=elapsed_ms, model=model or r.get("model"),
                            prompt=r.get("prompt", prompt), finish_reason=r.get("finish_reason"),
                            usage=r.get("usage"))
 
@@ -328,11 +167,9 @@ class LlamaCppClient:
                         "prompt=%r", model, temperature, top_p, top_k, max_tokens, timeout, stream, prompt)
         t0 = time.perf_counter()
         try:
-            r = await self._rpc.call("generate", params, timeout=params["timeout"] + _GENERATE_GRACE)
-        except OracError as exc:
-            raise _generate_error(exc, timeout) from None
-        except CallTimeout:
-            raise GenerationTimeout(f"Generation timed out after {timeout} seconds", {"timeout": timeout}) from None
+            r = await self._rpc.call("generate", params, timeout=params["timeout"] + CLIENT_GRACE_S)
+        except (OracError, CallTimeout) as exc:
+            raise generate_error(exc, timeout) from None
         return _response_from(r, (time.perf_counter() - t0) * 1000.0, model, prompt, verbose, "generate")
 
     def generate_stream(self, model: str, prompt: str, temperature: float = 0.7, top_p: float = 0.7,
@@ -360,17 +197,13 @@ class LlamaCppClient:
                         "prompt=%r", model, temperature, top_p, top_k, max_tokens, timeout, prompt)
 
         def map_error(exc: BaseException) -> BaseException:
-            if isinstance(exc, OracError):
-                return _generate_error(exc, timeout)
-            if isinstance(exc, CallTimeout):
-                return GenerationTimeout(f"Generation timed out after {timeout} seconds", {"timeout": timeout})
-            return exc
+            return generate_error(exc, timeout)
 
         def make_response(r: Dict[str, Any], elapsed_ms: float) -> Any:
             return _response_from(r, elapsed_ms, model, prompt, verbose, "generate_stream")
 
         before = self._check_models_path if self._unchecked_models_path is not None else None
-        return GenerateStream(self._rpc, params, params["timeout"] + _GENERATE_GRACE, before=before,
+        return GenerateStream(self._rpc, params, params["timeout"] + CLIENT_GRACE_S, before=before,
                               map_error=map_error, make_response=make_response)
 
     async def start_server(self, model: str, host: str = "127.0.0.1", port: int = 8080,
@@ -388,14 +221,13 @@ class LlamaCppClient:
             params = {"model": model, "host": host, "port": int(port), "temperature": float(temperature),
                       "top_p": float(top_p), "top_k": int(top_k)}
         except (TypeError, ValueError) as exc:
-            raise Exception(f"{_START_PREFIX}invalid parameter: {exc}") from None
+            raise Exception(f"{START_PREFIX}invalid parameter: {exc}") from None
         try:
             info = await self._rpc.call("start_server", params)
         except (ModelNotFound, InvalidPath) as exc:
             raise as_builtin(exc, FileNotFoundError) from None
         except OracError as exc:
-            msg = exc.message if exc.message.startswith(_START_PREFIX) else _START_PREFIX + exc.message
-            raise with_message(exc, msg) from None
+            raise prefixed(exc, START_PREFIX) from None
         logger.info("oracd started llama-server pid %s for %s on %s:%s", info.get("pid"), model, host, port)
         return ManagedServer(info, self._rpc.socket_path)  # type: ignore[return-value]
 
@@ -418,8 +250,7 @@ class LlamaCppClient:
         except ModelNotFound as exc:
             raise as_builtin(exc, FileNotFoundError) from None
         except OracError as exc:
-            msg = exc.message if exc.message.startswith(_QUANT_PREFIX) else _QUANT_PREFIX + exc.message
-            raise with_message(exc, msg) from None
+            raise prefixed(exc, QUANT_PREFIX) from None
         logger.info("quantized %s -> %s (%s)", input_model, (result or {}).get("path"), quantization_type)
         return bool((result or {}).get("ok", True))
 
@@ -461,18 +292,3 @@ class LlamaCppClient:
 
     def __repr__(self) -> str:
         return f"<LlamaCppClient oracd={self._rpc.socket_path} models_path={self._models_path or '(oracd)'}>"
-
-
-def _generate_error(exc: OracError, timeout: Any) -> BaseException:
-    if isinstance(exc, GenerationTimeout):
-        return with_message(exc, f"Generation timed out after {timeout} seconds")
-    if isinstance(exc, (ModelNotFound, InvalidPath)):
-        return as_builtin(exc, FileNotFoundError)
-    if isinstance(exc, InvalidParams):
-        return as_builtin(exc, ValueError)
-    return exc
-
-
-__all__ = ["LlamaCppClient", "ManagedServer", "GenerateStream", "PromptResponse", "response_class", "ModelsPathNotServed",
-           "OracdUnavailable", "ConnectionLost", "MODELS_PATH", "DEFAULT_HOST", "DEFAULT_PORT",
-           "DEFAULT_TIMEOUT", "logger"]

@@ -1,0 +1,117 @@
+"""``oracctl status`` and ``oracctl models``: oracd's state and the models it serves, as tables."""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List
+
+from . import format as fmt
+from .context import EXIT_OK, Ctx
+
+
+def rpc_worker_line(w: Dict[str, Any], colour: bool) -> str:
+    """"192.168.10.21:50052 in use, attached" / "... not answering: cannot connect: ..."."""
+    state = []
+    if w.get("in_use"):
+        state.append("in use, " + ("attached" if w.get("attached") else "NOT attached"))
+    if w.get("answers") is False:
+        state.append(f"not answering: {w.get('error')}")
+    elif w.get("answers"):
+        state.append(f"answers (RPC {w.get('version')})")
+    ok = w.get("answers") is not False and (not w.get("in_use") or w.get("attached"))
+    return fmt.paint(f"{w.get('address')} " + "; ".join(state), "green" if ok else "red", colour)
+
+
+def cmd_status(ctx: Ctx) -> int:
+    st = ctx.call("status", timeout=30)
+    if ctx.json:
+        ctx.print_json(st)
+        return EXIT_OK
+    child = st.get("child") or {}
+    req = st.get("requests") or {}
+    rows: List[List[Any]] = []
+    rows.append(["oracd", f"{st.get('version', '?')}, pid {st.get('pid')}, up {fmt.duration(st.get('uptime_s'))}, "
+                          f"RSS {fmt.size(st.get('rss_bytes'))}"])
+    state = child.get("state", "?")
+    server = f"{state}"
+    if child.get("model"):
+        server += f": {child['model']}"
+    extra = []
+    if child.get("pid"):
+        extra.append(f"pid {child['pid']}")
+    if child.get("uptime_s") is not None:
+        extra.append(f"up {fmt.duration(child['uptime_s'])}")
+    if child.get("rss_bytes") is not None:
+        extra.append(f"RSS {fmt.size(child['rss_bytes'])}")
+    if extra:
+        server += f" ({', '.join(extra)})"
+    if state == "backoff" and child.get("retry_in_s") is not None:
+        server += f", retry in {fmt.duration(child['retry_in_s'])}"
+    rows.append(["llama-server", fmt.paint(server, "green" if state == "ready" else "yellow", ctx.colour_out)])
+    if child.get("wanted_model") and child.get("wanted_model") != child.get("model"):
+        rows.append(["wanted model", child["wanted_model"]])
+    rows.append(["loads", f"{fmt.plural(int(child.get('loads') or 0), 'load')}, "
+                          f"{fmt.plural(int(child.get('restarts') or 0), 'restart')}, "
+                          f"{int(child.get('consecutive_failures') or 0)} consecutive failures"])
+    rows.append(["requests", f"{req.get('served', 0)} served, {req.get('errors', 0)} errors, "
+                             f"{req.get('in_flight', 0)} in flight, "
+                             f"{fmt.plural(int(req.get('generations') or 0), 'generation')}"])
+    rows.append(["connections", st.get("connections")])
+    if child.get("endpoint"):
+        rows.append(["endpoint", child["endpoint"]])
+    if child.get("last_error"):
+        rows.append(["last error", fmt.paint(str(child["last_error"]), "red", ctx.colour_out)])
+    last_exit = child.get("last_exit")
+    if isinstance(last_exit, dict):
+        # "llama-server crashed (SIGSEGV), 2m 03s ago", then its last output line
+        line = str(last_exit.get("message") or f"code {last_exit.get('returncode')}")
+        if isinstance(last_exit.get("at"), (int, float)):
+            line += f", {fmt.duration(max(0.0, time.time() - last_exit['at']))} ago"
+        tail = [t for t in last_exit.get("stderr_tail") or [] if isinstance(t, str) and t.strip()]
+        rows.append(["last exit", line + (f": {tail[-1][:160]}" if tail else "")])
+    elif last_exit:
+        rows.append(["last exit", str(last_exit)])
+    rpc = child.get("rpc") or {}
+    for w in rpc.get("workers") or []:
+        rows.append(["rpc worker", rpc_worker_line(w, ctx.colour_out)])
+    if rpc.get("fallback_local"):
+        rows.append(["rpc fallback", fmt.paint(f"running locally: {rpc['fallback_local'].get('reason')}",
+                                               "yellow", ctx.colour_out)])
+    for s in st.get("http_servers") or []:
+        rows.append(["http server", f"pid {s.get('pid')} {s.get('model')} on {s.get('host')}:{s.get('port')}"])
+    rows.append(["default model", st.get("default_model") or "-"])
+    rows.append(["socket", st.get("socket")])
+    rows.append(["log", st.get("log_file")])
+    rows.append(["config", st.get("config") or "-"])
+    rows.append(["models dirs", ", ".join(st.get("models_dirs") or []) or "-"])
+    known = {"version", "pid", "uptime_s", "rss_bytes", "child", "requests", "connections", "http_servers",
+             "socket", "log_file", "models_dirs", "default_model", "config"}
+    for k, v in st.items():                  # anything a newer oracd adds
+        if k not in known and v not in (None, [], {}):
+            rows.append([k.replace("_", " "), v if isinstance(v, (str, int, float)) else fmt.dumps(v, True)])
+    ctx.print(fmt.key_values(rows))
+    return EXIT_OK
+
+
+def cmd_models(ctx: Ctx) -> int:
+    params = {"models_path": ctx.args.models_path} if ctx.args.models_path else {}
+    items = ctx.call("list_models", params, timeout=120)
+    if ctx.json:
+        ctx.print_json(items)
+        return EXIT_OK
+    if not items:
+        ctx.note("no models (put .gguf files in oracd's models dir; `oracctl status` shows where)")
+        return EXIT_OK
+    rows = []
+    for m in sorted(items, key=lambda m: str(m.get("name", ""))):
+        valid = m.get("valid", True)
+        loaded = "*" if m.get("loaded") else ""
+        quant = m.get("quantization") or "-"
+        if not valid:
+            quant = "invalid"
+        rows.append([m.get("name"), fmt.size(m.get("size")), quant, m.get("architecture") or "-",
+                     m.get("size_label") or "-", m.get("context_length") or "-", loaded])
+    ctx.print(fmt.table(["NAME", "SIZE", "QUANT", "ARCH", "PARAMS", "CTX", "LOADED"], rows, right=(1, 5)))
+    bad = [m for m in items if m.get("valid") is False]
+    for m in bad:
+        ctx.note(f"{m.get('name')}: not a loadable GGUF: {m.get('error')}", "yellow")
+    return EXIT_OK

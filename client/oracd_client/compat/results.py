@@ -1,0 +1,38 @@
+"""Which ``PromptResponse`` a generation returns: the running program's ``orac.models.PromptResponse``.
+
+Inside the ORAC app that is the app's own class (``isinstance`` checks and FastAPI
+response models keep working); standalone it is the client's copy
+(``oracd_client.response.PromptResponse``, also ``orac.models.PromptResponse``).
+The class is looked up at call time, so importing the client never imports the app.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ..response import PromptResponse
+
+
+def response_class() -> type:
+    """``orac.models.PromptResponse`` as the running program sees it (the app's own inside ORAC)."""
+    try:
+        mod = importlib.import_module("orac.models")
+    except Exception:
+        return PromptResponse
+    cls = getattr(mod, "PromptResponse", None)
+    return cls if isinstance(cls, type) else PromptResponse
+
+
+def build_response(**fields: Any) -> Any:
+    """A ``response_class()`` instance; an app class that refuses the newer fields gets the four core ones."""
+    cls = response_class()
+    try:
+        return cls(**fields)
+    except Exception:
+        if cls is PromptResponse:
+            raise
+        # an app model without the optional fields (and extra="forbid"): give it what it knows
+        try:
+            return cls(**{k: fields[k] for k in ("response", "elapsed_ms", "model", "prompt")})
+        except Exception:
+            return PromptResponse(**fields)

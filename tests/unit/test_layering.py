@@ -1,0 +1,85 @@
+"""Who may import whom (issue 14): nothing under client/ imports the daemon; oracd_protocol is stdlib-only.
+
+The code is parsed with ``ast``, never imported, so an import hidden in a function,
+a ``try`` or an ``importlib.import_module("...")`` call counts too.
+"""
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+from typing import Iterator, List, Tuple
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CLIENT = REPO / "client"
+PROTOCOL = CLIENT / "oracd_protocol"
+
+
+def imported_modules(source: str, filename: str = "<source>") -> Iterator[Tuple[int, str, int]]:
+    """(line, absolute module name, relative level) for every import in ``source``."""
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, 0
+        elif isinstance(node, ast.ImportFrom):
+            yield node.lineno, node.module or "", node.level
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            if name in ("import_module", "__import__"):
+                yield node.lineno, node.args[0].value, 0
+
+
+def top(module: str) -> str:
+    return module.split(".", 1)[0]
+
+
+def daemon_imports(source: str, filename: str = "<source>") -> List[str]:
+    return [f"{filename}:{line}: {mod}" for line, mod, level in imported_modules(source, filename)
+            if level == 0 and top(mod) == "oracd"]
+
+
+def non_stdlib_imports(source: str, filename: str = "<source>") -> List[str]:
+    return [f"{filename}:{line}: {mod}" for line, mod, level in imported_modules(source, filename)
+            if level == 0 and top(mod) not in sys.stdlib_module_names and top(mod) != "oracd_protocol"]
+
+
+def python_files(root: Path) -> List[Path]:
+    return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_the_checks_can_fail():
+    """Guards against a toothless check: the same functions flag what they must, and only that."""
+    bad = ("import oracd\nimport oracd.errors as e\nfrom oracd.profiles import X\n"
+           "def f():\n    from oracd import eval\n    importlib.import_module('oracd.rpc')\n")
+    assert len(daemon_imports(bad)) == 5
+    fine = "import oracd_client\nfrom oracd_protocol import errors\nfrom . import oracd\nimport oracdx\n"
+    assert daemon_imports(fine) == []
+    assert non_stdlib_imports("import json\nfrom collections import deque\nfrom .errors import X\n"
+                               "from oracd_protocol.names import Y\nfrom __future__ import annotations\n") == []
+    assert len(non_stdlib_imports("import pydantic\nfrom anyio import run\nimport oracd_client\n")) == 3
+
+
+def test_nothing_under_client_imports_the_daemon():
+    files = python_files(CLIENT)
+    names = {p.relative_to(CLIENT).as_posix() for p in files}
+    assert {"oracd_client/cli/eval.py", "oracd_client/compat/legacy.py", "oracd_protocol/blocking.py",
+            "orac/llama_cpp_client.py"} <= names, names      # it really looks at the client
+    bad = [hit for p in files for hit in daemon_imports(p.read_text(encoding="utf-8"), str(p.relative_to(REPO)))]
+    assert not bad, "client code imports the daemon package:\n" + "\n".join(bad)
+
+
+def test_oracd_protocol_imports_only_the_standard_library():
+    files = python_files(PROTOCOL)
+    assert len(files) >= 6, files
+    bad = [hit for p in files for hit in non_stdlib_imports(p.read_text(encoding="utf-8"), str(p.relative_to(REPO)))]
+    assert not bad, "oracd_protocol must stay stdlib-only:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("gone", ["oracd/eval.py", "client/oracd_client/paths.py", "client/oracd_client/cli.py",
+                                  "client/oracd_client/compat.py", "client/oracd_client/models.py"])
+def test_the_old_copies_are_gone(gone):
+    assert not (REPO / gone).exists()
