@@ -31,6 +31,7 @@ from .child.states import ChildState
 from .config import Config, ConfigHolder
 from oracd_protocol.errors import LoadTimeout
 from .logs import get as get_logger
+from .metrics import serve_http
 from .notify import Notifier
 
 log = get_logger("oracd.serve")
@@ -80,7 +81,7 @@ async def serve(cfg: Config) -> int:
         log.error("startup failed", error=str(exc))
         return 1
     app = App(ConfigHolder(cfg))
-    app.dispatcher = Dispatcher(app.methods())
+    app.dispatcher = Dispatcher(app.methods(), app.prom.request)
     app.connections = conns = Connections(app.holder, app.dispatcher)
     notifier = Notifier()
     exit_code = 0
@@ -118,6 +119,8 @@ async def _startup(app: App, tg: anyio.abc.TaskGroup) -> None:
     """Startup, step 2: the owners of the child and of the extra servers, then the preload."""
     await tg.start(app.supervisor.run)
     await tg.start(app.extra_servers.run)
+    if app.cfg.server.metrics_listen:
+        await tg.start(serve_http, app, app.prom, app.cfg.server.metrics_listen)
     if app.cfg.llama.preload and app.cfg.llama.default_model:
         await _preload(app)
     if app.active_default:

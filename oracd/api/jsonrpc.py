@@ -160,10 +160,11 @@ def _check_request(obj: Any) -> Optional[str]:
 class Dispatcher:
     """Turns one request line into one response line (or None for notifications)."""
 
-    def __init__(self, methods: Dict[str, Method]):
+    def __init__(self, methods: Dict[str, Method], on_request: Optional[Callable[[str, Optional[int]], None]] = None):
         self.methods = methods
         self.served = 0
         self.errors = 0
+        self.on_request = on_request          # (method, error code or None): the metrics count requests
 
     async def handle_line(self, line: bytes, ctx: CallContext) -> Optional[bytes]:
         try:
@@ -215,8 +216,9 @@ class Dispatcher:
         self._log_one(obj["method"], rid, ctx, (time.perf_counter() - t0) * 1000, code)
         return resp if "id" in obj else None
 
-    @staticmethod
-    def _log_one(method: str, rid: Any, ctx: CallContext, ms: float, code: Optional[int]) -> None:
+    def _log_one(self, method: str, rid: Any, ctx: CallContext, ms: float, code: Optional[int]) -> None:
+        if self.on_request is not None:
+            self.on_request(method, code)
         req_log.info("request", method=method, id=rid, peer_pid=ctx.peer.pid, peer_uid=ctx.peer.uid,
                      ms=round(ms, 3), outcome="ok" if code is None else "error", code=code)
 

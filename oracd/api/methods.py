@@ -21,6 +21,7 @@ from ..config import ConfigHolder, Profile, load_options_changed, plan_reload
 from oracd_protocol.errors import (GenerationTimeout, InvalidParams, InvalidPath, LoadTimeout, ModelLoadFailed, OracError,
                       ShuttingDown, UnloadTimeout)
 from ..logs import get as get_logger
+from ..metrics import Metrics
 from ..memory import MiB, available, estimate
 from ..models.quantize import quantize
 from ..models.store import ModelStore
@@ -31,7 +32,7 @@ from .status import status_dict
 
 log = get_logger("oracd.methods")
 NAMES = ("generate", "list_models", "quantize_model", "load_model", "unload_model", "status",
-         "start_server", "stop_server", "server_info", "reload")
+         "start_server", "stop_server", "server_info", "reload", "metrics")
 
 
 class App:
@@ -50,6 +51,9 @@ class App:
         self.active_default: str = cfg.llama.default_model    # a fallback model after a failed preload
         self.fallback: Optional[Dict[str, Any]] = None
         self.memory: Optional[Dict[str, Any]] = None   # the last memory check: required/available bytes
+        self.prom = Metrics(NAMES)
+        self.prom.attach(self)
+        self.supervisor.on_ready = self.prom.load_seconds.observe
         self.connections: Any = None         # set by serve(): the Connections registry (counts)
         self.dispatcher: Any = None          # set by serve(): the Dispatcher (served/errors)
 
@@ -135,6 +139,7 @@ class App:
         finally:
             self.requests_in_flight -= 1
         self.generations += 1
+        self.prom.generate_seconds.observe(time.perf_counter() - t0)
         usage = data["usage"]
         return {
             "response": strip_think(data["content"]),
@@ -259,3 +264,8 @@ class App:
 
     async def status(self, ctx: CallContext) -> Dict[str, Any]:
         return status_dict(self)
+
+    async def metrics(self, ctx: CallContext) -> Dict[str, Any]:
+        """Prometheus text exposition: oracd's series and llama-server's, labelled with its model."""
+        body, content_type = await self.prom.render(self)
+        return {"content_type": content_type, "text": body.decode("utf-8")}

@@ -18,6 +18,10 @@ _self = psutil.Process()
 _rss = RssSampler()
 
 
+def oracd_rss() -> Any:
+    return _rss.rss(_self)
+
+
 def status_dict(app: "App") -> Dict[str, Any]:
     cfg, d = app.cfg, app.dispatcher
     return {
@@ -36,6 +40,7 @@ def status_dict(app: "App") -> Dict[str, Any]:
         "default_model": cfg.llama.default_model or None,
         "active_default_model": app.active_default or None,
         "fallback": app.fallback,
+        "memory": app.memory,
         "profiles": sorted(cfg.profiles),
         "config": str(cfg.path) if cfg.path else None,
     }

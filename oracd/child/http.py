@@ -214,6 +214,17 @@ class LlamaHTTP:
             await self._drop_session("probe")
             raise
 
+    async def metrics(self) -> str:
+        """GET /metrics (llama-server started with --metrics): Prometheus text."""
+        session = self._get_session("probe")
+        try:
+            async with session.get("/metrics") as resp:
+                await self._raise_for_status(resp)
+                return (await resp.read()).decode("utf-8", "replace")
+        except (aiohttp.ClientError, OSError):
+            await self._drop_session("probe")
+            raise
+
     async def health(self) -> int:
         """HTTP status of GET /health (200 ready, 503 loading)."""
         session = self._get_session("probe")

@@ -84,6 +84,7 @@ class Supervisor:
         self.default: Optional[Tuple[str, Path]] = None                # the active default model (return to it)
         self.last_busy = time.monotonic()                              # when a request last held or wanted the child
         self.cgroup_dir = cfg.llama.cgroup_dir or own_cgroup_dir()
+        self.on_ready: Optional[Callable[[float], None]] = None      # load seconds, for the metrics
         self._shutdown = False
         self._tg: Optional[anyio.abc.TaskGroup] = None
         self._rss = RssSampler()
@@ -102,6 +103,11 @@ class Supervisor:
     @property
     def in_flight(self) -> int:
         return self._waiters.in_flight
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a model (the swap queue's depth)."""
+        return len(self._waiters.tickets)
 
     def status(self) -> Dict[str, Any]:
         child = self.child
@@ -382,6 +388,8 @@ class Supervisor:
             self._queue.served()
             self.last_error = None
             self._set_state(ChildState.READY, pid=proc.pid, load_s=round(child.ready_at - t0, 3))
+            if self.on_ready is not None:
+                self.on_ready(child.ready_at - t0)
             self._settle_tickets()
             return
         if err is None:  # aborted: unloaded meanwhile, or we are shutting down

@@ -50,6 +50,7 @@ class ServerConfig:
     allowed_gids: Tuple[int, ...] = ()  # (primary or supplementary group of the peer process)
     shutdown_grace: float = 30.0      # seconds in-flight requests get to finish on SIGTERM
     event_loop: str = "auto"          # auto (uvloop if installed) | uvloop | asyncio
+    metrics_listen: str = ""          # "127.0.0.1:9464": Prometheus /metrics over HTTP, loopback only ("" = off)
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,12 @@ def _check(cfg: Config) -> None:
         raise _fail("server.max_pending_per_connection", "expected an integer >= 1", s.max_pending_per_connection)
     if s.max_connections < 1:
         raise _fail("server.max_connections", "expected an integer >= 1", s.max_connections)
+    if s.metrics_listen:
+        from ..metrics import listen_address
+        try:
+            listen_address(s.metrics_listen)
+        except ValueError as exc:
+            raise ConfigError(f"server.metrics_listen: {exc}") from None
     if l.wedge_threshold < 1:
         raise _fail("llama.wedge_threshold", "expected an integer >= 1", l.wedge_threshold)
     if l.parallel < 1:

@@ -7,6 +7,9 @@
   request get no answer.
 - ``http-500``: a wedged child after memory pressure.  /health 200, every
   completion answers 500 "Compute error.".
+- ``wedged-once``: the first process (per ``--state`` dir) is ``http-500``; every later one is
+  healthy and answers each completion with "hello".
+- ``http-400``: every completion is refused as a bad request (a client error, not a wedge).
 - ``crash-on-load``: dies by SIGSEGV while "loading" (the AMX crash on its first decode).
 
 Everything else in the suite runs the real llama-server.
@@ -29,10 +32,17 @@ def main(argv: list) -> int:
         print(HELP)
         return 0
     ap = argparse.ArgumentParser()
-    ap.add_argument("--fault", required=True, choices=["hang-decode", "http-500", "crash-on-load"])
+    ap.add_argument("--fault", required=True,
+                    choices=["hang-decode", "http-500", "wedged-once", "http-400", "crash-on-load"])
+    ap.add_argument("--state", default=None, help="dir that remembers earlier processes (wedged-once)")
     ap.add_argument("--host", required=True)
     args, _ = ap.parse_known_args(argv)
-    if args.fault == "crash-on-load":
+    fault = args.fault
+    if fault == "wedged-once":
+        marker = os.path.join(args.state, "wedged-once")
+        fault = "healthy" if os.path.exists(marker) else "http-500"
+        open(marker, "a").close()
+    if fault == "crash-on-load":
         print("load_tensors: loading model tensors, this can take a while...", flush=True)
         os.kill(os.getpid(), signal.SIGSEGV)
     stuck = asyncio.Event()
@@ -46,9 +56,15 @@ def main(argv: list) -> int:
         return web.json_response([{"id": 0, "is_processing": False}])
 
     async def completions(_: web.Request) -> web.Response:
-        if args.fault == "http-500":
+        if fault == "http-500":
             return web.json_response({"error": {"code": 500, "message": "Compute error.", "type": "server_error"}},
                                      status=500)
+        if fault == "http-400":
+            return web.json_response({"error": {"code": 400, "message": "bad sampling", "type": "invalid_request"}},
+                                     status=400)
+        if fault == "healthy":
+            return web.json_response({"choices": [{"message": {"content": "hello"}, "finish_reason": "stop"}],
+                                      "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
         stuck.set()
         await asyncio.Event().wait()
         raise AssertionError("unreachable")

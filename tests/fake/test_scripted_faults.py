@@ -21,7 +21,7 @@ def scripted(fresh_oracd, tmp_path):
     """An oracd whose llama-server is the stand-in with ``fault``; extra llama options as keywords."""
     def make(fault: str, **llama):
         wrapper = tmp_path / "llama-server"
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} --fault {fault} "$@"\n')
+        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} --fault {fault} --state {tmp_path} "$@"\n')
         wrapper.chmod(0o755)
         o = fresh_oracd(models=(), llama={"server_bin": str(wrapper), "default_model": MODEL, "threads": 1,
                                           **llama})
@@ -72,16 +72,34 @@ def test_hang_mid_decode_is_killed_restarted_and_reported(scripted):
     assert gone(first["pid"])
 
 
-def test_http_500_while_healthy_is_a_clear_generation_error(scripted):
-    """Every completion answers 500 "Compute error." while /health is 200: each generate fails with
-    -32007 naming llama-server's error; the daemon and its other clients carry on."""
-    o = scripted("http-500", health_interval=0.3).start()
-    pid = o.call("status")["child"]["pid"]
-    for _ in range(3):
+def test_wedged_child_is_restarted_after_the_threshold_and_the_request_retried(scripted):
+    """/health says 200 while every completion answers 500 "Compute error." (a wedged child): the first
+    threshold-1 generations fail clearly, the one that reaches the threshold restarts the child and is
+    retried there, and succeeds; status, the log and the metrics count it."""
+    o = scripted("wedged-once", wedge_threshold=3, health_interval=0.3).start()
+    first = o.call("status")["child"]
+    for _ in range(2):
         resp = o.request("generate", prompt="Hello", max_tokens=4, timeout=30)
-        assert resp["error"]["code"] == -32007, resp
-        assert resp["error"]["message"] == "llama-server error 500: Compute error."
-    st = o.call("status")
-    assert st["child"]["state"] == "ready" and st["requests"]["errors"] == 3
-    assert [m["name"] for m in o.call("list_models")] == [MODEL]
-    assert pid == st["child"]["pid"]
+        assert resp["error"]["code"] == -32007 and resp["error"]["message"] == "llama-server error 500: Compute error."
+    assert o.call("status")["child"]["pid"] == first["pid"]          # below the threshold: no restart
+    r = o.call("generate", prompt="Hello", max_tokens=4, timeout=60)  # the third: wedged -> restart -> retried
+    assert r["response"] == "hello"
+    st = o.call("status")["child"]
+    assert st["state"] == "ready" and st["pid"] != first["pid"] and st["restarts_by_reason"] == {"wedged": 1}
+    assert st["last_exit"]["reason"] == "wedged" and gone(first["pid"])
+    assert [e["failures"] for e in log_events(o, "wedged")] == [3]
+    text = o.call("metrics")["text"]
+    assert 'oracd_child_restarts_total{reason="wedged"} 1.0' in text
+    assert 'oracd_requests_total{method="generate",outcome="-32007"} 2.0' in text
+    assert 'oracd_requests_total{method="generate",outcome="ok"} 1.0' in text
+
+
+def test_client_errors_never_count_as_a_wedge(scripted):
+    """4xx answers are the request's fault, not the child's: any number of them restarts nothing."""
+    o = scripted("http-400", wedge_threshold=2, health_interval=0.3).start()
+    pid = o.call("status")["child"]["pid"]
+    for _ in range(5):
+        resp = o.request("generate", prompt="Hello", max_tokens=4, timeout=30)
+        assert resp["error"]["code"] == -32602 and "bad sampling" in resp["error"]["message"], resp
+    st = o.call("status")["child"]
+    assert st["pid"] == pid and st["restarts"] == 0 and st["state"] == "ready"
