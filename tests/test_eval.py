@@ -77,7 +77,7 @@ def test_eval_full_corpus_grammar_gives_valid_json(shipped):
     assert 0.0 <= m["all_fields"] <= min(m["field_accuracy"].values())
     assert m["median_ms"] > 0
     # the grammar came from the request, max_tokens from the shipped profile
-    from oracd.profiles import load_profiles_file
+    from oracd.config.profiles import load_profiles_file
     limit = load_profiles_file(REPO / "etc" / "models.toml")[SMOL].max_tokens
     assert all(i["completion_tokens"] <= limit for i in m["items"])
     print(f"\nSmolLM2 eval: {elapsed:.0f}s, all fields {m['all_fields']:.1%}, "

@@ -1,6 +1,6 @@
 """oracctl: the operator's command line for oracd (JSON-RPC over its Unix socket).
 
-    oracctl status | models | generate PROMPT [--stream] | load [MODEL] | unload
+    oracctl status | metrics | models | generate PROMPT [--stream] | load [MODEL] | unload
     oracctl quantize IN OUT [-t TYPE] [--overwrite] | logs [-f] [-n N] | eval
 
 Human output by default (aligned tables, sizes in MB/GB, humanised durations,
@@ -25,7 +25,7 @@ from .context import EXIT_DOWN, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PERMISSION, E
 from .generate import cmd_generate
 from .logs import cmd_logs
 from .operations import cmd_load, cmd_quantize, cmd_unload
-from .status import cmd_models, cmd_status
+from .status import cmd_metrics, cmd_models, cmd_status
 
 EPILOG = f"""\
 exit codes:
@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("status", "daemon and llama-server state, counters, paths", cmd_status)
+    add("metrics", "Prometheus metrics (oracd's and llama-server's, labelled with the model)", cmd_metrics)
 
     p = add("models", "the models oracd serves (size, quantization, loaded)", cmd_models)
     p.add_argument("--models-path", metavar="DIR", help="list only this served models dir")

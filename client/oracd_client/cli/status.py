@@ -21,6 +21,37 @@ def rpc_worker_line(w: Dict[str, Any], colour: bool) -> str:
     return fmt.paint(f"{w.get('address')} " + "; ".join(state), "green" if ok else "red", colour)
 
 
+def warm_line(w: Dict[str, Any]) -> str:
+    """"restored in 45 ms, 225/226 tokens cached in 2 slots; restore on, cache 5.0 MB (3 restored, 1 prefilled)"."""
+    how = w.get("how") or "none"
+    if how == "none":
+        line = "none (no profile system prompt, or warmup = false)"
+    else:
+        cached = w.get("cached_tokens") or []
+        line = f"{how} in {fmt.duration((w.get('ms') or 0) / 1000)}"
+        if cached:
+            line += f", {min(cached)}/{w.get('prompt_tokens')} tokens cached in {fmt.plural(len(cached), 'slot')}"
+    line += f"; restore {w.get('restore')}"
+    if w.get("cache_dir_bytes") is not None:
+        line += f", cache {fmt.size(w['cache_dir_bytes'])}"
+    outcomes = w.get("outcomes") or {}
+    if outcomes:
+        line += " (" + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())) + ")"
+    if w.get("note"):
+        line += f"; {w['note']}"
+    return line
+
+
+def cmd_metrics(ctx: Ctx) -> int:
+    """Prometheus text, as oracd's metrics RPC gives it (--json: the RPC result)."""
+    res = ctx.call("metrics", timeout=30)
+    if ctx.json:
+        ctx.print_json(res)
+    else:
+        ctx.print(res.get("text", "").rstrip("\n"))
+    return EXIT_OK
+
+
 def cmd_status(ctx: Ctx) -> int:
     st = ctx.call("status", timeout=30)
     if ctx.json:
@@ -49,9 +80,18 @@ def cmd_status(ctx: Ctx) -> int:
     rows.append(["llama-server", fmt.paint(server, "green" if state == "ready" else "yellow", ctx.colour_out)])
     if child.get("wanted_model") and child.get("wanted_model") != child.get("model"):
         rows.append(["wanted model", child["wanted_model"]])
+    reasons = child.get("restarts_by_reason") or {}
+    why = f" ({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))})" if reasons else ""
     rows.append(["loads", f"{fmt.plural(int(child.get('loads') or 0), 'load')}, "
-                          f"{fmt.plural(int(child.get('restarts') or 0), 'restart')}, "
+                          f"{fmt.plural(int(child.get('restarts') or 0), 'restart')}{why}, "
                           f"{int(child.get('consecutive_failures') or 0)} consecutive failures"])
+    warm = child.get("warm")
+    if isinstance(warm, dict):
+        rows.append(["warm-up", warm_line(warm)])
+    memory = st.get("memory")
+    if isinstance(memory, dict):
+        rows.append(["memory", f"{memory.get('model')}: needs {fmt.size(memory.get('required_bytes'))}, "
+                               f"{fmt.size(memory.get('available_bytes'))} available"])
     rows.append(["requests", f"{req.get('served', 0)} served, {req.get('errors', 0)} errors, "
                              f"{req.get('in_flight', 0)} in flight, "
                              f"{fmt.plural(int(req.get('generations') or 0), 'generation')}"])
@@ -84,7 +124,7 @@ def cmd_status(ctx: Ctx) -> int:
     rows.append(["config", st.get("config") or "-"])
     rows.append(["models dirs", ", ".join(st.get("models_dirs") or []) or "-"])
     known = {"version", "pid", "uptime_s", "rss_bytes", "child", "requests", "connections", "http_servers",
-             "socket", "log_file", "models_dirs", "default_model", "config"}
+             "socket", "log_file", "models_dirs", "default_model", "config", "memory"}
     for k, v in st.items():                  # anything a newer oracd adds
         if k not in known and v not in (None, [], {}):
             rows.append([k.replace("_", " "), v if isinstance(v, (str, int, float)) else fmt.dumps(v, True)])
