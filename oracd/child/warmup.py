@@ -87,6 +87,7 @@ class Warmer:
         report = WarmReport(restore=restore_support(cfg, meta) if self.store is not None else "off")
         what = warm_messages(cfg, model.name)
         if what is None:
+            self._count("none")
             return report
         t0 = time.monotonic()
         with anyio.move_on_after(cfg.llama.load_timeout):
