@@ -1,20 +1,22 @@
-"""Shared fixtures: llama.cpp and the model are provisioned (never skipped), real oracd processes."""
+"""Shared fixtures, and the three layers: ``unit`` (pure, no processes that need llama.cpp), ``fake``
+(a real oracd with a scripted llama-server), ``real`` (real llama-server and SmolLM2, provisioned first by
+``real/conftest.py``).  Each test gets its layer's marker from its directory: ``pytest -m unit``."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import BIN, MODELS, REPO, SMOL, Oracd, write_tiny_f32
+from helpers import Oracd, write_tiny_f32
+
+LAYERS = ("unit", "fake", "real")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def provisioned() -> None:
-    """Build/fetch llama.cpp and SmolLM2 if needed (seconds when cached)."""
-    if not all((BIN / b).exists() for b in ("llama-server", "llama-quantize", "rpc-server")) or not (MODELS / SMOL).exists():
-        subprocess.run([sys.executable, "-m", "oracd.provision"], cwd=str(REPO), check=True)
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        layer = Path(str(item.fspath)).parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
 
 
 @pytest.fixture(params=["asyncio"])

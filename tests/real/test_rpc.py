@@ -6,6 +6,7 @@ import os
 import socket
 import stat
 import threading
+import time
 
 import pytest
 
@@ -29,7 +30,11 @@ def test_socket_mode_and_status(oracd):
     assert s["socket"] == str(oracd.socket)
     assert s["log_file"].endswith("orac.log")
     assert s["child"]["pid"] > 0 and s["child"]["rss_bytes"] > 0
-    assert s["version"] and s["uptime_s"] >= 0
+    import psutil
+    alive = time.time() - psutil.Process(s["pid"]).create_time()     # how long the oracd process has existed
+    assert s["version"] and 0 < s["uptime_s"] <= alive + 0.05
+    time.sleep(0.3)
+    assert 0.3 <= oracd.call("status")["uptime_s"] - s["uptime_s"] < 5
 
 
 @pytest.mark.parametrize("payload, code", [
