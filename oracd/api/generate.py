@@ -1,5 +1,14 @@
 """``generate``: merge the request with the model's profile, then ask llama-server, retrying once after a crash.
 
+Two prompt formats.  ``chat`` (the default): the prompt is the user message and
+llama-server applies the model's chat template (``/v1/chat/completions``).
+``raw``: the prompt goes to ``/completion`` as it is, with the caller's own
+template.  ``raw = "auto"`` sends a prompt raw when it already carries chat-template
+markers (``TEMPLATE_MARKERS``): an app that formats ChatML itself is not wrapped twice.
+A ``prefill`` is text the answer must begin with: the assistant message llama-server
+continues (chat), or text appended to the prompt (raw).  Either way ``response``
+includes it (``prefill_included`` says so).
+
 Merging, per parameter: what the request sends wins, then the model's profile,
 then the built-in default (``build_body``, pure).  How the answer is fetched
 depends on its length (``fetch``): short generations in one response (no
@@ -30,6 +39,10 @@ if TYPE_CHECKING:
 
 log = get_logger("oracd.generate")
 _THINK = re.compile(r"<think>.*?(</think>\s*|$)", re.S)
+# chat-template control tokens of the model families oracd serves (ChatML/Qwen/SmolLM2, Llama 3, Gemma,
+# Mistral/Llama 2, Phi/Zephyr/TinyLlama): a prompt carrying one was formatted by its sender
+TEMPLATE_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<start_of_turn>", "[INST]", "<|user|>",
+                    "<|system|>", "<|assistant|>")
 OnDelta = Optional[Callable[[str], Awaitable[None]]]
 
 
@@ -62,10 +75,23 @@ class Sent:
     stop: Optional[List[str]] = None
     grammar: Optional[str] = None
     json_schema: Optional[Any] = None
+    raw: Optional[Any] = None            # True, False, "auto" (None: the profile's prompt_format)
+    prefill: Optional[str] = None
+
+
+def is_raw(sent: Sent, prof: Profile) -> bool:
+    """Does this prompt go to /completion as it is?"""
+    raw = sent.raw if sent.raw is not None else prof.prompt_format == "raw"
+    if raw == "auto":
+        return any(m in sent.prompt for m in TEMPLATE_MARKERS)
+    if not isinstance(raw, bool):
+        raise InvalidParams('raw must be true, false or "auto"', f"raw: got {raw!r}")
+    return raw
 
 
 def build_body(sent: Sent, prof: Profile, cfg: Config, files_dir: Path) -> Dict[str, Any]:
-    """The chat-completion body for llama-server: request > profile > default.  Raises InvalidParams."""
+    """The body for llama-server (chat messages, or a raw ``prompt`` for /completion): request > profile >
+    default.  Raises InvalidParams."""
     temperature = pick(sent.temperature, prof.temperature, 0.7)
     top_p = pick(sent.top_p, prof.top_p, 0.7)
     top_k = pick(sent.top_k, prof.top_k, 40)
@@ -74,6 +100,8 @@ def build_body(sent: Sent, prof: Profile, cfg: Config, files_dir: Path) -> Dict[
     check_range("top_p", top_p, 0, 1)
     check_range("top_k", top_k, 0, 100_000)
     check_range("max_tokens", max_tokens, 1, 1_000_000)
+    if sent.prefill is not None and not sent.prefill:
+        raise InvalidParams("prefill must not be empty (leave it out instead)", "prefill")
     grammar, json_schema = sent.grammar, sent.json_schema
     if grammar is not None and json_schema is not None:
         raise InvalidParams("grammar and json_schema are mutually exclusive", "grammar")
@@ -86,13 +114,21 @@ def build_body(sent: Sent, prof: Profile, cfg: Config, files_dir: Path) -> Dict[
             grammar, json_schema = prof.grammar, prof.json_schema
     except ProfileError as exc:
         raise InvalidParams(str(exc)) from None
-    messages = []
-    system = sent.system_prompt if sent.system_prompt is not None else prof.effective_system_prompt()
-    if system:
-        messages.append({"role": "system", "content": system})
-    messages.append({"role": "user", "content": sent.prompt})
-    body: Dict[str, Any] = {"messages": messages, "temperature": temperature, "top_p": top_p,
-                            "top_k": top_k, "max_tokens": max_tokens, "cache_prompt": True}
+    body: Dict[str, Any] = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "cache_prompt": True}
+    if is_raw(sent, prof):
+        if sent.system_prompt is not None:
+            raise InvalidParams("system_prompt does not apply to a raw prompt: it carries its own template",
+                                "system_prompt")
+        body.update(prompt=sent.prompt + (sent.prefill or ""), n_predict=max_tokens)
+    else:
+        messages = []
+        system = sent.system_prompt if sent.system_prompt is not None else prof.effective_system_prompt()
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": sent.prompt})
+        if sent.prefill:
+            messages.append({"role": "assistant", "content": sent.prefill})
+        body.update(messages=messages, max_tokens=max_tokens)
     stop = sent.stop if sent.stop is not None else (list(prof.stop) if prof.stop else None)
     if stop:
         body["stop"] = stop
@@ -103,6 +139,15 @@ def build_body(sent: Sent, prof: Profile, cfg: Config, files_dir: Path) -> Dict[
     if not prof.think:
         body["chat_template_kwargs"] = {"enable_thinking": False}
     return body
+
+
+async def _ask(http: Any, body: Dict[str, Any], cfg: Config, on_delta: OnDelta) -> Dict[str, Any]:
+    """One request to llama-server: chat or raw, in one response or streamed (see the module docstring)."""
+    raw = "prompt" in body
+    n = body["n_predict"] if raw else body["max_tokens"]
+    if on_delta is None and n <= cfg.llama.stream_above_tokens:
+        return await (http.completion(body) if raw else http.chat(body))
+    return await (http.completion_stream(body, on_delta) if raw else http.chat_stream(body, on_delta))
 
 
 async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg: Config,
@@ -118,10 +163,7 @@ async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg:
     for attempt in (1, 2):
         async with supervisor.use(path.name, path) as child:
             try:
-                if on_delta is None and body["max_tokens"] <= cfg.llama.stream_above_tokens:
-                    data = await child.http.chat(body)
-                else:
-                    data = await child.http.chat_stream(body, on_delta)
+                data = await _ask(child.http, body, cfg, on_delta)
                 supervisor.generation_result(child, True)
                 return data
             except LlamaHTTPError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import anyio
 
@@ -32,7 +32,7 @@ from .status import status_dict
 
 log = get_logger("oracd.methods")
 NAMES = ("generate", "list_models", "quantize_model", "load_model", "unload_model", "status",
-         "start_server", "stop_server", "server_info", "reload", "metrics")
+         "start_server", "stop_server", "server_info", "reload", "metrics", "prewarm")
 
 
 class App:
@@ -109,14 +109,16 @@ class App:
                        top_k: Optional[int] = None, max_tokens: Optional[int] = None, timeout: float = 30,
                        system_prompt: Optional[str] = None, stop: Optional[List[str]] = None,
                        grammar: Optional[str] = None, json_schema: Optional[Any] = None,
-                       stream: bool = False) -> Dict[str, Any]:
-        """Chat completion with the model's template.
+                       stream: bool = False, raw: Optional[Union[bool, str]] = None,
+                       prefill: Optional[str] = None) -> Dict[str, Any]:
+        """A completion: chat with the model's template, or ``raw`` with the caller's (``generate.py``).
 
         Omitted (or null) parameters come from the model's profile, then from the
         defaults (temperature 0.7, top_p 0.7, top_k 40, max_tokens 512).
         ``grammar`` may be GBNF or "json"; ``json_schema`` a schema or "command".
         ``stream=true`` also sends each piece of text as a ``generate.chunk``
-        notification {id, text} before the final result.
+        notification {id, text} before the final result.  ``prefill``: the answer
+        begins with this text, and ``response`` includes it.
         """
         t0 = time.perf_counter()
         self._check_accepting()
@@ -127,7 +129,7 @@ class App:
         cfg = self.cfg
         prof = cfg.profile_for(path.name) or Profile(model=path.name)
         body = build_body(Sent(prompt, temperature, top_p, top_k, max_tokens, system_prompt, stop, grammar,
-                               json_schema), prof, cfg, self.store.primary)
+                               json_schema, raw, prefill), prof, cfg, self.store.primary)
         deadline = Deadline(timeout, lambda s: GenerationTimeout(f"Generation timed out after {s:g} seconds",
                                                                  {"timeout": s}))
         self.check_loadable(path)
@@ -141,14 +143,23 @@ class App:
         self.generations += 1
         self.prom.generate_seconds.observe(time.perf_counter() - t0)
         usage = data["usage"]
-        return {
-            "response": strip_think(data["content"]),
+        text = data["content"]
+        if prefill and not text.startswith(prefill):       # raw: the prefill was part of the prompt
+            text = prefill + text
+        result = {
+            "response": strip_think(text),
             "elapsed_ms": round((time.perf_counter() - t0) * 1000, 3),
             "model": model or name,
             "prompt": prompt,
             "finish_reason": data["finish_reason"],
-            "usage": {k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+            "usage": {**{k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
+                      # prompt tokens llama-server took from the slot's KV cache (a warmed prefix)
+                      "cached_tokens": int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)},
+            "raw": "prompt" in body,
         }
+        if prefill:
+            result["prefill_included"] = True
+        return result
 
     # ------------------------------------------------------------------ models
     async def list_models(self, ctx: CallContext, *, models_path: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -217,6 +228,37 @@ class App:
         with deadline.scope():
             await self.supervisor.unload()
         return {"unloaded": previous, "state": self.supervisor.state.value}
+
+    async def prewarm(self, ctx: CallContext, *, model: Optional[str] = None, prefix: Optional[str] = None,
+                      system_prompt: Optional[str] = None, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Put a prefix the next requests share into every slot's KV cache, now and after every later load
+        (start, swap, crash restart, oracd restart: restored from disk when it can be).
+
+        ``prefix``: raw text, exactly what raw ``generate`` prompts will begin with; or ``system_prompt``:
+        the chat system message (default: the model's profile's).
+        """
+        self._check_accepting()
+        path = self.store.resolve(self._model_name(model))
+        if prefix is not None and system_prompt is not None:
+            raise InvalidParams("prefix (raw) and system_prompt (chat) are mutually exclusive", "prefix")
+        if prefix is not None:
+            if not prefix.strip():
+                raise InvalidParams("prefix must not be blank", "prefix")
+            target: Dict[str, Any] = {"prompt": prefix}
+        else:
+            prof = self.cfg.profile_for(path.name) or Profile(model=path.name)
+            system = system_prompt if system_prompt is not None else prof.effective_system_prompt()
+            if not system:
+                raise InvalidParams("nothing to warm: give prefix or system_prompt (the model has no profile "
+                                    "system prompt)", "prefix")
+            target = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "ok"}],
+                      "template_kwargs": None if prof.think else {"enable_thinking": False}}
+        deadline = Deadline(timeout or self.cfg.llama.load_timeout,
+                            lambda s: LoadTimeout(f"prewarm of {path.name} timed out after {s:g} seconds"))
+        self.check_loadable(path)
+        with deadline.scope():
+            report = await self.supervisor.prewarm(path.name, path, target)
+        return {"model": path.name, **report.as_dict(self.supervisor.warmer.store, self.supervisor.warmer.counts)}
 
     # ------------------------------------------------------------------ old start_server()
     async def start_server(self, ctx: CallContext, *, model: str, host: str = "127.0.0.1", port: int = 8080,

@@ -194,6 +194,43 @@ class LlamaHTTP:
             raise
         return {"content": "".join(parts), "finish_reason": finish, "usage": usage}
 
+    async def completion(self, body: Dict[str, Any]) -> Dict[str, Any]:
+        """POST /completion (a raw prompt, the caller's own template), not streamed: like ``chat``.
+        Returns {content, finish_reason, usage, timings}."""
+        data = await self.post("/completion", dict(body, stream=False))
+        return _completion_result(data, str(data.get("content") or ""))
+
+    async def completion_stream(self, body: Dict[str, Any],
+                                on_delta: Optional[Callable[[str], Awaitable[None]]] = None) -> Dict[str, Any]:
+        """POST /completion with stream=true (stops the moment the connection closes), like ``chat_stream``."""
+        session = self._get_session()
+        parts: list = []
+        last: Dict[str, Any] = {}
+        try:
+            async with session.post("/completion", json=dict(body, stream=True), headers=_CLOSE) as resp:
+                await self._raise_for_status(resp)
+                while True:
+                    line = await resp.content.readline()
+                    if not line:
+                        break
+                    if not line.startswith(b"data: "):
+                        continue
+                    obj = json.loads(line[6:])
+                    if "error" in obj:
+                        raise LlamaHTTPError(500, _error_text(obj))
+                    text = obj.get("content")
+                    if text:
+                        parts.append(text)
+                        if on_delta is not None:
+                            await on_delta(text)
+                    if obj.get("stop"):
+                        last = obj
+                        break
+        except (aiohttp.ClientError, OSError):
+            await self._drop_session()
+            raise
+        return _completion_result(last, "".join(parts))
+
     async def slots(self) -> Tuple[int, Any]:
         """(HTTP status, body) of GET /slots: what each slot is doing, with its progress counters.
 
@@ -235,6 +272,15 @@ class LlamaHTTP:
         except (aiohttp.ClientError, OSError):
             await self._drop_session("probe")
             raise
+
+
+def _completion_result(data: Dict[str, Any], content: str) -> Dict[str, Any]:
+    """/completion's answer in the shape ``chat`` returns (finish_reason and usage as OpenAI's)."""
+    predicted, evaluated = int(data.get("tokens_predicted") or 0), int(data.get("tokens_evaluated") or 0)
+    timings = data.get("timings") or {}
+    return {"content": content, "finish_reason": "length" if data.get("stop_type") == "limit" else "stop",
+            "usage": {"prompt_tokens": evaluated, "completion_tokens": predicted, "total_tokens": evaluated + predicted,
+                      "prompt_tokens_details": {"cached_tokens": int(timings.get("cache_n") or 0)}}}
 
 
 def _error_text(data: Any) -> str:

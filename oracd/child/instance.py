@@ -24,8 +24,11 @@ class Child:
     """One running llama-server: its process, endpoint, HTTP client, and why we killed it (if we did)."""
 
     def __init__(self, proc: ManagedProcess, model: str, endpoint: LlamaEndpoint, parallel: int,
-                 rpc_workers: Tuple[str, ...]):
+                 rpc_workers: Tuple[str, ...], path: Any = None, binary: str = "", cmd: Any = ()):
         self.proc = proc
+        self.path = path                      # the model file, the binary and the command line: what a
+        self.binary = binary                  # saved KV cache depends on (warm-up's key)
+        self.cmd = list(cmd)
         self.pid = proc.pid
         self.model = model
         self.endpoint = endpoint

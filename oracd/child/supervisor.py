@@ -193,6 +193,16 @@ class Supervisor:
         """Stop the child; returns once it is stopped."""
         await self._wait(Ticket(None))
 
+    async def prewarm(self, name: str, path: Path, target: Dict[str, Any]) -> WarmReport:
+        """Warm ``name``'s slots with ``target`` now, and after every later load (it is remembered, on disk
+        when warm restore is on): a request holding the child, not an owner step, so swaps wait for it."""
+        self.warmer.remember(name, target)
+        async with self.use(name, path) as child:
+            meta = await anyio.to_thread.run_sync(read_gguf_header, path)
+            self.warm = await self.warmer.warm(child.http, self.holder.cfg, path, child.binary, child.cmd, meta,
+                                               target, explicit=True)
+        return self.warm
+
     def request_restart(self, why: str) -> None:
         """Restart the warm model (same model, new load options), e.g. after a profile reload."""
         self._post("restart", why)
@@ -270,6 +280,7 @@ class Supervisor:
         if self.warmer.store is not None:
             try:
                 self.warmer.store.prepare()
+                self.warmer.load_targets()
             except OSError as exc:       # restore is an optimisation: run without it, and say so
                 log.warning("kv cache dir unusable; warm restore off", dir=str(cfg.llama.kv_cache_dir), error=str(exc))
                 self.warmer.store = None
@@ -371,7 +382,7 @@ class Supervisor:
             self._load_failed(name, ModelLoadFailed(f"cannot start llama-server: {exc}", {"reason": "spawn"}), fresh)
             return
         proc.on_line = lambda stream, line: log_child_line(proc.pid, stream, line)
-        child = self.child = Child(proc, name, endpoint, cfg.llama.parallel, workers)
+        child = self.child = Child(proc, name, endpoint, cfg.llama.parallel, workers, path, binary, cmd)
         self.loads += 1
         write_pidfile(cfg, proc.pid)
         log.info("child spawned", pid=proc.pid, cmd=" ".join(cmd))
@@ -381,7 +392,8 @@ class Supervisor:
         err = await self._wait_healthy(child)
         if err is None and child.returncode is None and self._queue.current == name and not self._shutdown:
             meta = await anyio.to_thread.run_sync(read_gguf_header, path)
-            self.warm = await self.warmer.warm(child.http, cfg, path, binary, cmd, meta)
+            self.warm = await self.warmer.warm(child.http, cfg, path, binary, cmd, meta,
+                                               self.warmer.targets.get(name))
             if workers:   # status shows the connections from the start, not from the first health tick
                 await anyio.to_thread.run_sync(self.rpc.lost, proc.pid, workers)
             child.ready_at = time.monotonic()

@@ -18,6 +18,8 @@ failed warm-up is logged and never fails the load.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ from .kvstore import KVStore, entry_key
 
 log = get_logger("oracd.warmup")
 VERIFY_SHARE = 0.9          # a restore took if at least this share of the prompt came from the cache
+TARGETS = "prewarm.json"    # prefixes registered with the prewarm RPC, so they survive an oracd restart
 
 
 @dataclass
@@ -62,8 +65,13 @@ def restore_support(cfg: Config, meta: Dict[str, Any]) -> str:
     return "on"
 
 
-def warm_messages(cfg: Config, model: str) -> Optional[Dict[str, Any]]:
-    """What warm-up sends for ``model``: its profile's system prompt (with ``think``), or None."""
+def warm_target(cfg: Config, model: str, registered: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """What warm-up sends for ``model``: a prefix registered with the ``prewarm`` RPC (raw ``prompt`` or chat
+    ``messages``), else its profile's system prompt (with ``think``), else None."""
+    if not cfg.llama.warmup:
+        return None
+    if registered:
+        return registered
     prof = cfg.profile_for(model)
     system = prof.effective_system_prompt() if prof is not None else None
     if not system or not cfg.llama.warmup:
@@ -78,21 +86,44 @@ class Warmer:
     def __init__(self, store: Optional[KVStore]):
         self.store = store
         self.counts: Dict[str, int] = {}
+        self.targets: Dict[str, Dict[str, Any]] = {}     # model -> prefix registered with the prewarm RPC
+
+    def load_targets(self) -> None:
+        """Prefixes registered before an oracd restart (kept next to the KV cache)."""
+        if self.store is None:
+            return
+        try:
+            data = json.loads((self.store.dir / TARGETS).read_text())
+            self.targets = {k: v for k, v in data.items() if isinstance(v, dict)}
+        except (OSError, ValueError):
+            self.targets = {}
+
+    def remember(self, model: str, target: Dict[str, Any]) -> None:
+        self.targets[model] = target
+        if self.store is None:
+            return
+        tmp = self.store.dir / f"tmp-{TARGETS}"
+        tmp.write_text(json.dumps(self.targets, sort_keys=True))
+        os.replace(tmp, self.store.dir / TARGETS)
 
     def _count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
 
     async def warm(self, http: Any, cfg: Config, model: Path, binary: str, cmd: List[str],
-                   meta: Dict[str, Any]) -> WarmReport:
+                   meta: Dict[str, Any], target: Optional[Dict[str, Any]] = None,
+                   explicit: bool = False) -> WarmReport:
+        """Restore or prefill ``target`` (default: ``warm_target``) in every slot; ``explicit``: asked for by
+        the prewarm RPC, done even with ``warmup = false``."""
         report = WarmReport(restore=restore_support(cfg, meta) if self.store is not None else "off")
-        what = warm_messages(cfg, model.name)
+        what = target if explicit else warm_target(cfg, model.name, target)
         if what is None:
             self._count("none")
             return report
         t0 = time.monotonic()
         with anyio.move_on_after(cfg.llama.load_timeout):
             try:
-                prompt = await http.apply_template(what["messages"], what["template_kwargs"])
+                prompt = what["prompt"] if "prompt" in what else \
+                    await http.apply_template(what["messages"], what.get("template_kwargs"))
                 key = entry_key(model, binary, cmd, prompt) if report.restore == "on" else None
                 if key is not None and self.store.has(key) and await self._restore(http, cfg, key, prompt, report):
                     report.how = "restored"

@@ -67,6 +67,7 @@ class Profile:
     rpc_workers: Optional[Tuple[str, ...]] = None   # overrides [llama] rpc_workers; [] = this model stays local
     tensor_split: Optional[Tuple[float, ...]] = None
     cache_ram_mb: Optional[int] = None      # overrides [llama] cache_ram_mb (llama-server --cache-ram)
+    prompt_format: str = "chat"             # "raw": prompts go to /completion as they are (the caller's template)
     source: Dict[str, Any] = field(default_factory=dict, compare=False)   # as written, for status
 
     def load_options(self) -> Tuple[Any, ...]:
@@ -120,6 +121,9 @@ def _parse(model: str, table: Any, base: Path) -> Profile:
                 v = (check_rpc_workers if key == "rpc_workers" else check_tensor_split)(k, v)
             except ValueError as exc:
                 raise ProfileError(str(exc)) from None
+        elif key == "prompt_format":
+            if v not in ("chat", "raw"):
+                raise ProfileError(f'{k}: expected "chat" or "raw", got {v!r}')
         elif key == "think":
             if not isinstance(v, bool):
                 raise ProfileError(f"{k}: expected true or false, got {v!r}")
@@ -130,6 +134,9 @@ def _parse(model: str, table: Any, base: Path) -> Profile:
         values[key] = v
     if values.get("grammar") and values.get("json_schema"):
         raise ProfileError(f"{where}: grammar and json_schema are mutually exclusive")
+    if values.get("prompt_format") == "raw" and (values.get("system_prompt") or "think" in values):
+        raise ProfileError(f"{where}: system_prompt and think do not apply with prompt_format = \"raw\" "
+                           "(a raw prompt carries its own template)")
     return Profile(model=model, source=dict(table), **values)
 
 

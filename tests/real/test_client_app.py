@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 from typing import Any, Dict
 
-import pytest
 
 from helpers import REPO, SMOL
 

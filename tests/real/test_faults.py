@@ -27,7 +27,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from helpers import SMOL, Conn, Oracd, RPCError, write_tiny_f32, gone, log_events
+from helpers import SMOL, Conn, Oracd, write_tiny_f32, gone, log_events
 from llama_direct import busy_slots
 from oracd.models.gguf import read_gguf_header
 from oracd_protocol.errors import from_wire

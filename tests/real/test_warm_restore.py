@@ -86,7 +86,7 @@ def test_crash_restart_restores_and_answers_exactly_like_after_the_first_warm_up
         import sys
         shown = subprocess.run([sys.executable, "-m", "oracd_client.cli", "--socket", str(o.socket), "status"],
                                capture_output=True, text=True, timeout=60).stdout
-        assert f"restored in" in shown and f"/{total} tokens cached in 2 slots; restore on, cache" in shown, shown
+        assert "restored in" in shown and f"/{total} tokens cached in 2 slots; restore on, cache" in shown, shown
         assert "(1 prefilled, 1 restored, 1 saved)" in shown
     finally:
         o.stop()
