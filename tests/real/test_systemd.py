@@ -44,7 +44,7 @@ def test_service_has_the_required_directives():
     text = (UNITS / "oracd.service").read_text()
     for d in ("Type=notify", "NotifyAccess=main", "WatchdogSec=", "Restart=on-failure", "RestartSec=",
               "StartLimitBurst=", "User=orac", "Group=orac", "RuntimeDirectory=oracd", "LogsDirectory=oracd",
-              "StateDirectory=oracd", "ConfigurationDirectory=oracd", "KillMode=mixed", "TimeoutStopSec=",
+              "StateDirectory=oracd", "CacheDirectory=oracd", "ConfigurationDirectory=oracd", "KillMode=mixed", "TimeoutStopSec=",
               "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
               "ProtectKernelTunables=yes", "ProtectKernelModules=yes", "RestrictAddressFamilies=",
               "SupplementaryGroups=video render"):

@@ -343,6 +343,8 @@ def installed(machine: Machine) -> Machine:
                        "default_model": json.dumps(SMOL), "preload": "true"}.items():
         conf, n = re.subn(rf"^{key} = .*$", f"{key} = {value}", conf, count=1, flags=re.M)
         assert n == 1, f"{key} not in the installed oracd.toml"
+    # a profile with a system prompt: warm-up saves its KV cache under the unit's CacheDirectory
+    conf += f'\n[profiles."{SMOL}"]\nsystem_prompt = "You turn spoken home commands into JSON. Be brief."\n'
     m.sh("cat > /etc/oracd/oracd.toml && /opt/oracd/bin/oracd --config /etc/oracd/oracd.toml --check", input=conf)
     # alice may use oracd (group orac), mallory may not.
     m.sh("useradd --create-home --groups orac alice && useradd --create-home mallory")
@@ -366,6 +368,11 @@ def test_install_start_status_and_rpc_as_orac_member(installed: Machine):
     assert res["pid"] == int(st["MainPID"])
     assert res["child"]["state"] == "ready" and res["child"]["model"] == SMOL, res["child"]
     assert res["child"]["restarts"] == 0
+    # warm-up saved the prefilled system prompt into the unit's private CacheDirectory (ProtectSystem=strict)
+    warm = res["child"]["warm"]
+    assert warm["how"] in ("prefilled", "restored") and warm["cache_dir"] == "/var/cache/oracd/kv", warm
+    assert m.sh("stat -c '%U %a' /var/cache/oracd").stdout.strip() == "orac 700"
+    assert m.sh("ls /var/cache/oracd/kv").stdout.count(".kv") == 1
     gen = m.rpc("generate", prompt="Turn on the kitchen lights", max_tokens=8, temperature=0)
     assert isinstance(gen["response"], str) and gen["model"] == SMOL
     assert 0 < gen["usage"]["completion_tokens"] <= 8
@@ -390,6 +397,7 @@ def test_llama_server_sigkill_is_recovered(installed: Machine):
     after = m.wait_child(lambda c: c["state"] == "ready" and c["restarts"] == 1, timeout=90)
     print(f"[e2e] llama-server SIGKILL -> ready again in {time.monotonic() - t0:.1f}s")
     assert after["pid"] != child["pid"] and after["model"] == SMOL
+    assert after["warm"]["how"] == "restored", after["warm"]        # from /var/cache/oracd/kv, verified
     gen = m.rpc("generate", prompt="Say hi", max_tokens=4, temperature=0)
     assert gen["usage"]["completion_tokens"] > 0
     # oracd itself never went down: same MainPID, no systemd restart.
