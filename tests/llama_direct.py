@@ -3,19 +3,10 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from typing import Any
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 10):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
+from oracd.provision.smoke import UnixHTTPConnection as _UnixHTTPConnection
 
 
 def llama_get(endpoint: str, path: str, timeout: float = 10) -> Any:

@@ -239,36 +239,29 @@ class LlamaHTTP:
         decode, e.g. a GPU hang or a frozen RPC worker, while /health stays 200.
         501 means slots are disabled (--no-slots).
         """
-        session = self._get_session("probe")
+        status, raw = await self._probe("/slots")
         try:
-            async with session.get("/slots") as resp:
-                raw = await resp.read()
-                try:
-                    return resp.status, json.loads(raw)
-                except ValueError:
-                    return resp.status, None
-        except (aiohttp.ClientError, OSError):
-            await self._drop_session("probe")
-            raise
+            return status, json.loads(raw)
+        except ValueError:
+            return status, None
 
     async def metrics(self) -> str:
         """GET /metrics (llama-server started with --metrics): Prometheus text."""
-        session = self._get_session("probe")
-        try:
-            async with session.get("/metrics") as resp:
-                await self._raise_for_status(resp)
-                return (await resp.read()).decode("utf-8", "replace")
-        except (aiohttp.ClientError, OSError):
-            await self._drop_session("probe")
-            raise
+        status, raw = await self._probe("/metrics")
+        if status >= 400:
+            raise LlamaHTTPError(status, raw[:200].decode("utf-8", "replace"))
+        return raw.decode("utf-8", "replace")
 
     async def health(self) -> int:
         """HTTP status of GET /health (200 ready, 503 loading)."""
+        return (await self._probe("/health"))[0]
+
+    async def _probe(self, path: str) -> Tuple[int, bytes]:
+        """GET ``path`` on the probe session (never stuck behind generations): (status, body)."""
         session = self._get_session("probe")
         try:
-            async with session.get("/health") as resp:
-                await resp.read()
-                return resp.status
+            async with session.get(path) as resp:
+                return resp.status, await resp.read()
         except (aiohttp.ClientError, OSError):
             await self._drop_session("probe")
             raise

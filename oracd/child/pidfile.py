@@ -60,13 +60,7 @@ def reap_orphan(cfg: Config, binary_name: str, grace: float) -> Optional[int]:
         ours = bool(cmdline) and Path(cmdline[0]).name == binary_name and (
             str(cfg.runtime_dir) in joined or str(cfg.llama.models_dir) in joined)
         if ours:
-            def exited(wait: float) -> bool:
-                try:
-                    proc.wait(wait)
-                    return True
-                except psutil.TimeoutExpired:
-                    return False
-            stop_group_sync(pid, exited, grace)
+            stop_group_sync(pid, proc.wait, grace, (psutil.TimeoutExpired,))
             stopped = pid
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         pass

@@ -18,7 +18,7 @@ import signal
 import subprocess
 from collections import deque
 from pathlib import Path
-from typing import Awaitable, Callable, Deque, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Awaitable, Callable, Deque, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import anyio
 import anyio.abc
@@ -57,12 +57,17 @@ def stop_steps(grace: float) -> Sequence[tuple]:
     return ((signal.SIGTERM, grace), (signal.SIGKILL, KILL_WAIT))
 
 
-def stop_group_sync(pid: int, wait_exit: Callable[[float], bool], grace: float) -> Optional[int]:
-    """``stop_steps`` for a process we only know by pid; returns the signal that ended it (None: still there)."""
-    for sig, wait in stop_steps(grace):
+def stop_group_sync(pid: int, wait: Callable[[float], Any], grace: float,
+                    timeout_errors: Tuple[type, ...]) -> Optional[int]:
+    """``stop_steps`` for a process we did not spawn here (an orphan, rpc-server): ``wait(seconds)`` returns
+    once it exited or raises one of ``timeout_errors``.  Returns the signal that ended it (None: still there)."""
+    for sig, seconds in stop_steps(grace):
         signal_group(pid, sig)
-        if wait_exit(wait):
+        try:
+            wait(seconds)
             return sig
+        except timeout_errors:
+            continue
     return None
 
 

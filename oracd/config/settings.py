@@ -263,32 +263,26 @@ def from_dict(data: Dict[str, Any], base: Path) -> Config:
     return cfg
 
 
+# (key, minimum): integer settings whose type check (>= 0) is not enough
+_MINIMUMS = (("server.log_backups", 1), ("server.log_max_bytes", 1024), ("server.max_line_bytes", 1024),
+             ("server.max_pending_per_connection", 1), ("server.max_connections", 1), ("llama.wedge_threshold", 1),
+             ("llama.parallel", 1), ("llama.default_max_tokens", 1))
+
+
 def _check(cfg: Config) -> None:
     s, l = cfg.server, cfg.llama
-    if s.log_backups < 1:
-        raise _fail("server.log_backups", "expected an integer >= 1", s.log_backups)
-    if s.log_max_bytes < 1024:
-        raise _fail("server.log_max_bytes", "expected at least 1024", s.log_max_bytes)
-    if s.max_line_bytes < 1024:
-        raise _fail("server.max_line_bytes", "expected at least 1024", s.max_line_bytes)
-    if s.max_pending_per_connection < 1:
-        raise _fail("server.max_pending_per_connection", "expected an integer >= 1", s.max_pending_per_connection)
-    if s.max_connections < 1:
-        raise _fail("server.max_connections", "expected an integer >= 1", s.max_connections)
+    for key, lowest in _MINIMUMS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value < lowest:
+            raise _fail(key, f"expected an integer >= {lowest}" if lowest == 1 else f"expected at least {lowest}",
+                        value)
     if s.metrics_listen:
         from ..metrics import listen_address
         try:
             listen_address(s.metrics_listen)
         except ValueError as exc:
             raise ConfigError(f"server.metrics_listen: {exc}") from None
-    if l.wedge_threshold < 1:
-        raise _fail("llama.wedge_threshold", "expected an integer >= 1", l.wedge_threshold)
-    if l.parallel < 1:
-        raise _fail("llama.parallel", "expected an integer >= 1", l.parallel)
-    if l.stream_above_tokens < 0:
-        raise _fail("llama.stream_above_tokens", "expected an integer >= 0", l.stream_above_tokens)
-    if l.default_max_tokens < 1:
-        raise _fail("llama.default_max_tokens", "expected an integer >= 1", l.default_max_tokens)
     if l.default_model and not l.default_model.endswith(".gguf"):
         raise _fail("llama.default_model", "expected a model file name ending in .gguf", l.default_model)
     if l.preload and not l.default_model:

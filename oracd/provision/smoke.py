@@ -35,7 +35,9 @@ class Verdict:
         return self.kind in ("crashed", "killed", "hung")
 
 
-class _UnixHTTP(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket (llama-server listens on one)."""
+
     def __init__(self, path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -47,7 +49,7 @@ class _UnixHTTP(http.client.HTTPConnection):
 
 
 def request(sock_path: str, method: str, url: str, body: Optional[dict], timeout: float):
-    conn = _UnixHTTP(sock_path, timeout)
+    conn = UnixHTTPConnection(sock_path, timeout)
     try:
         conn.request(method, url, body=json.dumps(body) if body is not None else None,
                      headers={"Content-Type": "application/json"})

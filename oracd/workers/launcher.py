@@ -165,13 +165,7 @@ def run(cmd: List[str], address: str) -> int:
 
 def _stop(proc: subprocess.Popen) -> bool:
     """oracd's one stopping routine (TERM the group, grace, KILL); True if SIGTERM was enough."""
-    def exited(wait: float) -> bool:
-        try:
-            proc.wait(wait)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    return stop_group_sync(proc.pid, exited, STOP_GRACE) == signal.SIGTERM
+    return stop_group_sync(proc.pid, proc.wait, STOP_GRACE, (subprocess.TimeoutExpired,)) == signal.SIGTERM
 
 
 def main(argv: Optional[List[str]] = None) -> int:

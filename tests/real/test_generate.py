@@ -22,7 +22,8 @@ def oracd():
 
 def test_generate_fields_and_usage(oracd):
     r = oracd.call("generate", model=SMOL, prompt="Turn on the kitchen lights.", max_tokens=4, temperature=0)
-    assert set(r) == {"response", "elapsed_ms", "model", "prompt", "finish_reason", "usage"}
+    assert set(r) == {"response", "elapsed_ms", "model", "prompt", "finish_reason", "usage", "raw"}
+    assert r["raw"] is False
     assert r["response"].strip()
     assert r["model"] == SMOL and r["prompt"] == "Turn on the kitchen lights."
     assert r["elapsed_ms"] > 0
@@ -31,6 +32,9 @@ def test_generate_fields_and_usage(oracd):
     assert u["completion_tokens"] == 4
     assert u["prompt_tokens"] > 5
     assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    assert set(u) == {"prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"}
+    again = oracd.call("generate", model=SMOL, prompt="Turn on the kitchen lights.", max_tokens=4, temperature=0)
+    assert again["usage"]["cached_tokens"] >= u["prompt_tokens"] - 2      # the same prompt: from the slot's cache
 
 
 def test_model_name_without_suffix_and_default_model(oracd):
