@@ -12,7 +12,6 @@ recorded as requests happen.
 """
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -20,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 
 from .child.states import ChildState
+from .config.values import listen_address
 from .logs import get as get_logger
 
 if TYPE_CHECKING:
@@ -141,17 +141,6 @@ class _StateCollector:
             yield budget
 
 
-def listen_address(text: str) -> Tuple[str, int]:
-    """``server.metrics_listen`` as (host, port); loopback only."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected host:port, got {text!r}")
-    if not ipaddress.ip_address(host).is_loopback:
-        raise ValueError(f"metrics are served on loopback only, got {host!r}")
-    return host, int(port)
-
-
 async def serve_http(app: "App", metrics: Metrics, address: str, *, task_status: Any) -> None:
     """GET /metrics on ``address`` (loopback) until cancelled."""
     import anyio
@@ -161,7 +150,7 @@ async def serve_http(app: "App", metrics: Metrics, address: str, *, task_status:
         body, ctype = await metrics.render(app)
         return web.Response(body=body, headers={"Content-Type": ctype})
 
-    host, port = listen_address(address)
+    host, port = listen_address(address)   # checked at config load (config/values.py)
     web_app = web.Application()
     web_app.add_routes([web.get("/metrics", handle)])
     runner = web.AppRunner(web_app, access_log=None)

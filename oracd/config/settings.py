@@ -22,7 +22,7 @@ else:  # pragma: no cover - Python 3.10 on the Jetson
     import tomli as tomllib
 
 
-from .values import rpc_workers as check_rpc_workers, tensor_split as check_tensor_split  # noqa: E402
+from .values import listen_address, rpc_workers as check_rpc_workers, tensor_split as check_tensor_split  # noqa: E402
 from .profiles import Profile, ProfileError, load_profiles_file, parse_profiles  # noqa: E402
 
 
@@ -278,7 +278,6 @@ def _check(cfg: Config) -> None:
             raise _fail(key, f"expected an integer >= {lowest}" if lowest == 1 else f"expected at least {lowest}",
                         value)
     if s.metrics_listen:
-        from ..metrics import listen_address
         try:
             listen_address(s.metrics_listen)
         except ValueError as exc:

@@ -1,6 +1,7 @@
 """Value checks shared by ``[llama]`` and per-model profiles (a leaf: neither imports the other)."""
 from __future__ import annotations
 
+import ipaddress
 import math
 from typing import Any, Tuple
 
@@ -27,3 +28,14 @@ def tensor_split(key: str, value: Any) -> Tuple[float, ...]:
             or (value and not any(value))):
         raise ValueError(f"{key}: expected a list of numbers >= 0, not all zero, got {value!r}")
     return tuple(float(v) for v in value)
+
+
+def listen_address(text: str) -> Tuple[str, int]:
+    """``server.metrics_listen`` as (host, port); loopback only."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port, got {text!r}")
+    if not ipaddress.ip_address(host).is_loopback:
+        raise ValueError(f"metrics are served on loopback only, got {host!r}")
+    return host, int(port)

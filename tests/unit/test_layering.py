@@ -83,3 +83,35 @@ def test_oracd_protocol_imports_only_the_standard_library():
                                   "client/oracd_client/compat.py", "client/oracd_client/models.py"])
 def test_the_old_copies_are_gone(gone):
     assert not (REPO / gone).exists()
+
+
+# ---------------------------------------------------------------------- inside the daemon
+PURE = ["states", "swap_queue", "backoff", "hang", "wedge", "failures", "exits"]
+
+
+def resolved_imports(path: Path) -> List[str]:
+    """Absolute module names a daemon module imports (relative imports resolved)."""
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    out = []
+    for _, mod, level in imported_modules(path.read_text(), str(path)):
+        if level:
+            base = package.split(".")[: len(package.split(".")) - (level - 1)]
+            mod = ".".join(base + ([mod] if mod else []))
+        out.append(mod)
+    return out
+
+
+@pytest.mark.parametrize("name", PURE)
+def test_the_supervisors_decisions_are_pure_leaves(name):
+    """The pure decisions import only the standard library: unit-tested in milliseconds, no I/O in them."""
+    path = REPO / "oracd" / "child" / f"{name}.py"
+    bad = [m for m in resolved_imports(path) if top(m) not in sys.stdlib_module_names]
+    assert not bad, bad
+
+
+def test_config_imports_nothing_of_the_daemon_but_itself_and_pure_checks():
+    allowed = {"oracd.config", "oracd.workers.hello"}
+    for path in (REPO / "oracd" / "config").glob("*.py"):
+        bad = [m for m in resolved_imports(path) if top(m) == "oracd"
+               and not any(m == a or m.startswith(a + ".") for a in allowed)]
+        assert not bad, (path.name, bad)
