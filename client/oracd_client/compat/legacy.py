@@ -21,6 +21,28 @@ class, with its ``code`` and ``data``, see ``exceptions.as_builtin``):
   ``FileNotFoundError`` and ``ValueError``)
 * no daemon -> ``OracdUnavailable`` (a ``ConnectionError`` naming the socket and
   how to start oracd; never a ``FileNotFoundError``)
+
+Prompts: one template, never two.  The old ORAC app formats the chat template
+itself (``model_configs.yaml``'s ``prompt_format.template``, ChatML for Qwen) and
+passes the result as ``prompt``.  The rule: a prompt that carries a chat-template
+marker (``<|im_start|>``, Llama 3's ``<|start_header_id|>``, Gemma's
+``<start_of_turn>``, ``[INST]``, ``<|user|>``...) is sent as it is to llama-server's
+``/completion``, as the old ``llama-cli -p`` did; a plain prompt is the user message
+and the model's own chat template applies.  Such prompts go with ``raw: "auto"``
+(oracd applies the rule; its marker list is in ``oracd/api/generate.py``); a
+prompt with no ``<|``, ``<start_of_turn>`` or ``[INST]`` in it cannot carry one and
+is sent without ``raw``, exactly as before.  (``generate_stream`` with a
+``system_prompt`` is always a chat: the system prompt needs the template.)
+
+Usage: ``usage`` keeps exactly the old three keys (``prompt_tokens``,
+``completion_tokens``, ``total_tokens``); oracd's newer ``cached_tokens`` is dropped.
+
+Logging, as the old client did, on ORAC's logger name ``orac.llama_cpp_client``
+(``app_logger``; inside the app its console and ``orac.log`` show them): the
+request with its prompt at INFO ("Running generation on oracd: ... -p <prompt> ..."),
+"Cleaned response: '<text>'" at INFO, "Generation error: ..." at ERROR, "Found N
+models" from ``list_models``.  ``verbose=True`` additionally logs the exchange on
+``logger`` (``oracd_client.compat``) as before.
 """
 from __future__ import annotations
 
@@ -42,8 +64,19 @@ from .errors import QUANT_PREFIX, START_PREFIX, generate_error, prefixed
 from .managed import ManagedServer
 from .results import build_response
 
-#: The old module's logger name (callers configure it; ``verbose=True`` logs here).
+#: This client's own logger (callers configure it; ``verbose=True`` logs here).
 logger = logging.getLogger("oracd_client.compat")
+#: The old client's logger name (``get_logger(__name__)`` in ``orac/llama_cpp_client.py``): ORAC's log shows these.
+#: A NullHandler, as a library's logger has: the app's handlers still get every record (propagation), and a
+#: program that configured no logging gets no "Generation error" on stderr from logging's last resort.
+app_logger = logging.getLogger("orac.llama_cpp_client")
+if not any(isinstance(h, logging.NullHandler) for h in app_logger.handlers):
+    app_logger.addHandler(logging.NullHandler())
+#: Every chat-template marker oracd's ``raw: "auto"`` looks for contains one of these; only such prompts carry
+#: ``raw`` at all, so a plain prompt's request is exactly what it was (and follows the model's profile).
+_MAYBE_TEMPLATE = ("<|", "<start_of_turn>", "[INST]")
+#: The usage keys the old ``PromptResponse.usage`` had.
+USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 #: The old module's constants (``MODELS_PATH`` is only the env override here: oracd owns the models dir).
 MODELS_PATH = os.getenv(MODELS_PATH_ENV)
@@ -60,22 +93,36 @@ def _generate_params(model: str, prompt: Any, temperature: Any, top_p: Any, top_
     if not isinstance(prompt, str) or not prompt.strip():
         raise ValueError("Prompt cannot be empty")
     try:
-        return {"prompt": prompt, "model": model, "temperature": float(temperature), "top_p": float(top_p),
-                "top_k": int(top_k), "max_tokens": None if max_tokens is None else int(max_tokens),
-                "timeout": MAX_TIMEOUT if timeout is None else float(timeout)}
+        params = {"prompt": prompt, "model": model, "temperature": float(temperature), "top_p": float(top_p),
+                  "top_k": int(top_k), "max_tokens": None if max_tokens is None else int(max_tokens),
+                  "timeout": MAX_TIMEOUT if timeout is None else float(timeout)}
     except (TypeError, ValueError) as exc:
         raise ValueError(f"invalid generation parameter: {exc}") from None
+    if any(m in prompt for m in _MAYBE_TEMPLATE):
+        params["raw"] = "auto"      # oracd sends it raw if it carries a template marker (see the module docstring)
+    return params
 
 
 def _response_from(r: Dict[str, Any], elapsed_ms: float, model: str, prompt: str, verbose: bool,
                    what: str) -> Any:
     """oracd's generate result as the caller's PromptResponse (model/prompt echo the caller's arguments)."""
+    usage = r.get("usage")
+    if isinstance(usage, dict):
+        usage = {k: usage[k] for k in USAGE_KEYS if k in usage}
     if verbose:
         logger.info("%s: %.1f ms, finish_reason=%s usage=%s response=%r", what, elapsed_ms,
-                    r.get("finish_reason"), r.get("usage"), r.get("response"))
+                    r.get("finish_reason"), usage, r.get("response"))
+    app_logger.info("Cleaned response: %r", r["response"])
     return build_response(response=r["response"], elapsed_ms=elapsed_ms, model=model or r.get("model"),
                            prompt=r.get("prompt", prompt), finish_reason=r.get("finish_reason"),
-                           usage=r.get("usage"))
+                           usage=usage)
+
+
+def _log_request(params: Dict[str, Any]) -> None:
+    """The old client's INFO line naming the request, prompt included (it logged its llama-cli command)."""
+    app_logger.info("Running generation on oracd: -m %s -p %s --temp %s --top-p %s --top-k %s --n-predict %s",
+                    params["model"], params["prompt"], params["temperature"], params["top_p"], params["top_k"],
+                    params["max_tokens"] if params["max_tokens"] is not None else 512)
 
 
 class LlamaCppClient:
@@ -146,7 +193,9 @@ class LlamaCppClient:
     async def list_models(self) -> List[Dict[str, Any]]:
         """GGUF models oracd serves: dicts with ``name``, ``size``, ``modified``, ``backend`` ("llama_cpp")
         and oracd's extras (``loaded``, ``path``, ``architecture``, ``quantization``...)."""
-        return await self._list(self._models_path)
+        models = await self._list(self._models_path)
+        app_logger.info("Found %d models", len(models))
+        return models
 
     async def generate(self, model: str, prompt: str, stream: bool = False, temperature: float = 0.7,
                        top_p: float = 0.7, top_k: int = 40, max_tokens: Optional[int] = None,
@@ -165,11 +214,14 @@ class LlamaCppClient:
         if verbose:
             logger.info("generate: model=%s temperature=%s top_p=%s top_k=%s max_tokens=%s timeout=%s stream=%s "
                         "prompt=%r", model, temperature, top_p, top_k, max_tokens, timeout, stream, prompt)
+        _log_request(params)
         t0 = time.perf_counter()
         try:
             r = await self._rpc.call("generate", params, timeout=params["timeout"] + CLIENT_GRACE_S)
         except (OracError, CallTimeout) as exc:
-            raise generate_error(exc, timeout) from None
+            err = generate_error(exc, timeout)
+            app_logger.error("Generation error: %s", err)
+            raise err from None
         return _response_from(r, (time.perf_counter() - t0) * 1000.0, model, prompt, verbose, "generate")
 
     def generate_stream(self, model: str, prompt: str, temperature: float = 0.7, top_p: float = 0.7,
@@ -192,12 +244,17 @@ class LlamaCppClient:
         params["stream"] = True
         if system_prompt is not None:
             params["system_prompt"] = str(system_prompt)
+            if "raw" in params:
+                params["raw"] = False      # a system prompt needs the model's chat template
+        _log_request(params)
         if verbose:
             logger.info("generate_stream: model=%s temperature=%s top_p=%s top_k=%s max_tokens=%s timeout=%s "
                         "prompt=%r", model, temperature, top_p, top_k, max_tokens, timeout, prompt)
 
         def map_error(exc: BaseException) -> BaseException:
-            return generate_error(exc, timeout)
+            err = generate_error(exc, timeout)
+            app_logger.error("Generation error: %s", err)
+            return err
 
         def make_response(r: Dict[str, Any], elapsed_ms: float) -> Any:
             return _response_from(r, elapsed_ms, model, prompt, verbose, "generate_stream")
