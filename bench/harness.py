@@ -7,7 +7,6 @@ daemon that will not start) must cost that request (or that phase), not the run.
 """
 from __future__ import annotations
 
-import asyncio
 import inspect
 import statistics
 import sys
@@ -42,21 +41,6 @@ class Timeouts:
         return Timeouts(**vals)
 
 
-async def within(seconds: float, aw: Awaitable[Any], what: str) -> Any:
-    """Await ``aw`` for at most ``seconds``; a TimeoutError that says what timed out (asyncio's says nothing).
-
-    Uses asyncio.timeout where there is one (3.11+): no extra task per request, so the
-    cheapest RPC measurements are not skewed by the deadline itself.
-    """
-    try:
-        if hasattr(asyncio, "timeout"):
-            async with asyncio.timeout(seconds):
-                return await aw
-        return await asyncio.wait_for(aw, seconds)
-    except asyncio.TimeoutError:
-        raise TimeoutError(f"{what}: no answer within {seconds:g} s") from None
-
-
 # ---------------------------------------------------------------------- figures
 def pct(xs: List[float], p: float) -> Optional[float]:
     xs = sorted(xs)
@@ -74,10 +58,21 @@ def _r(v: Optional[float], nd: int = 3) -> Optional[float]:
 def summary(xs: List[float], failures: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Percentiles of the successful requests only (None when there were none), with their failures."""
     out: Dict[str, Any] = {"n": len(xs), "p50": _r(pct(xs, 50)), "p95": _r(pct(xs, 95)), "p99": _r(pct(xs, 99)),
-                           "mean": _r(statistics.fmean(xs)) if xs else None}
+                           "mean": _r(statistics.fmean(xs)) if xs else None,
+                           "min": _r(min(xs)) if xs else None, "max": _r(max(xs)) if xs else None}
     if failures is not None:
         out["failures"] = failures
     return out
+
+
+def div(a: Optional[float], b: Optional[float], nd: int) -> Optional[float]:
+    """a / b rounded, or None when either is missing (a variant with no successful request)."""
+    return None if a is None or b is None or b == 0 else round(a / b, nd)
+
+
+def sub(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    """a - b rounded, or None when either is missing."""
+    return None if a is None or b is None else round(a - b, 3)
 
 
 def describe(exc: BaseException, limit: int = 300) -> str:

@@ -14,11 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-from helpers import Oracd, RpcWorker  # noqa: E402
+from oracd_protocol.blocking import BlockingClient
 
-from .harness import Timeouts  # noqa: E402
+from .daemons import REPO, Oracd, RpcWorker
+from .harness import Timeouts
 
 PROMPT = "Write a short story about a dragon who learns to cook."
 
@@ -41,9 +40,9 @@ def main() -> int:
         rates = {name: [] for name in setups}
         for i in range(args.runs + 1):
             for name, o in (list(daemons.items()) if i % 2 else list(daemons.items())[::-1]):
-                with o.conn(timeout=t.generate + t.grace) as c:      # the socket outwaits oracd's own timeout
-                    r = c.call("generate", prompt=PROMPT, max_tokens=args.max_tokens, temperature=0,
-                               timeout=t.generate)
+                with BlockingClient(o.socket, t.generate + t.grace) as c:   # outwaits oracd's own timeout
+                    r = c.call("generate", {"prompt": PROMPT, "max_tokens": args.max_tokens, "temperature": 0,
+                                            "timeout": t.generate})
                 if i:                        # the first round warms every prompt cache
                     rates[name].append(r["usage"]["completion_tokens"] / (r["elapsed_ms"] / 1000))
         res = {name: {"tok_s_p50": round(statistics.median(v), 1), "min": round(min(v), 1),

@@ -1,17 +1,25 @@
-"""The benchmark's plumbing (bench/harness.py): failures recorded not raised, progress lines, timeouts.
+"""The benchmark's pure parts: plumbing (bench/harness.py: failures recorded not raised, progress lines,
+timeouts), figures and targets (bench/figures.py), and the blocking RPC-floor client.
 
-No llama-server, no oracd: a fake clock and an in-memory stream; each test runs in milliseconds.
+No llama-server, no oracd: a fake clock, an in-memory stream, made-up samples; each test runs in milliseconds.
 """
 from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
+import socket
+import threading
 
 import pytest
+from oracd_protocol.errors import ConnectionLost, MethodNotFound
 
-from bench.harness import (FAILED, Failures, Progress, Timeouts, describe, failures_note, fmt_elapsed, pct,
-                           summary, within)
+from bench.clients import FloorConn
+from bench.figures import check_targets, comparisons
+
+from bench.harness import (FAILED, Failures, Progress, Timeouts, describe, div, failures_note, fmt_elapsed, pct,
+                           sub, summary)
 
 
 class Clock:
@@ -61,10 +69,11 @@ def test_summary_leaves_failed_requests_out_and_carries_their_failures():
     f = Failures()
     f.add("v", TimeoutError("t"))
     s = summary([10.0, 20.0, 30.0], f.get("v"))
-    assert (s["n"], s["p50"], s["mean"]) == (3, 20.0, 20.0)
+    assert (s["n"], s["p50"], s["mean"], s["min"], s["max"]) == (3, 20.0, 20.0, 10.0, 30.0)
     assert s["failures"] == {"count": 1, "examples": ["TimeoutError: t"]}
     empty = summary([])
     assert empty["n"] == 0 and empty["p50"] is None and empty["mean"] is None and "failures" not in empty
+    assert empty["min"] is None and empty["max"] is None
     assert pct([1.0, 2.0, 3.0, 4.0], 50) == 2.5
 
 
@@ -231,16 +240,79 @@ def test_timeouts_are_generous_and_scale_together_but_cleanup_never_shrinks():
         t.scaled(0)
 
 
-def test_within_raises_a_timeout_that_says_what_timed_out():
-    async def slow():
-        await asyncio.sleep(5)
+def test_div_and_sub_say_missing_instead_of_failing():
+    assert div(10, 4, 2) == 2.5 and div(None, 4, 2) is None and div(1, 0, 2) is None
+    assert sub(106.364, 106.304) == 0.06 and sub(1.0, None) is None
 
-    async def fast():
-        return 7
 
-    async def go():
-        assert await within(1, fast(), "status") == 7
-        with pytest.raises(TimeoutError, match=r"^generate: no answer within 0\.01 s$"):
-            await within(0.01, slow(), "generate")
+# ---------------------------------------------------------------------- figures: warm generate
+def gen(direct, raw, compat, cli):
+    return {"direct HTTP": {"p50": direct}, "raw JSON-RPC": {"p50": raw}, "compat client": {"p50": compat},
+            "old per-call CLI": {"p50": cli}}
 
-    asyncio.run(go())
+
+def test_generate_comparisons_put_each_client_under_its_own_name():
+    c = comparisons(gen(100.0, 101.0, 103.0, 400.0))
+    assert c["overhead_ms_p50"] == {"raw JSON-RPC": 1.0, "compat client": 3.0}
+    assert c["overhead_ratio_p50"] == {"raw JSON-RPC": 1.01, "compat client": 1.03}
+    assert c["speedup_vs_old_cli"]["direct HTTP"] == 4.0 and c["speedup_vs_old_cli"]["compat client"] == 3.88
+    assert c["speedup_vs_old_cli"]["share_of_direct_speedup"] == round(100 / 103, 4)      # the compat client's
+    assert comparisons(gen(100.0, 101.0, 103.0, None))["speedup_vs_old_cli"]["share_of_direct_speedup"] is None
+
+
+def test_check_targets_use_the_compat_client_and_say_not_measured_for_a_failed_phase():
+    g = {**gen(100.0, 100.5, 103.0, 400.0)}
+    g.update(comparisons(g))
+    res = {"generate": g, "memory": {"oracd RSS idle MB": 40.0, "oracd RSS after 10 requests MB": 61.0},
+           "rpc": {"status latency ms (1 conn)": {"p50": 0.2}}, "concurrency": {"failed": "no daemon"}}
+    t = check_targets(res)
+    assert t["generate overhead p50 <= max(1 ms, 2% of direct)"] == {"met": False, "value": "3.0 ms"}
+    assert t["status p50 <= 0.3 ms (1 conn)"] == {"met": True, "value": "0.2 ms"}
+    assert t["speed-up vs old CLI >= 97% of direct's"] == {"met": True, "value": "97.1%"}
+    assert t[">= 95% of direct throughput at 8 clients"] == {"met": False, "value": "not measured"}
+    assert t["oracd RSS <= 60 MB"] == {"met": False, "value": "61.0 MB"}
+
+
+# ---------------------------------------------------------------------- the blocking floor client
+@pytest.fixture
+def fake_oracd(tmp_path):
+    """A one-connection-at-a-time Unix socket server answering lines from ``answers(request)``."""
+    path = tmp_path / "s.sock"
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen(4)
+    state = {"answers": None, "connections": 0}
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            state["connections"] += 1
+            with conn, conn.makefile("rb") as rf:
+                for line in rf:
+                    conn.sendall(json.dumps(state["answers"](json.loads(line))).encode() + b"\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield path, state
+    srv.close()
+
+
+def test_floor_conn_times_a_round_trip_raises_oracd_errors_and_reconnects_after_a_wrong_id(fake_oracd):
+    path, state = fake_oracd
+    conn = FloorConn(path, 5.0)
+    state["answers"] = lambda req: {"jsonrpc": "2.0", "id": req["id"], "result": {"ok": True}}
+    assert 0 < conn.round_trip_ms("status") < 5000
+    state["answers"] = lambda req: {"jsonrpc": "2.0", "id": req["id"],
+                                    "error": {"code": -32601, "message": "Method not found"}}
+    with pytest.raises(MethodNotFound):
+        conn.round_trip_ms("nope")
+    assert state["connections"] == 1                       # an error answer leaves the connection usable
+    state["answers"] = lambda req: {"jsonrpc": "2.0", "id": 999, "result": {}}
+    with pytest.raises(ConnectionLost, match="answer to id 999"):
+        conn.round_trip_ms("status")
+    state["answers"] = lambda req: {"jsonrpc": "2.0", "id": req["id"], "result": {}}
+    conn.round_trip_ms("status")
+    assert state["connections"] == 2
+    conn.close()
