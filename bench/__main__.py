@@ -29,13 +29,13 @@ from .chart import write_chart
 from .cold_start import bench_cold_start
 from .concurrency import bench_concurrency, concurrency_rounds
 from .daemons import REPO, SharedOracd
-from .figures import check_targets
+from .figures import check_targets, pop_raw
 from .generate import bench_generate
 from .harness import Progress, Timeouts
 from .memory import bench_memory
-from .report import STDLIB_PHASE, section, to_markdown, warmup_markdown
+from .report import STDLIB_PHASE, to_markdown, warmup_section
 from .rpc_floor import bench_rpc_floor, bench_stdlib_loop, floor_calls
-from .warmup import bench_warmup
+from .warmup import bench_warmup, warmup_units
 
 QUICK = {"runs": 4, "cli_runs": 2, "rpc_calls": 200, "memory_requests": 500, "cold_runs": 1, "levels": [1, 2],
          "conc_rounds": 2, "conc_per_client": 1, "warmup_loads": 1}
@@ -79,7 +79,8 @@ async def run_all(args: argparse.Namespace, progress: Progress, t: Timeouts) -> 
 
 
 def run_warmup(progress: Progress, t: Timeouts, loads: int) -> Any:
-    return progress.phase("warm-up", 2 * loads, "load", "warmup on vs off, interleaved").run(
+    return progress.phase("warm-up", warmup_units(loads), "load",
+                          "no warm-up, prefill, restore interleaved; crash restarts").run(
         lambda ph: bench_warmup(ph, t, loads))
 
 
@@ -93,9 +94,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--conc-rounds", type=int, default=4, help="even, so each side goes first as often")
     ap.add_argument("--conc-per-client", type=int, default=4)
-    ap.add_argument("--warmup-loads", type=int, default=4, help="loads per variant for the warm-up measurement "
-                    "(0: skip it)")
-    ap.add_argument("--only-warmup", action="store_true", help="run only the warm-up measurement")
+    ap.add_argument("--warmup-loads", type=int, default=4,
+                    help="measured loads per variant (no warm-up, prefill warm-up, restore) and crash restarts per "
+                         "warm-up variant in the warm-up phase (0: skip the phase)")
+    ap.add_argument("--only-warmup", "--only-warm-restore", dest="only_warmup", action="store_true",
+                    help="run only the warm-up phase (no warm-up vs prefill vs restore, crash restarts)")
     ap.add_argument("--quick", action="store_true",
                     help="a few runs of everything, to try the benchmark out in a couple of minutes (not for "
                          "figures; files are named quick-*): " + ", ".join(f"{k.replace('_', '-')} {v}"
@@ -134,7 +137,7 @@ def main() -> int:
         res["warmup"] = asyncio.run(run_warmup(progress, t, max(1, args.warmup_loads)))
         res["phases"] = progress.phases
         raw: Dict[str, Any] = {}
-        md = "\n".join(section("warm-up", res["warmup"], warmup_markdown)) + "\n"
+        md = "\n".join(warmup_section(res["warmup"])) + "\n"
         stem_name = f"warmup-{res['when'].replace(':', '')}"
     else:
         res = asyncio.run(run_all(args, progress, t))
@@ -143,8 +146,7 @@ def main() -> int:
         res["generate_raw_ms"] = raw
         stem_name = res["when"].replace(":", "")
     if "failed" not in res.get("warmup", {"failed": True}):
-        res["warmup_raw_ms"] = {k: res["warmup"][k].pop("_raw") for k in ("warmup on", "warmup off")
-                                if "_raw" in res["warmup"][k]}
+        res["warmup_raw_ms"] = pop_raw(res["warmup"])
     stem = write_results(args, stem_name, res, md)
     charted = write_chart(res, raw, stem.with_suffix(".png"))
     print(md)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Tuple
 
-from .figures import GENERATE_VARIANTS, MAX_TOKENS
+from .figures import CRASH_VARIANTS, GENERATE_VARIANTS, MAX_TOKENS, WARM_LABELS, WARM_SETTINGS
 from .harness import failures_note, first_line
 
 STDLIB_PHASE = "stdlib-loop RPC floor"
@@ -51,20 +51,69 @@ def targets_table(head: str, targets: Dict[str, Dict[str, Any]]) -> List[str]:
 
 
 # ---------------------------------------------------------------------- warm-up
-def warmup_markdown(w: Dict[str, Any]) -> List[str]:
-    tokens = w["first_request_prompt_tokens"]
-    lines = [f"| warm-up ({w['loads']} loads each, {f'{tokens}-token ' if tokens else ''}few-shot prompt) "
-             "| warmup = true p50 ms | warmup = false p50 ms |", "|---|---|---|"]
-    labels = {"load_ms": "load_model (includes warm-up)", "first_ms": "first generate after the load",
-              "load_plus_first_ms": "load + first generate", "second_ms": "second generate (steady state)"}
+LOAD_ROWS = {"load_ms": "load_model, to ready (includes warm-up)", "first_ms": "first generate after the load",
+             "load_plus_first_ms": "load + first generate", "second_ms": "second generate (steady state)",
+             "warmup_ms": "status.child.warm.ms"}
+CRASH_ROWS = {"ready_ms": "SIGKILL to ready (new pid)", "first_ms": "first generate after the restart",
+              "ready_plus_first_ms": "SIGKILL to first answer", "warmup_ms": "status.child.warm.ms"}
+
+
+def span(xs: List[float]) -> str:
+    """``min-max`` of a few values (one value once), ``-`` for none."""
+    if not xs:
+        return "-"
+    lo, hi = min(xs), max(xs)
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
+
+
+def cached_note(cached: Dict[str, List[float]], parts: Dict[str, str]) -> List[str]:
+    """Which share of the prompt came from the slot's cache (usage.cached_tokens): why a first request is fast."""
+    said = [f"{label} {span(cached[k])}" for k, label in parts.items() if cached.get(k)]
+    return [f"Prompt tokens found in the slot's cache (usage.cached_tokens): {', '.join(said)}."] if said else []
+
+
+def spread(s: Dict[str, Any]) -> str:
+    """``p50 (min-max)``, or ``-`` without samples."""
+    return f"{num(s['p50'])} ({num(s['min'])}-{num(s['max'])})" if s.get("n") else "-"
+
+
+def steps_table(head: str, v: Dict[str, Any], labels: Dict[str, str]) -> List[str]:
+    """One variant: p50, min and max of each step that has samples."""
+    lines = [f"| {head} | p50 ms | min ms | max ms | n |", "|---|---|---|---|---|"]
     for k, label in labels.items():
-        on, off = (num(w[name].get(k, {}).get("p50")) for name in ("warmup on", "warmup off"))
-        lines.append(f"| {label} | {on} | {off} |")
-    if "warmup_ms" in w["warmup on"]:
-        lines.append(f"| status.child.warmup_ms | {w['warmup on']['warmup_ms']['p50']} | - |")
-    return lines + ["", f"Warm-up saves {num(w['first_request_saving_ms_p50'])} ms on the first request after a "
-                    f"load (x{num(w['first_request_speedup_p50'])}); load + first request: "
-                    f"{num(w['load_plus_first_saving_ms_p50'])} ms saved."]
+        s = v.get(k)
+        if s and s["n"]:
+            lines.append(f"| {label} | {num(s['p50'])} | {num(s['min'])} | {num(s['max'])} | {s['n']} |")
+    return lines
+
+
+def warmup_markdown(w: Dict[str, Any]) -> List[str]:
+    tokens = w.get("first_request_prompt_tokens")
+    lines = [f"Warm-up: {w['loads']} interleaved load{'s' * (w['loads'] != 1)} per variant, "
+             f"{f'{tokens}-token ' if tokens else ''}few-shot system prompt, parallel = {w.get('parallel')}, "
+             "`command` json_schema."]
+    for name, label in WARM_LABELS.items():
+        cached = w.get("cached_prompt_tokens", {}).get(name, {})
+        lines += [""] + with_notes(steps_table(f"{label} ({WARM_SETTINGS[name]})", w[name], LOAD_ROWS),
+                                   cached_note(cached, {"first": "first generate", "second": "second generate"})
+                                   + failures_note({label: w[name]["failures"]}))
+    crash = w.get("crash_restart", {})
+    if crash:
+        heads = [WARM_LABELS[n] for n in CRASH_VARIANTS]
+        table_ = [f"| crash restart (SIGKILL llama-server), ms: p50 (min-max) | {' | '.join(heads)} |",
+                  "|---|" + "---|" * len(heads)]
+        table_ += [f"| {label} | " + " | ".join(spread(crash[n][k]) for n in CRASH_VARIANTS) + " |"
+                   for k, label in CRASH_ROWS.items() if any(crash[n][k]["n"] for n in CRASH_VARIANTS)]
+        lines += [""] + with_notes(table_, [
+            f"SIGKILL to ready includes oracd's restart backoff (restart_backoff_initial = "
+            f"{w.get('restart_backoff_s')} s here).",
+            *cached_note({WARM_LABELS[n]: w.get("cached_prompt_tokens", {}).get(n, {}).get("crash_first", [])
+                          for n in CRASH_VARIANTS}, {WARM_LABELS[n]: f"{WARM_LABELS[n]}, first answer after the restart" for n in CRASH_VARIANTS}),
+            *failures_note({f"{WARM_LABELS[n]} crash restart": crash[n]["failures"] for n in CRASH_VARIANTS})])
+    lines += ["", f"Prefill warm-up saves {num(w['first_request_saving_ms_p50'])} ms on the first request after a "
+              f"load (x{num(w['first_request_speedup_p50'])}); load + first request: "
+              f"{num(w['load_plus_first_saving_ms_p50'])} ms saved."]
+    return lines + [""] + targets_table("warm-restore target (p50s)", w.get("targets", {}))
 
 
 # ---------------------------------------------------------------------- the other phases
@@ -116,9 +165,14 @@ def to_markdown(res: Dict[str, Any]) -> str:
     lines += section("concurrency", res["concurrency"], concurrency_markdown) + [""]
     lines += table("| cold start / memory | value |", {"cold start": res["cold_start"], "memory": res["memory"]})
     if "warmup" in res:
-        lines += [""] + section("warm-up", res["warmup"], warmup_markdown)
+        lines += [""] + warmup_section(res["warmup"])
     lines += [""] + targets_table("target", res["targets"])
     failed = [k for k, v in res.get("phases", {}).items() if v.get("failed")]
     if failed:
         lines += ["", f"Phases that could not run: {', '.join(failed)} (why: the JSON's \"phases\")."]
     return "\n".join(lines) + "\n"
+
+
+def warmup_section(w: Dict[str, Any]) -> List[str]:
+    """The warm-up phase's markdown, or why it could not run (its failures are said per variant)."""
+    return [not_measured("warm-up", w)] if "failed" in w else warmup_markdown(w)

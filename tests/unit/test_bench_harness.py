@@ -1,5 +1,5 @@
 """The benchmark's pure parts: plumbing (bench/harness.py: failures recorded not raised, progress lines,
-timeouts), figures and targets (bench/figures.py), and the blocking RPC-floor client.
+timeouts), figures and targets (bench/figures.py), the markdown (bench/report.py), the chart's bars.
 
 No llama-server, no oracd: a fake clock, an in-memory stream, made-up samples; each test runs in milliseconds.
 """
@@ -15,11 +15,13 @@ import threading
 import pytest
 from oracd_protocol.errors import ConnectionLost, MethodNotFound
 
+from bench.chart import warm_bars
 from bench.clients import FloorConn
-from bench.figures import check_targets, comparisons
+from bench.figures import check_targets, comparisons, pop_raw, warm_results
 
 from bench.harness import (FAILED, Failures, Progress, Timeouts, describe, div, failures_note, fmt_elapsed, pct,
                            sub, summary)
+from bench.report import warmup_markdown, warmup_section
 
 
 class Clock:
@@ -271,6 +273,107 @@ def test_check_targets_use_the_compat_client_and_say_not_measured_for_a_failed_p
     assert t["speed-up vs old CLI >= 97% of direct's"] == {"met": True, "value": "97.1%"}
     assert t[">= 95% of direct throughput at 8 clients"] == {"met": False, "value": "not measured"}
     assert t["oracd RSS <= 60 MB"] == {"met": False, "value": "61.0 MB"}
+
+
+# ---------------------------------------------------------------------- figures: warm-up and warm restore
+def no_failures(key):
+    return {"count": 0, "examples": []}
+
+
+def warm(off, on, restore, crash_on=None, crash_restore=None):
+    """warm_results from per-variant samples given as (load, first, second) lists."""
+    def steps(rounds):
+        return {"load_ms": [r[0] for r in rounds], "first_ms": [r[1] for r in rounds],
+                "load_plus_first_ms": [r[0] + r[1] for r in rounds], "second_ms": [r[2] for r in rounds]}
+
+    crash = {"warmup on": crash_on or {}, "restore": crash_restore or {}}
+    return warm_results(len(off), {"warmup off": steps(off), "warmup on": steps(on), "restore": steps(restore)},
+                        crash, no_failures, parallel=2, restart_backoff_s=0.2)
+
+
+def test_warm_targets_met_when_restore_is_nearly_free():
+    w = warm(off=[(280, 2400, 410), (300, 2500, 420)], on=[(4500, 400, 410), (4600, 420, 420)],
+             restore=[(350, 430, 410), (370, 450, 420)])
+    t = w["targets"]
+    assert t["restore load_model <= 1.3x no warm-up's"] == {"met": True, "value": "360.0 ms vs 290.0 ms (x1.24)"}
+    assert t["restore first generate <= 1.1x steady-state generate"] == {
+        "met": True, "value": "440.0 ms vs 415.0 ms (x1.06)"}
+    # restore's load + first (p50 of the sums: 800) against no warm-up's load p50 + steady p50 (290 + 415)
+    assert t["restore load + first generate <= 1.2x (no warm-up load + steady-state generate)"] == {
+        "met": True, "value": "800.0 ms vs 705.0 ms (x1.13)"}
+    assert w["first_request_saving_ms_p50"] == 2040.0 and w["first_request_speedup_p50"] == 5.98
+    assert w["load_plus_first_saving_ms_p50"] == 2740.0 - 4960.0      # a longer load: negative
+
+
+def test_warm_targets_missed_and_unmeasured():
+    w = warm(off=[(280, 2400, 410)], on=[(4500, 400, 410)], restore=[(400, 600, 410)])
+    t = w["targets"]
+    assert [v["met"] for v in t.values()] == [False, False, False]
+    assert t["restore load_model <= 1.3x no warm-up's"]["value"] == "400.0 ms vs 280.0 ms (x1.43)"
+    none = warm(off=[(280, 2400, 410)], on=[(4500, 400, 410)], restore=[])     # every restore load failed
+    assert all(v == {"met": False, "value": "not measured"} for v in none["targets"].values())
+    assert none["restore"]["load_ms"] == {"n": 0, "p50": None, "p95": None, "p99": None, "mean": None,
+                                          "min": None, "max": None}
+
+
+def test_warm_results_keep_every_step_and_take_raw_samples_out():
+    w = warm(off=[(280, 2400, 410)], on=[(4500, 400, 410)], restore=[(350, 430, 410)],
+             crash_restore={"ready_ms": [900.0, 1100.0], "first_ms": [420.0, 440.0],
+                            "ready_plus_first_ms": [1320.0, 1540.0], "warmup_ms": [300.0, 320.0]})
+    assert set(w["restore"]) == {"load_ms", "first_ms", "load_plus_first_ms", "second_ms", "warmup_ms",
+                                 "failures", "_raw"}
+    assert w["crash_restart"]["restore"]["ready_ms"]["p50"] == 1000.0
+    assert w["crash_restart"]["warmup on"]["ready_ms"]["n"] == 0
+    assert (w["loads"], w["parallel"], w["restart_backoff_s"]) == (1, 2, 0.2)
+    raw = pop_raw(w)
+    assert raw["restore"]["load_ms"] == [350] and raw["crash_restart"]["restore"]["first_ms"] == [420.0, 440.0]
+    assert "_raw" not in w["restore"] and "_raw" not in w["crash_restart"]["restore"]
+    json.dumps(w)                                       # what is left is the JSON as written
+
+
+# ---------------------------------------------------------------------- report and chart
+def test_warmup_markdown_has_a_table_per_variant_the_crash_table_and_the_targets():
+    w = warm(off=[(280, 2400, 410), (300, 2500, 420)], on=[(4500, 400, 410), (4600, 420, 420)],
+             restore=[(350, 430, 410), (370, 450, 420)],
+             crash_on={"ready_ms": [5000.0], "first_ms": [420.0], "ready_plus_first_ms": [5420.0]},
+             crash_restore={"ready_ms": [900.0], "first_ms": [430.0], "ready_plus_first_ms": [1330.0]})
+    w["first_request_prompt_tokens"] = 650
+    w["cached_prompt_tokens"] = {"restore": {"first": [621, 621], "second": [600, 621], "crash_first": [621]}}
+    w["restore"]["failures"] = {"count": 1, "examples": ["status.child.warm.how is 'prefilled', not 'restored'"]}
+    pop_raw(w)
+    md = warmup_markdown(w)
+    assert md[0].startswith("Warm-up: 2 interleaved loads per variant, 650-token few-shot system prompt")
+    heads = [ln for ln in md if ln.startswith("| ") and "p50 ms | min ms" in ln]
+    assert heads == ["| no warm-up (warmup = false) | p50 ms | min ms | max ms | n |",
+                     "| prefill warm-up (warmup = true, warm_restore = false) | p50 ms | min ms | max ms | n |",
+                     "| restore (warmup = true, warm_restore = true) | p50 ms | min ms | max ms | n |"]
+    assert "| load_model, to ready (includes warm-up) | 360.0 | 350 | 370 | 2 |" in md
+    assert not any(ln.startswith("| status.child.warm.ms") for ln in md)       # no samples: no row
+    assert "| SIGKILL to ready (new pid) | 5000.0 (5000.0-5000.0) | 900.0 (900.0-900.0) |" in md
+    assert ("Failed requests, left out of the figures: restore: 1 (e.g. status.child.warm.how is 'prefilled', "
+            "not 'restored').") in md
+    assert ("Prompt tokens found in the slot's cache (usage.cached_tokens): first generate 621, "
+            "second generate 600-621.") in md
+    assert ("Prompt tokens found in the slot's cache (usage.cached_tokens): restore, first answer after the "
+            "restart 621.") in md
+    assert "| restore first generate <= 1.1x steady-state generate | yes | 440.0 ms vs 415.0 ms (x1.06) |" in md
+    text = "\n".join(md)
+    assert "\n\n| restore (warmup" in text and "| 2 |\n\nPrompt tokens" in text     # tables stand apart
+    assert "second generate 600-621.\n\nFailed requests" in text
+
+
+def test_warmup_section_of_a_phase_that_could_not_run():
+    assert warmup_section({"failed": "RuntimeError: oracd would not start\ntail"}) == [
+        "**warm-up: not measured** (RuntimeError: oracd would not start)."]
+
+
+def test_chart_bars_stack_the_wait_to_ready_and_the_first_answer():
+    w = warm(off=[(280, 2400, 410)], on=[(4500, 400, 410)], restore=[],
+             crash_restore={"ready_ms": [900.0], "first_ms": [430.0]})
+    bars = warm_bars(w)
+    assert [b["label"] for b in bars] == ["no warm-up", "prefill warm-up", "crash restart,\nrestore"]
+    assert bars[0] == {"label": "no warm-up", "ready": 280, "first": 2400}
+    assert bars[2] == {"label": "crash restart,\nrestore", "ready": 900.0, "first": 430.0}
 
 
 # ---------------------------------------------------------------------- the blocking floor client
