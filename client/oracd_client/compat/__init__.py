@@ -12,6 +12,17 @@ Modules, one job each:
 * ``managed``  -- ``ManagedServer``: ``start_server()``'s Popen-like handle on a server oracd runs
 * ``results``  -- which ``PromptResponse`` class a generation returns (the app's own inside ORAC)
 * ``errors``   -- the old exception contract (oracd's errors as the builtin types callers catch)
+
+Today's ORAC (its ``LlamaCppClient(model_path, config_path)``, ``generate(prompt, model, ...,
+json_mode, grammar_file)``, ``prewarm_kv_cache``, ``get_health_status``, ``stop_all_servers_sync``)
+has its own shim, imported on its own: ``from oracd_client.compat.today import LlamaCppClient``.
+
+* ``today``          -- today's ``LlamaCppClient`` (these names are its)
+* ``today_prompts``  -- ORAC's prompt, sampling and clean-up rules; the warm prefix of its commands
+* ``today_warm``     -- the warm prefix kept per model, remembered across app restarts
+* ``today_response`` -- today's ``PromptResponse`` (the app's own inside ORAC)
+* ``grammar_files``  -- grammar files read per request for the price of a ``stat``
+* ``measure_today``  -- ``python -m oracd_client.compat.measure_today``: warm vs cold, grammar change vs restart
 """
 from ..exceptions import ConnectionLost, ModelsPathNotServed, OracdUnavailable
 from ..response import PromptResponse
