@@ -22,8 +22,24 @@ def oracd_rss() -> Any:
     return _rss.rss(_self)
 
 
+_static: Dict[int, Dict[str, Any]] = {}
+
+
+def _paths(cfg: Any) -> Dict[str, Any]:
+    """The parts of status that only change with the config (pathlib joins cost ~10 us per status call)."""
+    got = _static.get(id(cfg))
+    if got is None or got["_cfg"] is not cfg:
+        _static.clear()
+        got = _static[id(cfg)] = {"_cfg": cfg, "socket": str(cfg.server.socket), "log_file": str(cfg.log_file),
+                                  "models_dirs": [str(p) for p in cfg.models_dirs],
+                                  "default_model": cfg.llama.default_model or None,
+                                  "profiles": sorted(cfg.profiles), "config": str(cfg.path) if cfg.path else None}
+    return got
+
+
 def status_dict(app: "App") -> Dict[str, Any]:
     cfg, d = app.cfg, app.dispatcher
+    static = _paths(cfg)
     return {
         "version": __version__,
         "pid": os.getpid(),
@@ -34,15 +50,15 @@ def status_dict(app: "App") -> Dict[str, Any]:
                      "in_flight": app.requests_in_flight, "generations": app.generations},
         "connections": app.connections.open if app.connections else 0,
         "http_servers": [s.info() for s in app.extra_servers.servers.values() if s.returncode is None],
-        "socket": str(cfg.server.socket),
-        "log_file": str(cfg.log_file),
-        "models_dirs": [str(p) for p in cfg.models_dirs],
-        "default_model": cfg.llama.default_model or None,
+        "socket": static["socket"],
+        "log_file": static["log_file"],
+        "models_dirs": list(static["models_dirs"]),
+        "default_model": static["default_model"],
         "active_default_model": app.active_default or None,
         "fallback": app.fallback,
         "memory": app.memory,
-        "profiles": sorted(cfg.profiles),
-        "config": str(cfg.path) if cfg.path else None,
+        "profiles": list(static["profiles"]),
+        "config": static["config"],
     }
 
 

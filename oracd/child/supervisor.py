@@ -33,7 +33,7 @@ from ..config import ConfigHolder
 from oracd_protocol.errors import ModelLoadFailed, OracError, ServerUnavailable, ShuttingDown
 from ..logs import get as get_logger
 from ..memory import oom_kills, own_cgroup_dir
-from ..models.gguf import read_gguf_header
+from ..models.gguf import header
 from ..procinfo import RssSampler
 from ..workers.pool import RpcWorkers
 from . import exits
@@ -198,7 +198,7 @@ class Supervisor:
         when warm restore is on): a request holding the child, not an owner step, so swaps wait for it."""
         self.warmer.remember(name, target)
         async with self.use(name, path) as child:
-            meta = await anyio.to_thread.run_sync(read_gguf_header, path)
+            meta = await anyio.to_thread.run_sync(header, path)
             self.warm = await self.warmer.warm(child.http, self.holder.cfg, path, child.binary, child.cmd, meta,
                                                target, explicit=True)
         return self.warm
@@ -391,7 +391,7 @@ class Supervisor:
         self._tg.start_soon(self._reap, child)
         err = await self._wait_healthy(child)
         if err is None and child.returncode is None and self._queue.current == name and not self._shutdown:
-            meta = await anyio.to_thread.run_sync(read_gguf_header, path)
+            meta = await anyio.to_thread.run_sync(header, path)
             self.warm = await self.warmer.warm(child.http, cfg, path, binary, cmd, meta,
                                                self.warmer.targets.get(name))
             if workers:   # status shows the connections from the start, not from the first health tick

@@ -159,32 +159,25 @@ class Warmer:
         report.cached_tokens = cached
 
     async def _restore(self, http: Any, cfg: Config, key: str, prompt: str, report: WarmReport) -> bool:
-        """Restore the entry into every slot and verify each; on any failure erase them all: False."""
+        """Restore the entry into every slot and verify each, while a thread checks the file's checksum
+        (hashing tens of MB would otherwise add to every load); on any failure erase them all: False."""
         assert self.store is not None
-        name = self.store.name(key)
-        cached = []
-        try:
-            if not await anyio.to_thread.run_sync(self.store.intact, key):
-                raise ValueError("the file does not match the checksum taken when it was saved")
-            for slot in range(cfg.llama.parallel):
-                await http.slot_action(slot, "restore", name)
-                res = await self._zero_token(http, prompt, slot)
-                timings = res.get("timings") or {}
-                total = int(res.get("tokens_evaluated") or 0)
-                reused = int(timings.get("cache_n") or 0)
-                if total == 0 or reused < VERIFY_SHARE * total:
-                    self._count("verify_failed")
-                    report.note = f"restore did not verify: slot {slot} reused {reused} of {total} prompt tokens"
-                    break
-                cached.append(reused)
-                report.prompt_tokens = total
-            else:
-                self.store.used(key)
-                report.cached_tokens = cached
-                return True
-        except Exception as exc:       # a corrupt or truncated file: llama-server refuses it (HTTP 400)
+        intact: Dict[str, bool] = {}
+
+        async def check() -> None:
+            intact["ok"] = await anyio.to_thread.run_sync(self.store.intact, key)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(check)
+            cached = await self._restore_slots(http, cfg, self.store.name(key), prompt, report)
+        if cached is not None and not intact["ok"]:
             self._count("restore_failed")
-            report.note = f"restore failed: {exc}"
+            report.note = "restore failed: the file does not match the checksum taken when it was saved"
+            cached = None
+        if cached is not None:
+            self.store.used(key)
+            report.cached_tokens = cached
+            return True
         self.store.discard(key, report.note or "restore failed")
         for slot in range(cfg.llama.parallel):
             try:
@@ -192,6 +185,29 @@ class Warmer:
             except Exception as exc:
                 log.warning("slot erase failed", slot=slot, error=str(exc))
         return False
+
+    async def _restore_slots(self, http: Any, cfg: Config, name: str, prompt: str,
+                             report: WarmReport) -> Optional[List[int]]:
+        """Each slot: restore, then a zero-token completion of the prompt must find it in the cache.
+        The tokens each slot reused, or None (``report.note`` says why)."""
+        cached = []
+        try:
+            for slot in range(cfg.llama.parallel):
+                await http.slot_action(slot, "restore", name)
+                res = await self._zero_token(http, prompt, slot)
+                total = int(res.get("tokens_evaluated") or 0)
+                reused = int((res.get("timings") or {}).get("cache_n") or 0)
+                if total == 0 or reused < VERIFY_SHARE * total:
+                    self._count("verify_failed")
+                    report.note = f"restore did not verify: slot {slot} reused {reused} of {total} prompt tokens"
+                    return None
+                cached.append(reused)
+                report.prompt_tokens = total
+        except Exception as exc:       # a corrupt or truncated file: llama-server refuses it (HTTP 400)
+            self._count("restore_failed")
+            report.note = f"restore failed: {exc}"
+            return None
+        return cached
 
     async def _save(self, http: Any, key: str) -> None:
         assert self.store is not None

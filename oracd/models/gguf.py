@@ -11,7 +11,7 @@ import os
 import struct
 import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 
 def _gguf_constants() -> Any:
@@ -50,6 +50,26 @@ _WANTED_KEYS = ("general.architecture", "general.name", "general.file_type", "ge
 _SUFFIXES = (".context_length", ".block_count", ".attention.sliding_window", ".embedding_length",
              ".attention.head_count", ".attention.head_count_kv", ".attention.key_length", ".attention.value_length")
 _QUANT_SIZES = {int(k): v for k, v in _constants.GGML_QUANT_SIZES.items()}   # type -> (block size, bytes)
+
+
+_CACHE: Dict[Tuple[str, int, int], Dict[str, Any]] = {}
+
+
+def header(path: Path, st: Optional[os.stat_result] = None) -> Dict[str, Any]:
+    """``read_gguf_header``, cached by (path, size, mtime): a big tokenizer takes tens of ms to walk, and
+    every listing, load check and load asks.  A file that cannot be read is ``{"valid": False, "error"}``."""
+    st = st or path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    meta = _CACHE.get(key)
+    if meta is None:
+        try:
+            meta = read_gguf_header(path)
+        except (OSError, ValueError, struct.error) as exc:
+            meta = {"valid": False, "error": str(exc)}
+        if len(_CACHE) > 1024:
+            _CACHE.clear()
+        _CACHE[key] = meta
+    return meta
 
 
 def read_gguf_header(path: Path) -> Dict[str, Any]:

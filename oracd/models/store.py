@@ -5,12 +5,11 @@ Header metadata comes from ``gguf.read_gguf_header``, cached by (path, size, mti
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from oracd_protocol.errors import InvalidParams, InvalidPath, ModelNotFound
-from .gguf import read_gguf_header
+from .gguf import header
 
 
 def _check_name(name: Any, what: str = "model") -> str:
@@ -47,7 +46,6 @@ class ModelStore:
     def __init__(self, dirs: Sequence[Path], confine_links: bool = False):
         self.dirs: Tuple[Path, ...] = tuple(Path(d) for d in dirs)
         self.confine_links = confine_links
-        self._meta_cache: Dict[Tuple[str, int, int], Dict[str, Any]] = {}
 
     @property
     def primary(self) -> Path:
@@ -114,15 +112,4 @@ class ModelStore:
         return out
 
     def metadata(self, path: Path, st: Optional[os.stat_result] = None) -> Dict[str, Any]:
-        st = st or path.stat()
-        key = (str(path), st.st_size, st.st_mtime_ns)
-        meta = self._meta_cache.get(key)
-        if meta is None:
-            try:
-                meta = read_gguf_header(path)
-            except (OSError, ValueError, struct.error) as exc:
-                meta = {"valid": False, "error": str(exc)}
-            if len(self._meta_cache) > 1024:
-                self._meta_cache.clear()
-            self._meta_cache[key] = meta
-        return meta
+        return header(path, st)
