@@ -188,26 +188,32 @@ class Warmer:
 
     async def _restore_slots(self, http: Any, cfg: Config, name: str, prompt: str,
                              report: WarmReport) -> Optional[List[int]]:
-        """Each slot: restore, then a zero-token completion of the prompt must find it in the cache.
-        The tokens each slot reused, or None (``report.note`` says why)."""
-        cached = []
-        try:
-            for slot in range(cfg.llama.parallel):
+        """Every slot at once: restore, then a zero-token completion of the prompt must find it in the
+        cache.  The tokens each slot reused, or None (``report.note`` says why)."""
+        cached: List[Optional[int]] = [None] * cfg.llama.parallel
+
+        async def one(slot: int) -> None:
+            try:
                 await http.slot_action(slot, "restore", name)
                 res = await self._zero_token(http, prompt, slot)
-                total = int(res.get("tokens_evaluated") or 0)
-                reused = int((res.get("timings") or {}).get("cache_n") or 0)
-                if total == 0 or reused < VERIFY_SHARE * total:
-                    self._count("verify_failed")
-                    report.note = f"restore did not verify: slot {slot} reused {reused} of {total} prompt tokens"
-                    return None
-                cached.append(reused)
-                report.prompt_tokens = total
-        except Exception as exc:       # a corrupt or truncated file: llama-server refuses it (HTTP 400)
-            self._count("restore_failed")
-            report.note = f"restore failed: {exc}"
+            except Exception as exc:   # a corrupt or truncated file: llama-server refuses it (HTTP 400)
+                report.note = report.note or f"restore failed: {exc}"
+                return
+            total = int(res.get("tokens_evaluated") or 0)
+            reused = int((res.get("timings") or {}).get("cache_n") or 0)
+            if total == 0 or reused < VERIFY_SHARE * total:
+                report.note = report.note or \
+                    f"restore did not verify: slot {slot} reused {reused} of {total} prompt tokens"
+                return
+            cached[slot], report.prompt_tokens = reused, total
+
+        async with anyio.create_task_group() as tg:
+            for slot in range(cfg.llama.parallel):
+                tg.start_soon(one, slot)
+        if any(c is None for c in cached):
+            self._count("verify_failed" if (report.note or "").startswith("restore did not") else "restore_failed")
             return None
-        return cached
+        return [int(c) for c in cached if c is not None]
 
     async def _save(self, http: Any, key: str) -> None:
         assert self.store is not None
