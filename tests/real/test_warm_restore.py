@@ -130,16 +130,18 @@ def test_corrupt_or_truncated_entry_is_detected_prefilled_and_replaced(shared_ro
         path = shared_root / "kv" / f"{key}.kv"
         good = path.read_bytes()
         if damage == "truncate":
-            path.write_bytes(good[: len(good) // 2])
+            bad = good[: len(good) // 2]
         else:                                 # flip 16 bytes in the KV data: llama-server restores it happily
             at = len(good) * 3 // 4
-            path.write_bytes(good[:at] + bytes(b ^ 0xFF for b in good[at:at + 16]) + good[at + 16:])
+            bad = good[:at] + bytes(b ^ 0xFF for b in good[at:at + 16]) + good[at + 16:]
+        path.write_bytes(bad)
         st = restart_child(o)
         w = st["warm"]
         assert w["how"] == "prefilled" and w["outcomes"]["restore_failed"] == 1, w
         # a truncated file is refused by llama-server; flipped KV bytes only the checksum sees
         assert ("checksum" in w["note"]) == (damage == "flip-kv-bytes"), w["note"]
-        assert entries(shared_root / "kv") == [key] and path.read_bytes() == good   # replaced by a good save
+        assert entries(shared_root / "kv") == [key] and path.read_bytes() != bad              # saved anew
+        assert len(path.read_bytes()) == len(good)
         assert restart_child(o)["warm"]["how"] == "restored"
         assert o.call("generate", prompt=PROMPT)["usage"]["completion_tokens"] > 0
     finally:
@@ -158,13 +160,15 @@ def test_a_restore_that_does_not_verify_falls_back_to_prefill(shared_root):
     o = run(shared_root)
     try:
         (key_b,) = set(entries(kv)) - {key_a}
-        good_b = (kv / f"{key_b}.kv").read_bytes()
+        wrong = (kv / f"{key_a}.kv").read_bytes()
         for suffix in (".kv", ".sha256"):
             shutil.copyfile(kv / f"{key_a}{suffix}", kv / f"{key_b}{suffix}")
         w = restart_child(o)["warm"]
         assert w["how"] == "prefilled" and w["outcomes"]["verify_failed"] == 1, w
         assert w["note"].startswith("restore did not verify: slot 0 reused")
-        assert (kv / f"{key_b}.kv").read_bytes() == good_b        # the right state was saved again
+        # the wrong state was replaced by a new save (KV bytes of two prefills need not be identical:
+        # batching changes the float rounding), and that one restores and verifies
+        assert (kv / f"{key_b}.kv").read_bytes() != wrong
         assert restart_child(o)["warm"]["how"] == "restored"
     finally:
         o.cleanup()
