@@ -9,7 +9,8 @@ new peer).
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
+from contextlib import aclosing
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Optional, Tuple
 
 import aiohttp
 
@@ -155,44 +156,51 @@ class LlamaHTTP:
         connection closes, so a timeout or a vanished client frees the slot at once.
         Returns {content, finish_reason, usage} like ``chat``.
         """
-        body = dict(body, stream=True, stream_options={"include_usage": True})
-        session = self._get_session()
         parts = []
         finish = None
         usage: Dict[str, Any] = {}
+        events = self._events("/v1/chat/completions", dict(body, stream=True, stream_options={"include_usage": True}))
+        async with aclosing(events):
+            async for obj in events:
+                for choice in obj.get("choices") or ():
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        parts.append(text)
+                        if on_delta is not None:
+                            await on_delta(text)
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                if obj.get("usage"):
+                    usage = obj["usage"]
+        return {"content": "".join(parts), "finish_reason": finish, "usage": usage}
+
+    async def _events(self, path: str, body: Dict[str, Any]) -> AsyncIterator[Dict[str, Any]]:
+        """POST a streamed request and yield each server-sent event's JSON, until ``[DONE]`` or the end.
+
+        Closing the generator (``aclosing``) closes the connection, which is what stops the generation
+        in llama-server.  llama-server closes the connection after a streamed answer although it says
+        keep-alive; "Connection: close" keeps that dead connection out of aiohttp's pool.
+        """
+        session = self._get_session()
         try:
-            # llama-server closes the connection after a streamed answer although it says keep-alive;
-            # "Connection: close" keeps that dead connection out of aiohttp's pool.
-            async with session.post("/v1/chat/completions", json=body, headers=_CLOSE) as resp:
+            async with session.post(path, json=body, headers=_CLOSE) as resp:
                 await self._raise_for_status(resp)
-                readline = resp.content.readline
                 while True:
-                    line = await readline()
+                    line = await resp.content.readline()
                     if not line:
-                        break
+                        return
                     if not line.startswith(b"data: "):
                         continue
                     payload = line[6:].strip()
                     if payload == b"[DONE]":
-                        break
+                        return
                     obj = json.loads(payload)
                     if "error" in obj:
                         raise LlamaHTTPError(500, _error_text(obj))
-                    for choice in obj.get("choices") or ():
-                        delta = choice.get("delta") or {}
-                        text = delta.get("content")
-                        if text:
-                            parts.append(text)
-                            if on_delta is not None:
-                                await on_delta(text)
-                        if choice.get("finish_reason"):
-                            finish = choice["finish_reason"]
-                    if obj.get("usage"):
-                        usage = obj["usage"]
+                    yield obj
         except (aiohttp.ClientError, OSError):
             await self._drop_session()
             raise
-        return {"content": "".join(parts), "finish_reason": finish, "usage": usage}
 
     async def completion(self, body: Dict[str, Any]) -> Dict[str, Any]:
         """POST /completion (a raw prompt, the caller's own template), not streamed: like ``chat``.
@@ -203,32 +211,19 @@ class LlamaHTTP:
     async def completion_stream(self, body: Dict[str, Any],
                                 on_delta: Optional[Callable[[str], Awaitable[None]]] = None) -> Dict[str, Any]:
         """POST /completion with stream=true (stops the moment the connection closes), like ``chat_stream``."""
-        session = self._get_session()
         parts: list = []
         last: Dict[str, Any] = {}
-        try:
-            async with session.post("/completion", json=dict(body, stream=True), headers=_CLOSE) as resp:
-                await self._raise_for_status(resp)
-                while True:
-                    line = await resp.content.readline()
-                    if not line:
-                        break
-                    if not line.startswith(b"data: "):
-                        continue
-                    obj = json.loads(line[6:])
-                    if "error" in obj:
-                        raise LlamaHTTPError(500, _error_text(obj))
-                    text = obj.get("content")
-                    if text:
-                        parts.append(text)
-                        if on_delta is not None:
-                            await on_delta(text)
-                    if obj.get("stop"):
-                        last = obj
-                        break
-        except (aiohttp.ClientError, OSError):
-            await self._drop_session()
-            raise
+        events = self._events("/completion", dict(body, stream=True))
+        async with aclosing(events):
+            async for obj in events:
+                text = obj.get("content")
+                if text:
+                    parts.append(text)
+                    if on_delta is not None:
+                        await on_delta(text)
+                if obj.get("stop"):
+                    last = obj
+                    break
         return _completion_result(last, "".join(parts))
 
     async def slots(self) -> Tuple[int, Any]:
