@@ -47,9 +47,16 @@ def run(d: Optional[Oracd], *args: str, timeout: float = 120, socket_path: Optio
                           cwd=str(REPO), env=e, **kw)
 
 
+def _sigint_default() -> None:
+    # A job started in the background by a non-interactive shell (a CI runner's script, `cmd &`)
+    # inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt handler: the Ctrl-C
+    # tests would test nothing.  Give oracctl the disposition a terminal gives it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def popen(d: Oracd, *args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([*CLI, "--socket", str(d.socket), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=str(REPO), **kw)
+                            stderr=subprocess.PIPE, cwd=str(REPO), preexec_fn=_sigint_default, **kw)
 
 
 class Reader(threading.Thread):
