@@ -29,3 +29,15 @@ COMMAND_SCHEMA: Dict[str, Any] = {
     "required": list(COMMAND_FIELDS),
     "additionalProperties": False,
 }
+
+
+# Chat-template control tokens of the model families oracd serves (ChatML/Qwen/SmolLM2, Llama 3, Gemma,
+# Mistral/Llama 2, Phi/Zephyr/TinyLlama).  A prompt carrying one was formatted by its sender: with
+# generate's raw = "auto", oracd sends it to llama-server as it is.  One list, for the daemon and the shims.
+TEMPLATE_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<start_of_turn>", "[INST]", "<|user|>",
+                    "<|system|>", "<|assistant|>")
+
+
+def carries_template(prompt: str) -> bool:
+    return any(m in prompt for m in TEMPLATE_MARKERS)
+

@@ -4,7 +4,7 @@ Two prompt formats.  ``chat`` (the default): the prompt is the user message and
 llama-server applies the model's chat template (``/v1/chat/completions``).
 ``raw``: the prompt goes to ``/completion`` as it is, with the caller's own
 template.  ``raw = "auto"`` sends a prompt raw when it already carries chat-template
-markers (``TEMPLATE_MARKERS``): an app that formats ChatML itself is not wrapped twice.
+markers (``oracd_protocol.schemas.TEMPLATE_MARKERS``): an app that formats ChatML itself is not wrapped twice.
 A ``prefill`` is text the answer must begin with: the assistant message llama-server
 continues (chat), or text appended to the prompt (raw).  Either way ``response``
 includes it (``prefill_included`` says so).
@@ -33,16 +33,14 @@ from ..config import Config, Profile, ProfileError
 from ..config.profiles import resolve_grammar, resolve_schema
 from oracd_protocol.errors import GenerationFailed, InvalidParams
 from ..logs import get as get_logger
+from oracd_protocol.schemas import carries_template
 
 if TYPE_CHECKING:
     from ..child.supervisor import Supervisor
 
 log = get_logger("oracd.generate")
 _THINK = re.compile(r"<think>.*?(</think>\s*|$)", re.S)
-# chat-template control tokens of the model families oracd serves (ChatML/Qwen/SmolLM2, Llama 3, Gemma,
-# Mistral/Llama 2, Phi/Zephyr/TinyLlama): a prompt carrying one was formatted by its sender
-TEMPLATE_MARKERS = ("<|im_start|>", "<|start_header_id|>", "<start_of_turn>", "[INST]", "<|user|>",
-                    "<|system|>", "<|assistant|>")
+
 OnDelta = Optional[Callable[[str], Awaitable[None]]]
 
 
@@ -83,7 +81,7 @@ def is_raw(sent: Sent, prof: Profile) -> bool:
     """Does this prompt go to /completion as it is?"""
     raw = sent.raw if sent.raw is not None else prof.prompt_format == "raw"
     if raw == "auto":
-        return any(m in sent.prompt for m in TEMPLATE_MARKERS)
+        return carries_template(sent.prompt)
     if not isinstance(raw, bool):
         raise InvalidParams('raw must be true, false or "auto"', f"raw: got {raw!r}")
     return raw

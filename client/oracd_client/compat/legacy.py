@@ -29,9 +29,8 @@ marker (``<|im_start|>``, Llama 3's ``<|start_header_id|>``, Gemma's
 ``<start_of_turn>``, ``[INST]``, ``<|user|>``...) is sent as it is to llama-server's
 ``/completion``, as the old ``llama-cli -p`` did; a plain prompt is the user message
 and the model's own chat template applies.  Such prompts go with ``raw: "auto"``
-(oracd applies the rule; its marker list is in ``oracd/api/generate.py``); a
-prompt with no ``<|``, ``<start_of_turn>`` or ``[INST]`` in it cannot carry one and
-is sent without ``raw``, exactly as before.  (``generate_stream`` with a
+(the marker list is ``oracd_protocol.schemas.TEMPLATE_MARKERS``, shared with oracd); a
+prompt without one is sent without ``raw``, exactly as before.  (``generate_stream`` with a
 ``system_prompt`` is always a chat: the system prompt needs the template.)
 
 Usage: ``usage`` keeps exactly the old three keys (``prompt_tokens``,
@@ -55,6 +54,7 @@ from typing import Any, Dict, List, Optional
 from oracd_protocol.blocking import call_sync
 from oracd_protocol.errors import CallTimeout, InvalidParams, InvalidPath, ModelNotFound, OracError
 from oracd_protocol.names import CLIENT_GRACE_S, MODELS_PATH_ENV
+from oracd_protocol.schemas import carries_template
 
 from ..exceptions import ModelsPathNotServed, as_builtin
 from ..response import PromptResponse
@@ -72,9 +72,6 @@ logger = logging.getLogger("oracd_client.compat")
 app_logger = logging.getLogger("orac.llama_cpp_client")
 if not any(isinstance(h, logging.NullHandler) for h in app_logger.handlers):
     app_logger.addHandler(logging.NullHandler())
-#: Every chat-template marker oracd's ``raw: "auto"`` looks for contains one of these; only such prompts carry
-#: ``raw`` at all, so a plain prompt's request is exactly what it was (and follows the model's profile).
-_MAYBE_TEMPLATE = ("<|", "<start_of_turn>", "[INST]")
 #: The usage keys the old ``PromptResponse.usage`` had.
 USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
@@ -98,8 +95,8 @@ def _generate_params(model: str, prompt: Any, temperature: Any, top_p: Any, top_
                   "timeout": MAX_TIMEOUT if timeout is None else float(timeout)}
     except (TypeError, ValueError) as exc:
         raise ValueError(f"invalid generation parameter: {exc}") from None
-    if any(m in prompt for m in _MAYBE_TEMPLATE):
-        params["raw"] = "auto"      # oracd sends it raw if it carries a template marker (see the module docstring)
+    if carries_template(prompt):    # oracd's own rule (one list): only such prompts carry raw at all, so a
+        params["raw"] = "auto"      # plain prompt's request is exactly what it was (see the module docstring)
     return params
 
 

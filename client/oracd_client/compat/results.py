@@ -8,7 +8,7 @@ The class is looked up at call time, so importing the client never imports the a
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Dict, Iterable
 
 from ..response import PromptResponse
 
@@ -23,16 +23,21 @@ def response_class() -> type:
     return cls if isinstance(cls, type) else PromptResponse
 
 
-def build_response(**fields: Any) -> Any:
-    """A ``response_class()`` instance; an app class that refuses the newer fields gets the four core ones."""
-    cls = response_class()
+def build_with(cls: type, fallback: type, fields: Dict[str, Any], known: Iterable[str]) -> Any:
+    """``cls(**fields)``; an app class that refuses some of them (fewer fields, extra="forbid") gets only
+    the ``known`` ones; one that refuses even those, the client's own ``fallback`` class."""
     try:
         return cls(**fields)
     except Exception:
-        if cls is PromptResponse:
+        if cls is fallback:
             raise
-        # an app model without the optional fields (and extra="forbid"): give it what it knows
+        keep = set(known)
         try:
-            return cls(**{k: fields[k] for k in ("response", "elapsed_ms", "model", "prompt")})
+            return cls(**{k: v for k, v in fields.items() if k in keep})
         except Exception:
-            return PromptResponse(**fields)
+            return fallback(**fields)
+
+
+def build_response(**fields: Any) -> Any:
+    """A ``response_class()`` instance; an app class that refuses the newer fields gets the four core ones."""
+    return build_with(response_class(), PromptResponse, fields, ("response", "elapsed_ms", "model", "prompt"))

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 
 from pydantic import BaseModel, Field
 
-from .results import response_class
+from .results import build_with, response_class
 
 
 class TodayPromptResponse(BaseModel):
@@ -43,16 +43,7 @@ def today_response_class() -> type:
 def build_today_response(**fields: Any) -> Any:
     """A ``today_response_class()`` instance; an app class that refuses a field gets ``TodayPromptResponse``."""
     cls = today_response_class()
-    try:
-        return cls(**fields)
-    except Exception:
-        if cls is TodayPromptResponse:
-            raise
-        known = getattr(cls, "model_fields", {})
-        try:
-            return cls(**{k: v for k, v in fields.items() if k in known})
-        except Exception:
-            return TodayPromptResponse(**fields)
+    return build_with(cls, TodayPromptResponse, fields, getattr(cls, "model_fields", {}))
 
 
 __all__ = ["TodayPromptResponse", "today_response_class", "build_today_response"]
