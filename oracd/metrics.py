@@ -129,9 +129,8 @@ class _StateCollector:
         yield GaugeMetricFamily("oracd_in_flight", "requests holding llama-server", value=sup.in_flight)
         yield GaugeMetricFamily("oracd_connections", "open client connections",
                                 value=app.connections.open if app.connections else 0)
-        from .api.status import oracd_rss
         rss = GaugeMetricFamily("oracd_rss_bytes", "resident memory", labels=["process"])
-        rss.add_metric(["oracd"], oracd_rss() or 0)
+        rss.add_metric(["oracd"], app.self_status.rss() or 0)
         rss.add_metric(["llama-server"], sup.child_rss())
         yield rss
         if app.memory:

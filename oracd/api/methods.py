@@ -28,7 +28,7 @@ from ..models.store import ModelStore
 from .deadline import Deadline
 from .generate import Sent, build_body, check_range, fetch, strip_think
 from .jsonrpc import CallContext, Method, rpc_method
-from .status import status_dict
+from .status import SelfStatus, status_dict
 
 log = get_logger("oracd.methods")
 NAMES = ("generate", "list_models", "quantize_model", "load_model", "unload_model", "status",
@@ -51,6 +51,7 @@ class App:
         self.active_default: str = cfg.llama.default_model    # a fallback model after a failed preload
         self.fallback: Optional[Dict[str, Any]] = None
         self.memory: Optional[Dict[str, Any]] = None   # the last memory check: required/available bytes
+        self.self_status = SelfStatus()
         self.prom = Metrics(NAMES)
         self.prom.attach(self)
         self.supervisor.on_ready = self.prom.load_seconds.observe

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Dict
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import psutil
 
@@ -14,37 +14,37 @@ from ..procinfo import RssSampler
 if TYPE_CHECKING:
     from .methods import App
 
-_self = psutil.Process()
-_rss = RssSampler()
+class SelfStatus:
+    """What status reports about oracd itself, cheaply: its RSS (read at most once a second) and the parts
+    that only change with the config (pathlib joins cost ~10 us per status call), computed once per config."""
 
+    def __init__(self) -> None:
+        self._proc = psutil.Process()
+        self._rss = RssSampler()
+        self._cfg: Any = None
+        self._static: Dict[str, Any] = {}
 
-def oracd_rss() -> Any:
-    return _rss.rss(_self)
+    def rss(self) -> Optional[int]:
+        return self._rss.rss(self._proc)
 
-
-_static: Dict[int, Dict[str, Any]] = {}
-
-
-def _paths(cfg: Any) -> Dict[str, Any]:
-    """The parts of status that only change with the config (pathlib joins cost ~10 us per status call)."""
-    got = _static.get(id(cfg))
-    if got is None or got["_cfg"] is not cfg:
-        _static.clear()
-        got = _static[id(cfg)] = {"_cfg": cfg, "socket": str(cfg.server.socket), "log_file": str(cfg.log_file),
-                                  "models_dirs": [str(p) for p in cfg.models_dirs],
-                                  "default_model": cfg.llama.default_model or None,
-                                  "profiles": sorted(cfg.profiles), "config": str(cfg.path) if cfg.path else None}
-    return got
+    def static(self, cfg: Any) -> Dict[str, Any]:
+        if cfg is not self._cfg:
+            self._cfg = cfg
+            self._static = {"socket": str(cfg.server.socket), "log_file": str(cfg.log_file),
+                            "models_dirs": [str(p) for p in cfg.models_dirs],
+                            "default_model": cfg.llama.default_model or None,
+                            "profiles": sorted(cfg.profiles), "config": str(cfg.path) if cfg.path else None}
+        return self._static
 
 
 def status_dict(app: "App") -> Dict[str, Any]:
     cfg, d = app.cfg, app.dispatcher
-    static = _paths(cfg)
+    static = app.self_status.static(cfg)
     return {
         "version": __version__,
         "pid": os.getpid(),
         "uptime_s": round(time.time() - app.started, 3),
-        "rss_bytes": _rss.rss(_self),
+        "rss_bytes": app.self_status.rss(),
         "child": app.supervisor.status(),
         "requests": {"served": d.served if d else 0, "errors": d.errors if d else 0,
                      "in_flight": app.requests_in_flight, "generations": app.generations},
