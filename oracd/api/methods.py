@@ -99,7 +99,7 @@ class App:
             raise ModelLoadFailed(
                 f"cannot load {path.name}: it needs about {need // MiB} MiB ({fp.describe()}, margin "
                 f"{cfg.llama.memory_margin_mb} MiB) but only {(avail + freed) // MiB} MiB is available ({source}"
-                + (f", plus {freed // MiB} MiB the current model frees" if freed else "") + ")",
+                + (f", including {freed // MiB} MiB the current model frees" if freed else "") + ")",
                 {"reason": "insufficient_memory", "required_bytes": need, "available_bytes": avail + freed,
                  "footprint": {"weights": fp.weights, "kv": fp.kv, "compute": fp.compute,
                                "host_cache": fp.host_cache}})
