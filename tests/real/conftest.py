@@ -1,4 +1,4 @@
-"""The real layer: llama.cpp and SmolLM2 are provisioned (never skipped) before any test here runs."""
+"""The real layer: llama.cpp, SmolLM2 and Gemma 3 are provisioned (never skipped) before any test here runs."""
 from __future__ import annotations
 
 import subprocess
@@ -6,12 +6,13 @@ import sys
 
 import pytest
 
-from helpers import BIN, MODELS, REPO, SMOL
+from helpers import BIN, GEMMA, MODELS, REPO, SMOL
 
 
 @pytest.fixture(scope="session", autouse=True)
 def provisioned() -> None:
-    """Build/fetch llama.cpp and SmolLM2 if needed (seconds when cached; scripts/test has already done it,
+    """Build/fetch llama.cpp, SmolLM2 and Gemma 3 if needed (seconds when cached; scripts/test has already done it,
     smoke test included)."""
-    if not all((BIN / b).exists() for b in ("llama-server", "llama-quantize", "rpc-server")) or not (MODELS / SMOL).exists():
-        subprocess.run([sys.executable, "-m", "oracd.provision"], cwd=str(REPO), check=True)
+    tools = all((BIN / b).exists() for b in ("llama-server", "llama-quantize", "rpc-server"))
+    if not tools or not all((MODELS / m).exists() for m in (SMOL, GEMMA)):
+        subprocess.run([sys.executable, "-m", "oracd.provision", "--test-models"], cwd=str(REPO), check=True)
