@@ -14,6 +14,10 @@ a container, the cgroup's ``memory.max`` minus ``memory.current``; the smaller
 wins.  On a Jetson, CPU and GPU share that memory, so it is the whole budget.
 Memory a child about to be replaced frees counts as available.
 
+Opt-in ``fit_ctx`` (``fit``, pure): when the configured ``ctx_size`` does not
+fit, use the largest context (a multiple of 256 tokens, at least 256 per slot)
+that does, and say so in ``status.child.ctx``; only the KV cache grows with it.
+
 A kernel OOM kill shows up as a SIGKILL we did not send while the cgroup's
 ``memory.events`` ``oom_kill`` count rose (``oom_kills``).
 """
@@ -21,7 +25,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
+
+from oracd_protocol.errors import ModelLoadFailed
+
+from .logs import get as get_logger
+from .models.gguf import header
+
+if TYPE_CHECKING:
+    from .config import Config
+
+log = get_logger("oracd.memory")
 
 MiB = 2 ** 20
 _KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
@@ -73,6 +87,89 @@ def estimate(meta: Dict[str, Any], ctx_size: int, extra_args: Sequence[str], cac
     kv = int(layers * n_ctx * heads_kv * (k_len * _KV_BYTES.get(k_type, 2.0) + v_len * _KV_BYTES.get(v_type, 2.0)))
     compute = max(COMPUTE_MIN, int(weights * COMPUTE_SHARE))
     return Footprint(weights, kv, compute, max(0, cache_ram_mb) * MiB)
+
+
+CTX_STEP = 256
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One memory check: what the load needs, at the context it would use, against the room there is."""
+    model: str
+    footprint: Footprint      # at ``ctx`` (or at the configured context when nothing fits)
+    margin: int
+    room: int                 # bytes the load can use (free memory plus what the replaced child frees)
+    configured_ctx: int
+    ctx: Optional[int]        # the context to load with: configured, or shrunk by fit_ctx; None: does not fit
+
+    @property
+    def need(self) -> int:
+        return self.footprint.total + self.margin
+
+    @property
+    def shrunk(self) -> bool:
+        return self.ctx is not None and self.ctx != self.configured_ctx
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = {"model": self.model, "required_bytes": self.need, "available_bytes": self.room}
+        if self.shrunk:
+            d.update(ctx_size=self.ctx, configured_ctx_size=self.configured_ctx)
+        return d
+
+
+def judge(model: str, meta: Dict[str, Any], ctx_size: int, extra_args: Sequence[str], cache_ram_mb: int,
+          margin: int, room: int, parallel: int, fit_ctx: bool) -> Verdict:
+    """Does ``model`` fit in ``room`` bytes with ``margin`` to spare, and with which context?"""
+    ctx: Optional[int] = ctx_size
+    if fit_ctx:
+        ctx = fit(meta, ctx_size, extra_args, cache_ram_mb, room - margin, parallel)
+    fp = estimate(meta, ctx if ctx is not None else ctx_size, extra_args, cache_ram_mb)
+    if not fit_ctx and fp.total + margin > room:
+        ctx = None
+    return Verdict(model, fp, margin, room, ctx_size, ctx)
+
+
+def memory_verdict(cfg: "Config", model: str, meta: Dict[str, Any], room: int) -> Verdict:
+    """``judge`` with ``model``'s options from the config (its profile's, else ``[llama]``'s)."""
+    opt = lambda key: cfg.option_for(model, key)   # noqa: E731
+    return judge(model, meta, opt("ctx_size"), opt("extra_args"), opt("cache_ram_mb"),
+                 cfg.llama.memory_margin_mb * MiB, room, cfg.llama.parallel, cfg.llama.fit_ctx)
+
+
+def fit(meta: Dict[str, Any], ctx_size: int, extra_args: Sequence[str], cache_ram_mb: int, budget: int,
+        parallel: int) -> Optional[int]:
+    """The context to load with so that the footprint fits ``budget`` bytes: ``ctx_size`` when it fits, else
+    the largest multiple of 256 tokens (at least 256 per slot) that does; None when not even that fits."""
+    wanted = ctx_size or int(meta.get("context_length") or 0)
+    if estimate(meta, wanted, extra_args, cache_ram_mb).total <= budget:
+        return ctx_size
+    fixed = estimate(meta, 1, extra_args, cache_ram_mb)
+    per_token = max(1, fixed.kv)
+    room = budget - (fixed.total - fixed.kv)
+    ctx = min(wanted, room // per_token) // CTX_STEP * CTX_STEP
+    return ctx if ctx >= CTX_STEP * max(1, parallel) else None
+
+
+def context_for_start(cfg: "Config", name: str, path: Path, cgroup_dir: Optional[Path]) -> Optional[Dict[str, Any]]:
+    """With ``fit_ctx``, at llama-server's start (the old child is gone by then): the smaller context this
+    load must use to fit the memory there is now (``Verdict.as_dict``), or None for the configured one.
+    Nothing fits: the load fails, named.  Blocking (reads /proc and the header): run it in a thread."""
+    if not (cfg.llama.fit_ctx and cfg.llama.memory_check):
+        return None
+    room, source = available(cgroup_dir)
+    meta = header(path)
+    if room is None or not meta.get("valid"):
+        return None
+    v = memory_verdict(cfg, name, meta, room)
+    if v.ctx is None:
+        raise ModelLoadFailed(f"cannot load {name}: no context fits the {room // MiB} MiB available ({source}); "
+                              f"it needs about {v.need // MiB} MiB at ctx_size {v.configured_ctx}",
+                              {"reason": "insufficient_memory", "required_bytes": v.need, "available_bytes": room})
+    if not v.shrunk:
+        return None
+    log.warning("context shrunk to fit memory", model=name, ctx_size=v.ctx, configured=v.configured_ctx,
+                available_mb=room // MiB, source=source)
+    return v.as_dict()
 
 
 # ---------------------------------------------------------------------- the box

@@ -22,7 +22,7 @@ from oracd_protocol.errors import (GenerationTimeout, InvalidParams, InvalidPath
                       ShuttingDown, UnloadTimeout)
 from ..logs import get as get_logger
 from ..metrics import Metrics
-from ..memory import MiB, available, estimate
+from ..memory import CTX_STEP, MiB, available, memory_verdict
 from ..models.quantize import quantize
 from ..models.store import ModelStore
 from .deadline import Deadline
@@ -87,20 +87,21 @@ class App:
         cfg = self.cfg
         if not cfg.llama.memory_check:
             return
-        fp = estimate(meta, cfg.option_for(path.name, "ctx_size"), cfg.option_for(path.name, "extra_args"),
-                      cfg.option_for(path.name, "cache_ram_mb"))
         avail, source = available(self.supervisor.cgroup_dir)
         if avail is None:
             return
         freed = self.supervisor.child_rss() if replaces_child else 0
-        need = fp.total + cfg.llama.memory_margin_mb * MiB
-        self.memory = {"model": path.name, "required_bytes": need, "available_bytes": avail + freed}
-        if need > avail + freed:
+        v = memory_verdict(cfg, path.name, meta, avail + freed)
+        self.memory = v.as_dict()
+        if v.ctx is None:
+            fp = v.footprint
             raise ModelLoadFailed(
-                f"cannot load {path.name}: it needs about {need // MiB} MiB ({fp.describe()}, margin "
-                f"{cfg.llama.memory_margin_mb} MiB) but only {(avail + freed) // MiB} MiB is available ({source}"
-                + (f", including {freed // MiB} MiB the current model frees" if freed else "") + ")",
-                {"reason": "insufficient_memory", "required_bytes": need, "available_bytes": avail + freed,
+                f"cannot load {path.name}: it needs about {v.need // MiB} MiB ({fp.describe()}, margin "
+                f"{cfg.llama.memory_margin_mb} MiB) but only {v.room // MiB} MiB is available ({source}"
+                + (f", including {freed // MiB} MiB the current model frees" if freed else "") + ")"
+                + (f"; fit_ctx found no context of at least {CTX_STEP * cfg.llama.parallel} tokens that fits"
+                   if cfg.llama.fit_ctx else ""),
+                {"reason": "insufficient_memory", "required_bytes": v.need, "available_bytes": v.room,
                  "footprint": {"weights": fp.weights, "kv": fp.kv, "compute": fp.compute,
                                "host_cache": fp.host_cache}})
 

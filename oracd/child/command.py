@@ -59,13 +59,15 @@ def make_endpoint(cfg: Config, binary: str) -> LlamaEndpoint:
 
 
 def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEndpoint,
-                  rpc_workers: Sequence[str] = (), slot_save_path: Optional[Path] = None) -> List[str]:
+                  rpc_workers: Sequence[str] = (), slot_save_path: Optional[Path] = None,
+                  ctx_size: Optional[int] = None) -> List[str]:
     """The llama-server command line for one model: [llama] options, overridden by its profile's.
 
     ``rpc_workers`` (chosen by the supervisor: the configured ones, or none in a
     local fallback) become ``--rpc``, placed before anything that names devices.
     With workers, n_gpu_layers 0 means "all layers": RPC workers are offload
-    devices, and -ngl 0 would leave them idle.
+    devices, and -ngl 0 would leave them idle.  ``ctx_size`` (from ``fit_ctx``)
+    replaces the configured context.
     """
     l = cfg.llama
     prof = cfg.profile_for(model_path.name)
@@ -81,7 +83,7 @@ def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEnd
         cmd += ["--rpc", ",".join(rpc_workers)]
         if opt("tensor_split"):
             cmd += ["-ts", ",".join(f"{v:g}" for v in opt("tensor_split"))]
-    cmd += ["-c", str(opt("ctx_size")), "-np", str(l.parallel), "-ngl", str(ngl),
+    cmd += ["-c", str(opt("ctx_size") if ctx_size is None else ctx_size), "-np", str(l.parallel), "-ngl", str(ngl),
             "--cache-ram", str(opt("cache_ram_mb")), "--metrics", "--no-webui", "--log-colors", "off"]
     if endpoint.unix_path:
         cmd += ["--host", endpoint.unix_path]

@@ -32,7 +32,7 @@ import anyio.abc
 from ..config import ConfigHolder
 from oracd_protocol.errors import ModelLoadFailed, OracError, ServerUnavailable, ShuttingDown
 from ..logs import get as get_logger
-from ..memory import oom_kills, own_cgroup_dir
+from ..memory import context_for_start, oom_kills, own_cgroup_dir
 from ..models.gguf import header
 from ..procinfo import RssSampler
 from ..workers.pool import RpcWorkers
@@ -122,6 +122,7 @@ class Supervisor:
             "profile": self.model if self.model in cfg.profiles else None,
             "warmup_ms": self.warm.ms if self.warm.how != "none" else None,
             "warm": self.warm.as_dict(self.warmer.store, self.warmer.counts),
+            "ctx_fit": child.ctx_fit if child else None,
         }
         if child and child.returncode is None:
             ps = child.psutil()
@@ -371,9 +372,11 @@ class Supervisor:
             if rpc_error:
                 raise ModelLoadFailed(f"cannot load {name}: {rpc_error}", {"reason": "rpc_worker_down", "workers": [
                     self.rpc.checks[a].as_dict() for a in workers if a in self.rpc.checks]})
+            ctx_fit = await anyio.to_thread.run_sync(context_for_start, cfg, name, path, self.cgroup_dir)
             endpoint = make_endpoint(cfg, binary)
             store = self.warmer.store
-            cmd = build_command(cfg, binary, path, endpoint, workers, store.dir if store is not None else None)
+            cmd = build_command(cfg, binary, path, endpoint, workers, store.dir if store is not None else None,
+                                ctx_size=ctx_fit["ctx_size"] if ctx_fit else None)
             proc = await ManagedProcess.spawn(cmd, env=child_env(endpoint))
         except OracError as exc:
             self._load_failed(name, exc, fresh)
@@ -383,6 +386,7 @@ class Supervisor:
             return
         proc.on_line = lambda stream, line: log_child_line(proc.pid, stream, line)
         child = self.child = Child(proc, name, endpoint, cfg.llama.parallel, workers, path, binary, cmd)
+        child.ctx_fit = ctx_fit
         self.loads += 1
         write_pidfile(cfg, proc.pid)
         log.info("child spawned", pid=proc.pid, cmd=" ".join(cmd))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SMOL, Oracd, RPCError, free_port, log_events
+from helpers import GEMMA, SMOL, Oracd, RPCError, free_port, log_events
 from prometheus_client.parser import text_string_to_metric_families
 
 GiB = 2 ** 30
@@ -72,6 +72,40 @@ def test_memory_check_can_be_turned_off_and_llama_server_gets_cache_ram(fresh_or
     with pytest.raises(RPCError) as err:           # no estimate now: llama-server itself refuses it
         o.call("load_model", model="huge", timeout=60)
     assert err.value.code == -32002 and err.value.data.get("reason") != "insufficient_memory"
+
+
+def test_fit_ctx_shrinks_the_context_to_the_memory_there_is_and_says_so(fresh_oracd, tmp_path):
+    """A cgroup with room for SmolLM2 at about 1,800 positions, not the configured 8192: fit_ctx loads it
+    with 1792 (7 x 256), on llama-server's command line and in status; a model that fits at no context is
+    still refused, naming fit_ctx, with the warm model serving on."""
+    MiB = 2 ** 20
+    cg = tmp_path / "cgroup"
+    cg.mkdir()
+    used = 512 * MiB
+    per_token = 30 * 3 * 64 * 2 * 2                                 # SmolLM2: f16 K and V per position
+    room = 96576768 + 64 * MiB + 16 * MiB + 16 * MiB + 1800 * per_token   # weights, compute, cache_ram, margin
+    (cg / "memory.current").write_text(f"{used}\n")
+    (cg / "memory.max").write_text(f"{used + room}\n")
+    o = fresh_oracd(models=[SMOL, GEMMA], llama={
+        "cgroup_dir": str(cg), "fit_ctx": True, "ctx_size": 8192, "cache_ram_mb": 16, "memory_margin_mb": 16})
+    o.start()
+    st = o.call("status")["child"]
+    assert st["ctx_fit"] == {"model": SMOL, "ctx_size": 1792, "configured_ctx_size": 8192,
+                             "required_bytes": st["ctx_fit"]["required_bytes"], "available_bytes": room}, st
+    assert st["ctx_fit"]["required_bytes"] <= room
+    cmdline = Path(f"/proc/{st['pid']}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[cmdline.index(b"-c") + 1] == b"1792"
+    [event] = log_events(o, "context shrunk to fit memory")
+    assert event["ctx_size"] == 1792 and event["configured"] == 8192
+    assert o.call("generate", prompt="Say hi.", max_tokens=2)["usage"]["completion_tokens"] == 2
+    assert "1792 tokens, shrunk from 8192 to fit" in oracctl(o, "status")
+    (cg / "memory.max").write_text(f"{used}\n")                     # no room left but what SmolLM2 frees
+    with pytest.raises(RPCError) as err:
+        o.call("load_model", model=GEMMA)
+    e = err.value
+    assert e.data["reason"] == "insufficient_memory" and "fit_ctx found no context of at least 512" in e.message, e
+    after = o.call("status")["child"]
+    assert after["pid"] == st["pid"] and after["state"] == "ready" and after["model"] == SMOL
 
 
 def test_an_oom_kill_is_named_counted_and_backed_off(fresh_oracd, tmp_path):

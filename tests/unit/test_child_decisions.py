@@ -188,6 +188,30 @@ def test_memory_estimate_from_the_header():
     assert huge.total > 200 * 2 ** 30 and huge.compute == int(200 * 2 ** 30 * 0.05)
 
 
+def test_fit_ctx_picks_the_largest_context_that_fits_and_says_when_none_does():
+    from oracd.memory import MiB, estimate, judge
+    meta = {"weights_bytes": 100 * MiB, "block_count": 30, "head_count": 9, "head_count_kv": 3,
+            "embedding_length": 576, "context_length": 8192}
+    per_token = 30 * 3 * 64 * 2 * 2                                   # 23040 bytes of f16 KV per position
+    fixed = 100 * MiB + 64 * MiB                                      # weights + compute (no host cache)
+    margin = 16 * MiB
+    full = judge("m", meta, 8192, [], 0, margin, room=fixed + margin + 8192 * per_token, parallel=2, fit_ctx=True)
+    assert full.ctx == 8192 and not full.shrunk and "ctx_size" not in full.as_dict()
+    room = fixed + margin + 3000 * per_token                          # room for 3000 positions: 2816 (11 x 256)
+    v = judge("m", meta, 8192, [], 0, margin, room, parallel=2, fit_ctx=True)
+    assert v.ctx == 2816 and v.shrunk and v.need <= room
+    assert v.footprint == estimate(meta, 2816, [], 0)
+    assert v.as_dict() == {"model": "m", "required_bytes": v.need, "available_bytes": room, "ctx_size": 2816,
+                           "configured_ctx_size": 8192}
+    assert judge("m", meta, 0, [], 0, margin, room, 2, True).ctx == 2816      # 0: the model's own 8192
+    off = judge("m", meta, 8192, [], 0, margin, room, parallel=2, fit_ctx=False)
+    assert off.ctx is None and off.need > room                       # without fit_ctx: refused
+    tight = fixed + margin + 600 * per_token                         # 512 fits, but 2 slots need 2 x 256
+    assert judge("m", meta, 8192, [], 0, margin, tight, parallel=2, fit_ctx=True).ctx == 512
+    assert judge("m", meta, 8192, [], 0, margin, tight, parallel=4, fit_ctx=True).ctx is None
+    assert judge("m", meta, 8192, [], 0, margin, fixed, parallel=1, fit_ctx=True).ctx is None
+
+
 def test_cgroup_budget_and_oom_count(tmp_path):
     from oracd.memory import MiB, available, oom_kills
     (tmp_path / "memory.max").write_text(f"{512 * MiB}\n")

@@ -88,6 +88,10 @@ def cmd_status(ctx: Ctx) -> int:
     warm = child.get("warm")
     if isinstance(warm, dict):
         rows.append(["warm-up", warm_line(warm)])
+    fit = child.get("ctx_fit")
+    if isinstance(fit, dict):
+        rows.append(["context", f"{fit.get('ctx_size')} tokens, shrunk from {fit.get('configured_ctx_size')} to fit "
+                                f"{fmt.size(fit.get('available_bytes'))} (fit_ctx)"])
     memory = st.get("memory")
     if isinstance(memory, dict):
         rows.append(["memory", f"{memory.get('model')}: needs {fmt.size(memory.get('required_bytes'))}, "
