@@ -6,6 +6,7 @@ import time
 
 from oracd_client.compat.grammar_files import GrammarFiles
 from oracd_client.compat.today_prompts import (DEFAULT_INSTRUCTION, JSON_SYSTEM_PROMPT, clean_response, command_head,
+                                               generate_params,
                                                format_prompt, grammar_hint, predicted_prefix, sampling,
                                                stable_prefix, system_slot, template_head, user_lead_in)
 from oracd_client.compat.today_warm import WarmRecord, WarmState
@@ -95,6 +96,18 @@ def test_sampling_rules():
     assert sampling(0.7, 0.2, 10, True, {}) == (0.0, 0.2, 10)          # the caller's values are kept
     assert sampling(0.7, 0.7, 40, False, {"temperature": 0.2, "top_p": 0.5, "top_k": 7}) == (0.2, 0.5, 7)
     assert sampling(0.3, 0.6, 5, False, {"temperature": 0.2}) == (0.3, 0.6, 5)
+
+
+def test_generate_params_send_orac_prompts_raw_with_its_grammar_rules():
+    p = generate_params("<|im_start|>user\nhi", "m.gguf", 0.1, 0.9, 10, 64, 30, json_mode=True, grammar_text=None)
+    assert p == {"prompt": "<|im_start|>user\nhi", "model": "m.gguf", "raw": True, "temperature": 0.1, "top_p": 0.9,
+                 "top_k": 10, "max_tokens": 64, "timeout": 30.0, "grammar": "json"}
+    g = 'root ::= "{" "}"'
+    p = generate_params("x", "m.gguf", 0.1, 0.9, 10, 64, 30, json_mode=False, grammar_text=g)
+    assert p["grammar"] == g and p["stop"] == ["<|im_end|>", "<|im_start|>", "<think>", "</think>"]
+    # GBNF text that happens to end in ".gbnf" must not be read by oracd as a file name
+    tricky = 'root ::= "{}"  # shaped like default.gbnf'
+    assert generate_params("x", "m", 0, 1, 1, 1, 1, True, tricky)["grammar"] == tricky + "\n"
 
 
 def test_clean_response_as_orac():

@@ -52,16 +52,8 @@ def cmd_metrics(ctx: Ctx) -> int:
     return EXIT_OK
 
 
-def cmd_status(ctx: Ctx) -> int:
-    st = ctx.call("status", timeout=30)
-    if ctx.json:
-        ctx.print_json(st)
-        return EXIT_OK
-    child = st.get("child") or {}
-    req = st.get("requests") or {}
-    rows: List[List[Any]] = []
-    rows.append(["oracd", f"{st.get('version', '?')}, pid {st.get('pid')}, up {fmt.duration(st.get('uptime_s'))}, "
-                          f"RSS {fmt.size(st.get('rss_bytes'))}"])
+def server_line(child: Dict[str, Any]) -> str:
+    """``ready: model.gguf (pid 1234, up 3h 12m, RSS 148.7 MB)``, with the retry time in backoff."""
     state = child.get("state", "?")
     server = f"{state}"
     if child.get("model"):
@@ -77,7 +69,30 @@ def cmd_status(ctx: Ctx) -> int:
         server += f" ({', '.join(extra)})"
     if state == "backoff" and child.get("retry_in_s") is not None:
         server += f", retry in {fmt.duration(child['retry_in_s'])}"
-    rows.append(["llama-server", fmt.paint(server, "green" if state == "ready" else "yellow", ctx.colour_out)])
+    return server
+
+
+def last_exit_line(last_exit: Dict[str, Any]) -> str:
+    """``llama-server crashed (SIGSEGV), 2m 03s ago: <its last output line>``."""
+    line = str(last_exit.get("message") or f"code {last_exit.get('returncode')}")
+    if isinstance(last_exit.get("at"), (int, float)):
+        line += f", {fmt.duration(max(0.0, time.time() - last_exit['at']))} ago"
+    tail = [t for t in last_exit.get("stderr_tail") or [] if isinstance(t, str) and t.strip()]
+    return line + (f": {tail[-1][:160]}" if tail else "")
+
+
+def cmd_status(ctx: Ctx) -> int:
+    st = ctx.call("status", timeout=30)
+    if ctx.json:
+        ctx.print_json(st)
+        return EXIT_OK
+    child = st.get("child") or {}
+    req = st.get("requests") or {}
+    rows: List[List[Any]] = []
+    rows.append(["oracd", f"{st.get('version', '?')}, pid {st.get('pid')}, up {fmt.duration(st.get('uptime_s'))}, "
+                          f"RSS {fmt.size(st.get('rss_bytes'))}"])
+    rows.append(["llama-server", fmt.paint(server_line(child), "green" if child.get("state") == "ready" else "yellow",
+                                           ctx.colour_out)])
     if child.get("wanted_model") and child.get("wanted_model") != child.get("model"):
         rows.append(["wanted model", child["wanted_model"]])
     reasons = child.get("restarts_by_reason") or {}
@@ -106,12 +121,7 @@ def cmd_status(ctx: Ctx) -> int:
         rows.append(["last error", fmt.paint(str(child["last_error"]), "red", ctx.colour_out)])
     last_exit = child.get("last_exit")
     if isinstance(last_exit, dict):
-        # "llama-server crashed (SIGSEGV), 2m 03s ago", then its last output line
-        line = str(last_exit.get("message") or f"code {last_exit.get('returncode')}")
-        if isinstance(last_exit.get("at"), (int, float)):
-            line += f", {fmt.duration(max(0.0, time.time() - last_exit['at']))} ago"
-        tail = [t for t in last_exit.get("stderr_tail") or [] if isinstance(t, str) and t.strip()]
-        rows.append(["last exit", line + (f": {tail[-1][:160]}" if tail else "")])
+        rows.append(["last exit", last_exit_line(last_exit)])
     elif last_exit:
         rows.append(["last exit", str(last_exit)])
     rpc = child.get("rpc") or {}

@@ -61,7 +61,7 @@ from ..exceptions import as_builtin
 from ..transport import OracdClient
 from .errors import START_PREFIX, generate_error, prefixed
 from .grammar_files import GrammarFiles
-from .today_prompts import (CHAT_MARKERS, JSON_SYSTEM_PROMPT, clean_response, format_prompt, grammar_hint,
+from .today_prompts import (JSON_SYSTEM_PROMPT, clean_response, format_prompt, generate_params, grammar_hint,
                             model_config, predicted_prefix, sampling, stable_prefix, system_slot, template_head,
                             template_of)
 from .today_response import TodayPromptResponse, build_today_response
@@ -225,17 +225,8 @@ class LlamaCppClient:
             self._contexts[model] = _Context(json_mode, system_prompt, grammar_file)
             await self._settled(model)
 
-            params: Dict[str, Any] = {
-                "prompt": formatted, "model": model, "raw": True, "temperature": float(temperature),
-                "top_p": float(top_p), "top_k": int(top_k), "max_tokens": int(max_tokens),
-                "timeout": MAX_TIMEOUT if timeout is None else float(timeout)}
-            if not json_mode:
-                params["stop"] = list(CHAT_MARKERS)
-            if grammar_text is not None:
-                # a text ending in ".gbnf" would be taken for a file name by oracd
-                params["grammar"] = grammar_text + "\n" if grammar_text.endswith(".gbnf") else grammar_text
-            elif json_mode:
-                params["grammar"] = "json"
+            params = generate_params(formatted, model, temperature, top_p, top_k, max_tokens,
+                                     MAX_TIMEOUT if timeout is None else timeout, json_mode, grammar_text)
             logger.info("Sending to LLM: ...%s", formatted[-200:])
             try:
                 r = await self._rpc.call("generate", params, timeout=params["timeout"] + CLIENT_GRACE_S)

@@ -171,3 +171,20 @@ def _error_object(error: str, raw: str) -> str:
 __all__ = ["JSON_SYSTEM_PROMPT", "DEFAULT_TEMPLATE", "DEFAULT_INSTRUCTION", "CHAT_MARKERS", "COMMAND_LEAD_IN",
            "model_config", "template_of", "system_slot", "format_prompt", "template_head", "user_lead_in",
            "sampling", "grammar_hint", "command_head", "predicted_prefix", "stable_prefix", "clean_response"]
+
+
+def generate_params(formatted: str, model: str, temperature: float, top_p: float, top_k: int, max_tokens: int,
+                    timeout: float, json_mode: bool, grammar_text: Optional[str]) -> Dict[str, Any]:
+    """oracd's ``generate`` for one formatted ORAC prompt: raw (the template is ORAC's own), ORAC's sampling,
+    its stop markers outside JSON mode, and the grammar file's text, else the JSON grammar in JSON mode."""
+    params: Dict[str, Any] = {
+        "prompt": formatted, "model": model, "raw": True, "temperature": float(temperature), "top_p": float(top_p),
+        "top_k": int(top_k), "max_tokens": int(max_tokens), "timeout": float(timeout)}
+    if not json_mode:
+        params["stop"] = list(CHAT_MARKERS)
+    if grammar_text is not None:
+        # a text ending in ".gbnf" would be taken for a file name by oracd
+        params["grammar"] = grammar_text + "\n" if grammar_text.endswith(".gbnf") else grammar_text
+    elif json_mode:
+        params["grammar"] = "json"
+    return params
