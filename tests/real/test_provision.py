@@ -139,3 +139,23 @@ def test_second_setup_waits_for_the_first_then_proceeds(tmp_path):
     holder.wait(10)
     assert waited > 0.5, waited
     assert said[0] == f"waiting for another setup (pid {holder.pid}) working on entry X", said
+
+
+def test_a_half_built_entry_and_a_killed_builds_leftovers_are_never_taken_as_done(cache, tmp_path):
+    """An entry without its BUILT marker (a build cut short before the marker and rename) and a temporary
+    sibling left by a killed setup: both are removed under the lock and a build is started, never reused."""
+    safe = fl.safe_flavor(platform.machine(), cpu_flags())
+    entry = _seed_real(cache, safe)
+    (entry / "BUILT").unlink()
+    leftover = entry.with_name(f".{entry.name}.tmp-99999")
+    (leftover / "bin").mkdir(parents=True)
+    env = dict(os.environ, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(tmp_path / "nothing"))
+    out = subprocess.run([sys.executable, "-m", "oracd.provision", "--flavor", safe, "--cache", str(cache),
+                          "--bin-dir", str(tmp_path / "bin"), "--models-dir", str(tmp_path / "models")],
+                         cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    log = out.stdout + out.stderr
+    assert f"llama.cpp {entry.name}: cached" not in log and "smoke test" not in log, log
+    assert "downloading llama-cpp-python==0.3.36" in log, log                  # a build was started instead
+    assert out.returncode != 0 and "cannot download llama-cpp-python==0.3.36" in log
+    assert not entry.exists() and not leftover.exists()
+    assert not (tmp_path / "bin" / "llama-server").exists()
