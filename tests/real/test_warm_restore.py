@@ -3,6 +3,7 @@ verified, at every load; anything that does not fit falls back to prefill and re
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import time
@@ -165,7 +166,9 @@ def test_a_restore_that_does_not_verify_falls_back_to_prefill(shared_root):
             shutil.copyfile(kv / f"{key_a}{suffix}", kv / f"{key_b}{suffix}")
         w = restart_child(o)["warm"]
         assert w["how"] == "prefilled" and w["outcomes"]["verify_failed"] == 1, w
-        assert w["note"].startswith("restore did not verify: slot 0 reused")
+        # the slots verify concurrently: whichever fails first is named; it reused almost nothing
+        m = re.fullmatch(r"restore did not verify: slot [01] reused (\d+) of (\d+) prompt tokens", w["note"])
+        assert m and int(m[1]) < 0.1 * int(m[2]), w["note"]
         # the wrong state was replaced by a new save (KV bytes of two prefills need not be identical:
         # batching changes the float rounding), and that one restores and verifies
         assert (kv / f"{key_b}.kv").read_bytes() != wrong
