@@ -7,7 +7,9 @@ up front with both numbers, and the warm model keeps serving.
 What a load needs (``estimate``, pure): the weights (every tensor the header
 declares), the KV cache for ``ctx_size`` (llama-server's ``-c`` is the total
 its ``parallel`` slots share) at the KV cache type, a compute margin, and the
-host prompt cache (``cache_ram_mb``, llama-server's ``--cache-ram``).
+host prompt cache (``cache_ram_mb``, llama-server's ``--cache-ram``).  Sliding-
+window layers hold only their window, as llama.cpp lays them out: counting them
+at full context would refuse a Gemma 3 that fits with room to spare.
 
 What the box can give (``available``): ``MemAvailable``, and, under systemd or
 a container, the cgroup's ``memory.max`` minus ``memory.current``; the smaller
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
 from oracd_protocol.errors import ModelLoadFailed
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 log = get_logger("oracd.memory")
 
 MiB = 2 ** 20
+CTX_STEP = 256
 _KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
              "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}
 COMPUTE_MIN = 64 * MiB
@@ -72,8 +75,39 @@ def kv_types(extra_args: Sequence[str]) -> Tuple[str, str]:
     return k, v
 
 
-def estimate(meta: Dict[str, Any], ctx_size: int, extra_args: Sequence[str], cache_ram_mb: int) -> Footprint:
-    """What loading a model with these settings takes, from its header (``models.gguf``)."""
+#: llama.cpp's sliding-window layer patterns by architecture, when the GGUF carries none
+#: (``<arch>.attention.sliding_window_pattern``): every p-th layer keeps the whole context, the others a window.
+SWA_PATTERNS = {"gemma2": 2, "gemma3": 6, "gemma3n": 5, "cohere2": 4, "gpt-oss": 2}
+
+
+def full_attention_layers(meta: Dict[str, Any]) -> int:
+    """How many layers keep the whole context in their KV cache (the rest keep a sliding window)."""
+    layers = int(meta.get("block_count") or 0)
+    window = int(meta.get("sliding_window") or 0) if isinstance(meta.get("sliding_window"), int) else 0
+    pattern = meta.get("sliding_window_pattern")
+    if window <= 0 and meta.get("architecture") != "gemma2":     # gemma2 has a 4096 window by default
+        return layers
+    if isinstance(pattern, list) and len(pattern) >= layers:
+        return sum(1 for flag in pattern[:layers] if not flag)
+    if not isinstance(pattern, int) or isinstance(pattern, bool):
+        pattern = SWA_PATTERNS.get(str(meta.get("architecture")))
+        if pattern is None:
+            return layers                                         # unknown: assume the worst
+    return 0 if pattern == 0 else sum(1 for il in range(layers) if il % pattern == pattern - 1)
+
+
+def _has(extra_args: Sequence[str], *flags: str) -> bool:
+    return any(a in flags for a in extra_args)
+
+
+def estimate(meta: Dict[str, Any], ctx_size: int, extra_args: Sequence[str], cache_ram_mb: int,
+             parallel: int = 1, ubatch: int = 0) -> Footprint:
+    """What loading a model with these settings takes, from its header (``models.gguf``).
+
+    The KV cache is laid out as llama.cpp does it: full-attention layers hold ``ctx_size`` positions
+    (shared by the ``parallel`` slots); sliding-window layers hold, per slot, the window plus one
+    ubatch, padded to 256 (``llama-kv-cache-iswa.cpp``), unless ``--swa-full``.
+    """
     weights = int(meta.get("weights_bytes") or 0)
     layers = int(meta.get("block_count") or 0)
     heads = int(meta.get("head_count") or 0) or 1
@@ -84,12 +118,19 @@ def estimate(meta: Dict[str, Any], ctx_size: int, extra_args: Sequence[str], cac
     v_len = int(meta.get("value_length") or k_len)
     n_ctx = ctx_size or int(meta.get("context_length") or 0)
     k_type, v_type = kv_types(extra_args)
-    kv = int(layers * n_ctx * heads_kv * (k_len * _KV_BYTES.get(k_type, 2.0) + v_len * _KV_BYTES.get(v_type, 2.0)))
+    per_position = heads_kv * (k_len * _KV_BYTES.get(k_type, 2.0) + v_len * _KV_BYTES.get(v_type, 2.0))
+    full = full_attention_layers(meta)
+    swa_cells = n_ctx
+    if full < layers and not _has(extra_args, "--swa-full"):
+        window = int(meta.get("sliding_window") or 4096)
+        unified = _has(extra_args, "-kvu", "--kv-unified")
+        streams = 1 if unified else max(1, parallel)
+        base = n_ctx // streams
+        want = window * (max(1, parallel) if unified else 1) + (ubatch or 512)
+        swa_cells = streams * -(-min(base, want) // CTX_STEP) * CTX_STEP
+    kv = int(per_position * (full * n_ctx + (layers - full) * swa_cells))
     compute = max(COMPUTE_MIN, int(weights * COMPUTE_SHARE))
     return Footprint(weights, kv, compute, max(0, cache_ram_mb) * MiB)
-
-
-CTX_STEP = 256
 
 
 @dataclass(frozen=True)
@@ -118,12 +159,18 @@ class Verdict:
 
 
 def judge(model: str, meta: Dict[str, Any], ctx_size: int, extra_args: Sequence[str], cache_ram_mb: int,
-          margin: int, room: int, parallel: int, fit_ctx: bool) -> Verdict:
+          margin: int, room: int, parallel: int, fit_ctx: bool, ubatch: int = 0) -> Verdict:
     """Does ``model`` fit in ``room`` bytes with ``margin`` to spare, and with which context?"""
+    def footprint(ctx: int) -> Footprint:
+        return estimate(meta, ctx, extra_args, cache_ram_mb, parallel, ubatch)
+
     ctx: Optional[int] = ctx_size
     if fit_ctx:
-        ctx = fit(meta, ctx_size, extra_args, cache_ram_mb, room - margin, parallel)
-    fp = estimate(meta, ctx if ctx is not None else ctx_size, extra_args, cache_ram_mb)
+        wanted = ctx_size or int(meta.get("context_length") or 0)
+        ctx = fit(footprint, wanted, room - margin, parallel)
+        if ctx == wanted:
+            ctx = ctx_size                   # the configured context fits (0: the model's own)
+    fp = footprint(ctx if ctx is not None else ctx_size)
     if not fit_ctx and fp.total + margin > room:
         ctx = None
     return Verdict(model, fp, margin, room, ctx_size, ctx)
@@ -133,21 +180,25 @@ def memory_verdict(cfg: "Config", model: str, meta: Dict[str, Any], room: int) -
     """``judge`` with ``model``'s options from the config (its profile's, else ``[llama]``'s)."""
     opt = lambda key: cfg.option_for(model, key)   # noqa: E731
     return judge(model, meta, opt("ctx_size"), opt("extra_args"), opt("cache_ram_mb"),
-                 cfg.llama.memory_margin_mb * MiB, room, cfg.llama.parallel, cfg.llama.fit_ctx)
+                 cfg.llama.memory_margin_mb * MiB, room, cfg.llama.parallel, cfg.llama.fit_ctx, opt("ubatch_size"))
 
 
-def fit(meta: Dict[str, Any], ctx_size: int, extra_args: Sequence[str], cache_ram_mb: int, budget: int,
-        parallel: int) -> Optional[int]:
-    """The context to load with so that the footprint fits ``budget`` bytes: ``ctx_size`` when it fits, else
-    the largest multiple of 256 tokens (at least 256 per slot) that does; None when not even that fits."""
-    wanted = ctx_size or int(meta.get("context_length") or 0)
-    if estimate(meta, wanted, extra_args, cache_ram_mb).total <= budget:
-        return ctx_size
-    fixed = estimate(meta, 1, extra_args, cache_ram_mb)
-    per_token = max(1, fixed.kv)
-    room = budget - (fixed.total - fixed.kv)
-    ctx = min(wanted, room // per_token) // CTX_STEP * CTX_STEP
-    return ctx if ctx >= CTX_STEP * max(1, parallel) else None
+def fit(footprint: Callable[[int], Footprint], wanted: int, budget: int, parallel: int) -> Optional[int]:
+    """The context to load with so that ``footprint(ctx)`` fits ``budget`` bytes: ``wanted`` when it fits,
+    else the largest multiple of 256 tokens (at least 256 per slot) that does; None when not even that fits.
+    A binary search: the footprint grows with the context, but not linearly (sliding-window layers)."""
+    if footprint(wanted).total <= budget:
+        return wanted
+    lo, hi = max(1, parallel), wanted // CTX_STEP            # in steps of 256 tokens
+    if hi < lo or footprint(lo * CTX_STEP).total > budget:
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if footprint(mid * CTX_STEP).total <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * CTX_STEP
 
 
 def context_for_start(cfg: "Config", name: str, path: Path, cgroup_dir: Optional[Path]) -> Optional[Dict[str, Any]]:

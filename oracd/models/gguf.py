@@ -48,7 +48,10 @@ _SCALARS = {
 }
 _WANTED_KEYS = ("general.architecture", "general.name", "general.file_type", "general.size_label")
 _SUFFIXES = (".context_length", ".block_count", ".attention.sliding_window", ".embedding_length",
-             ".attention.head_count", ".attention.head_count_kv", ".attention.key_length", ".attention.value_length")
+             ".attention.head_count", ".attention.head_count_kv", ".attention.key_length", ".attention.value_length",
+             ".attention.sliding_window_pattern")
+#: arrays small enough to keep (a per-layer sliding-window pattern); others are skipped by length
+_ARRAY_KEYS = (".attention.sliding_window_pattern",)
 _QUANT_SIZES = {int(k): v for k, v in _constants.GGML_QUANT_SIZES.items()}   # type -> (block size, bytes)
 
 
@@ -73,7 +76,8 @@ def header(path: Path, st: Optional[os.stat_result] = None) -> Dict[str, Any]:
 
 
 def read_gguf_header(path: Path) -> Dict[str, Any]:
-    """A few scalar metadata keys from a GGUF file's KV section (arrays skipped), and ``weights_bytes``:
+    """A few scalar metadata keys from a GGUF file's KV section (arrays skipped, but for a per-layer
+    sliding-window pattern), and ``weights_bytes``:
     the size of every tensor its tensor infos declare (what loading it costs)."""
     size = path.stat().st_size
     out: Dict[str, Any] = {"valid": False}
@@ -90,7 +94,7 @@ def read_gguf_header(path: Path) -> Dict[str, Any]:
                 raise ValueError("corrupt GGUF string length")
             return read(n).decode("utf-8", "replace")
 
-        def skip(vtype: int) -> Any:
+        def skip(vtype: int, keep: bool = False) -> Any:
             if vtype in _SCALARS:
                 fmt = _SCALARS[vtype]
                 return struct.unpack(fmt, read(struct.calcsize(fmt)))[0]
@@ -100,6 +104,9 @@ def read_gguf_header(path: Path) -> Dict[str, Any]:
                 etype, count = struct.unpack("<IQ", read(12))
                 if count > size:
                     raise ValueError("corrupt GGUF array length")
+                if keep and etype in _SCALARS and count <= 4096:
+                    fmt = _SCALARS[etype]
+                    return list(struct.unpack(f"<{count}{fmt[1:]}", read(struct.calcsize(fmt) * count)))
                 if etype in _SCALARS:
                     fh.seek(struct.calcsize(_SCALARS[etype]) * count, os.SEEK_CUR)
                 else:
@@ -117,7 +124,7 @@ def read_gguf_header(path: Path) -> Dict[str, Any]:
         for _ in range(n_kv):
             key = read_str()
             (vtype,) = struct.unpack("<I", read(4))
-            value = skip(vtype)
+            value = skip(vtype, keep=key.endswith(_ARRAY_KEYS))
             if key in _WANTED_KEYS or key.endswith(_SUFFIXES):
                 short = {"general.name": "model_name"}.get(key, key.split(".")[-1])
                 if key == "general.file_type":

@@ -7,16 +7,20 @@ keeps nothing, which is why warm restore refuses sliding-window models up front.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Iterator
 
 import pytest
 
 from helpers import BIN, GEMMA, MODELS, SMOL, Oracd, free_port, log_events
+from oracd.memory import estimate
+from oracd.models.gguf import header
 
 SYSTEM = "You turn spoken home commands into one JSON object with device, action and location. " * 8
 
@@ -71,14 +75,14 @@ def http(port: int, path: str, body: Dict[str, Any]) -> Dict[str, Any]:
         return json.loads(resp.read())
 
 
-def cached_after_restore(model: str, slots: Path) -> Dict[str, int]:
-    """Prefill a slot, save it, erase it, restore it; then ask again and read how much came from the cache."""
-    slots.mkdir()
+@contextmanager
+def llama_server(model: str, workdir: Path, *args: str) -> Iterator[int]:
+    """A plain llama-server on a free loopback port (its stderr in ``workdir/stderr.log``), until /health 200."""
+    workdir.mkdir()
     port = free_port()
-    with open(slots / "stderr.log", "wb") as err:
+    with open(workdir / "stderr.log", "wb") as err:
         proc = subprocess.Popen([str(BIN / "llama-server"), "-m", str(MODELS / model), "--host", "127.0.0.1",
-                                 "--port", str(port), "-c", "2048", "-np", "1", "-t", "1", "--slot-save-path",
-                                 str(slots)], stdout=subprocess.DEVNULL, stderr=err)
+                                 "--port", str(port), "-t", "1", *args], stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -88,8 +92,17 @@ def cached_after_restore(model: str, slots: Path) -> Dict[str, int]:
                         break
             except OSError:
                 pass
-            assert proc.poll() is None and time.monotonic() < deadline, (slots / "stderr.log").read_text()[-2000:]
+            assert proc.poll() is None and time.monotonic() < deadline, (workdir / "stderr.log").read_text()[-2000:]
             time.sleep(0.2)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def cached_after_restore(model: str, slots: Path) -> Dict[str, int]:
+    """Prefill a slot, save it, erase it, restore it; then ask again and read how much came from the cache."""
+    with llama_server(model, slots, "-c", "2048", "-np", "1", "--slot-save-path", str(slots)) as port:
         ask = {"prompt": SYSTEM, "n_predict": 0, "cache_prompt": True, "id_slot": 0}
         n = http(port, "/completion", ask)["timings"]["prompt_n"]
         saved = http(port, "/slots/0?action=save", {"filename": "s.bin"})["n_saved"]
@@ -97,9 +110,6 @@ def cached_after_restore(model: str, slots: Path) -> Dict[str, int]:
         restored = http(port, "/slots/0?action=restore", {"filename": "s.bin"})["n_restored"]
         again = http(port, "/completion", ask)["timings"]
         return {"prompt": n, "saved": saved, "restored": restored, "cache_n": again["cache_n"]}
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 def test_llama_cpp_restores_llama_slots_but_keeps_nothing_for_sliding_window_ones(tmp_path):
@@ -111,3 +121,24 @@ def test_llama_cpp_restores_llama_slots_but_keeps_nothing_for_sliding_window_one
     assert smol["cache_n"] >= smol["prompt"] - 1, smol
     assert gemma["restored"] == gemma["saved"] == gemma["prompt"] > 100, gemma
     assert gemma["cache_n"] < 0.1 * gemma["prompt"], gemma
+
+
+@pytest.mark.parametrize("model", [SMOL, GEMMA])
+@pytest.mark.parametrize("ctx,parallel,extra", [(8192, 2, ()), (4096, 1, ()), (8192, 4, ("-ub", "256")),
+                                                (8192, 2, ("--swa-full",))], ids=["8k-2", "4k-1", "8k-4-ub256", "swa-full"])
+def test_memory_estimate_of_the_kv_cache_matches_what_llama_cpp_allocates(model, ctx, parallel, extra, tmp_path):
+    """The memory check's KV figure against llama.cpp's own (``llama_kv_cache: size = X MiB`` in its verbose
+    log, one line per cache: gemma3 has a full-attention one and a sliding-window one), for one and several
+    slots, another ubatch, and ``--swa-full``."""
+    meta = header(MODELS / model)
+    ubatch = int(extra[1]) if extra[:1] == ("-ub",) else 0
+    with llama_server(model, tmp_path / "srv", "-v", "-c", str(ctx), "-np", str(parallel), *extra):
+        log = (tmp_path / "srv" / "stderr.log").read_text()
+    log = log[log.rindex("constructing llama_context"):]     # the serving context (a first one only sizes -fit)
+    reported = [float(m) for m in re.findall(r"llama_kv_cache: size = +([0-9.]+) MiB", log)]
+    assert len(reported) == (2 if model == GEMMA else 1), reported
+    ours = estimate(meta, ctx, list(extra), 0, parallel, ubatch).kv / 2 ** 20
+    assert abs(ours - sum(reported)) <= 0.01 * sum(reported), (ours, reported)
+    full = estimate({**meta, "sliding_window": 0}, ctx, [], 0, parallel).kv / 2 ** 20
+    if model == GEMMA and "--swa-full" not in extra:
+        assert ours < 0.6 * full, (ours, full)          # what counting every layer at full context would say

@@ -188,6 +188,26 @@ def test_memory_estimate_from_the_header():
     assert huge.total > 200 * 2 ** 30 and huge.compute == int(200 * 2 ** 30 * 0.05)
 
 
+def test_sliding_window_layers_keep_a_window_not_the_whole_context():
+    from oracd.memory import estimate, full_attention_layers
+    gemma3 = {"architecture": "gemma3", "block_count": 18, "sliding_window": 512, "head_count": 4,
+              "head_count_kv": 1, "key_length": 256, "value_length": 256}
+    assert full_attention_layers(gemma3) == 3                               # layers 5, 11, 17
+    assert full_attention_layers({**gemma3, "sliding_window_pattern": 3}) == 6
+    assert full_attention_layers({**gemma3, "sliding_window_pattern": [True, False] * 9}) == 9
+    assert full_attention_layers({**gemma3, "sliding_window": 0}) == 18     # gemma3 without a window: all full
+    assert full_attention_layers({**gemma3, "architecture": "mystery"}) == 18  # unknown pattern: the worst case
+    assert full_attention_layers({"architecture": "gemma2", "block_count": 26}) == 13   # 4096 window by default
+    per_position = 1 * (256 + 256) * 2
+    # 8192 positions over 2 slots: full layers hold 8192; windowed ones 2 x pad256(512 + 512)
+    assert estimate(gemma3, 8192, [], 0, parallel=2).kv == per_position * (3 * 8192 + 15 * 2 * 1024)
+    assert estimate(gemma3, 8192, ["-ub", "256"], 0, parallel=4, ubatch=256).kv == \
+        per_position * (3 * 8192 + 15 * 4 * 768)
+    assert estimate(gemma3, 8192, ["-kvu"], 0, parallel=2).kv == per_position * (3 * 8192 + 15 * 1536)
+    assert estimate(gemma3, 8192, ["--swa-full"], 0, parallel=2).kv == per_position * 18 * 8192
+    assert estimate(gemma3, 512, [], 0, parallel=2).kv == per_position * 18 * 512   # the window covers it all
+
+
 def test_fit_ctx_picks_the_largest_context_that_fits_and_says_when_none_does():
     from oracd.memory import MiB, estimate, judge
     meta = {"weights_bytes": 100 * MiB, "block_count": 30, "head_count": 9, "head_count_kv": 3,
