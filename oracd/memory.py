@@ -18,7 +18,7 @@ Memory a child about to be replaced frees counts as available.
 
 Opt-in ``fit_ctx`` (``fit``, pure): when the configured ``ctx_size`` does not
 fit, use the largest context (a multiple of 256 tokens, at least 256 per slot)
-that does, and say so in ``status.child.ctx``; only the KV cache grows with it.
+that does, and say so in ``status.child.ctx_fit``; only the KV cache grows with it.
 
 A kernel OOM kill shows up as a SIGKILL we did not send while the cgroup's
 ``memory.events`` ``oom_kill`` count rose (``oom_kills``).
