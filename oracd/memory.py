@@ -142,6 +142,7 @@ class Verdict:
     room: int                 # bytes the load can use (free memory plus what the replaced child frees)
     configured_ctx: int
     ctx: Optional[int]        # the context to load with: configured, or shrunk by fit_ctx; None: does not fit
+    fit_min: Optional[int] = None   # with fit_ctx: the smallest context it would have shrunk to
 
     @property
     def need(self) -> int:
@@ -150,6 +151,17 @@ class Verdict:
     @property
     def shrunk(self) -> bool:
         return self.ctx is not None and self.ctx != self.configured_ctx
+
+    def refusal(self, source: str, freed: int = 0) -> ModelLoadFailed:
+        """The one error for a load that cannot fit: both numbers, where they come from, and why."""
+        fp = self.footprint
+        return ModelLoadFailed(
+            f"cannot load {self.model}: it needs about {self.need // MiB} MiB ({fp.describe()}, margin "
+            f"{self.margin // MiB} MiB) but only {self.room // MiB} MiB is available ({source}"
+            + (f", including {freed // MiB} MiB the current model frees" if freed else "") + ")"
+            + (f"; fit_ctx found no context of at least {self.fit_min} tokens that fits" if self.fit_min else ""),
+            {"reason": "insufficient_memory", "required_bytes": self.need, "available_bytes": self.room,
+             "footprint": {"weights": fp.weights, "kv": fp.kv, "compute": fp.compute, "host_cache": fp.host_cache}})
 
     def as_dict(self) -> Dict[str, Any]:
         d = {"model": self.model, "required_bytes": self.need, "available_bytes": self.room}
@@ -173,7 +185,7 @@ def judge(model: str, meta: Dict[str, Any], ctx_size: int, extra_args: Sequence[
     fp = footprint(ctx if ctx is not None else ctx_size)
     if not fit_ctx and fp.total + margin > room:
         ctx = None
-    return Verdict(model, fp, margin, room, ctx_size, ctx)
+    return Verdict(model, fp, margin, room, ctx_size, ctx, CTX_STEP * max(1, parallel) if fit_ctx else None)
 
 
 def memory_verdict(cfg: "Config", model: str, meta: Dict[str, Any], room: int) -> Verdict:
@@ -201,7 +213,8 @@ def fit(footprint: Callable[[int], Footprint], wanted: int, budget: int, paralle
     return lo * CTX_STEP
 
 
-def context_for_start(cfg: "Config", name: str, path: Path, cgroup_dir: Optional[Path]) -> Optional[Dict[str, Any]]:
+def context_for_start(cfg: "Config", name: str, path: Path,
+                      cgroup_dir: Optional[Path]) -> Optional[Dict[str, Any]]:
     """With ``fit_ctx``, at llama-server's start (the old child is gone by then): the smaller context this
     load must use to fit the memory there is now (``Verdict.as_dict``), or None for the configured one.
     Nothing fits: the load fails, named.  Blocking (reads /proc and the header): run it in a thread."""
@@ -213,9 +226,7 @@ def context_for_start(cfg: "Config", name: str, path: Path, cgroup_dir: Optional
         return None
     v = memory_verdict(cfg, name, meta, room)
     if v.ctx is None:
-        raise ModelLoadFailed(f"cannot load {name}: no context fits the {room // MiB} MiB available ({source}); "
-                              f"it needs about {v.need // MiB} MiB at ctx_size {v.configured_ctx}",
-                              {"reason": "insufficient_memory", "required_bytes": v.need, "available_bytes": room})
+        raise v.refusal(source)
     if not v.shrunk:
         return None
     log.warning("context shrunk to fit memory", model=name, ctx_size=v.ctx, configured=v.configured_ctx,

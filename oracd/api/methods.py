@@ -22,7 +22,7 @@ from oracd_protocol.errors import (GenerationTimeout, InvalidParams, InvalidPath
                       ShuttingDown, UnloadTimeout)
 from ..logs import get as get_logger
 from ..metrics import Metrics
-from ..memory import CTX_STEP, MiB, available, memory_verdict
+from ..memory import available, memory_verdict
 from ..models.quantize import quantize
 from ..models.store import ModelStore
 from .deadline import Deadline
@@ -94,16 +94,7 @@ class App:
         v = memory_verdict(cfg, path.name, meta, avail + freed)
         self.memory = v.as_dict()
         if v.ctx is None:
-            fp = v.footprint
-            raise ModelLoadFailed(
-                f"cannot load {path.name}: it needs about {v.need // MiB} MiB ({fp.describe()}, margin "
-                f"{cfg.llama.memory_margin_mb} MiB) but only {v.room // MiB} MiB is available ({source}"
-                + (f", including {freed // MiB} MiB the current model frees" if freed else "") + ")"
-                + (f"; fit_ctx found no context of at least {CTX_STEP * cfg.llama.parallel} tokens that fits"
-                   if cfg.llama.fit_ctx else ""),
-                {"reason": "insufficient_memory", "required_bytes": v.need, "available_bytes": v.room,
-                 "footprint": {"weights": fp.weights, "kv": fp.kv, "compute": fp.compute,
-                               "host_cache": fp.host_cache}})
+            raise v.refusal(source, freed)
 
     # ------------------------------------------------------------------ generate
     async def generate(self, ctx: CallContext, *, prompt: str, model: Optional[str] = None,

@@ -83,7 +83,7 @@ class LlamaConfig:
     cache_ram_mb: int = 256                # llama-server --cache-ram: its host prompt cache (its default is 8192)
     memory_check: bool = True              # refuse a load that cannot fit, before stopping the warm model
     memory_margin_mb: int = 256            # headroom the check leaves for everything else on the box
-    fit_ctx: bool = False                  # a model that does not fit at ctx_size loads with the largest context that does
+    fit_ctx: bool = False                  # a model that does not fit at ctx_size: the largest context that does
     cgroup_dir: Optional[Path] = None      # cgroup v2 dir for memory.max/.current/.events (default: our own)
     wedge_threshold: int = 3               # this many 5xx answers in a row on generations: restart the child
     wedge_window: float = 120.0            # ... within this many seconds (a slow trickle of errors is not a wedge)

@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -27,9 +28,10 @@ SYSTEM = "You turn spoken home commands into one JSON object with device, action
 
 @pytest.fixture
 def root():
-    r = Path(__import__("tempfile").mkdtemp(prefix="oracd-g-", dir="/tmp"))
-    (r / "models.toml").write_text("".join(
-        f'[profiles."{m}"]\nsystem_prompt = """{SYSTEM}"""\ntemperature = 0.0\nmax_tokens = 8\n\n' for m in (SMOL, GEMMA)))
+    """A short root (Unix socket paths) with a profile per model: the same system prompt for both."""
+    r = Path(tempfile.mkdtemp(prefix="oracd-g-", dir="/tmp"))
+    profile = 'system_prompt = """{}"""\ntemperature = 0.0\nmax_tokens = 8\n\n'.format(SYSTEM)
+    (r / "models.toml").write_text("".join(f'[profiles."{m}"]\n{profile}' for m in (SMOL, GEMMA)))
     yield r
     shutil.rmtree(r, ignore_errors=True)
 
@@ -125,7 +127,8 @@ def test_llama_cpp_restores_llama_slots_but_keeps_nothing_for_sliding_window_one
 
 @pytest.mark.parametrize("model", [SMOL, GEMMA])
 @pytest.mark.parametrize("ctx,parallel,extra", [(8192, 2, ()), (4096, 1, ()), (8192, 4, ("-ub", "256")),
-                                                (8192, 2, ("--swa-full",))], ids=["8k-2", "4k-1", "8k-4-ub256", "swa-full"])
+                                                (8192, 2, ("--swa-full",))],
+                         ids=["8k-2", "4k-1", "8k-4-ub256", "swa-full"])
 def test_memory_estimate_of_the_kv_cache_matches_what_llama_cpp_allocates(model, ctx, parallel, extra, tmp_path):
     """The memory check's KV figure against llama.cpp's own (``llama_kv_cache: size = X MiB`` in its verbose
     log, one line per cache: gemma3 has a full-attention one and a sliding-window one), for one and several
