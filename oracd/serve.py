@@ -103,6 +103,7 @@ async def serve(cfg: Config) -> int:
                     tg.start_soon(_heartbeat, app, notifier)
                     await _main_loop(app, tg, signals)
                     await _stop_accepting(app, notifier, bound, listener, conns)
+                    conns.abandoning = True      # what is still running gets -32009, not a closed connection
                     conn_tg.cancel_scope.cancel()
                 await _stop_child(app)
                 tg.cancel_scope.cancel()

@@ -23,7 +23,7 @@ import anyio.abc
 from oracd_protocol.framing import TOO_LONG, NewlineFramer, encode
 
 from ..config import ConfigHolder
-from oracd_protocol.errors import AccessDenied, Busy, RequestTooLarge
+from oracd_protocol.errors import AccessDenied, Busy, RequestTooLarge, ShuttingDown
 from ..logs import get as get_logger
 from .jsonrpc import CallContext, Dispatcher, Peer, error_obj
 from .listener import allowed, peer_of
@@ -39,6 +39,7 @@ class Connections:
         self.dispatcher = dispatcher
         self.open = 0           # connections being served
         self.tasks = 0          # request tasks in flight (all connections)
+        self.abandoning = False  # set at shutdown before in-flight requests are cancelled: they get -32009
         self.idle = anyio.Event()
         self.idle.set()
 
@@ -168,6 +169,14 @@ class Connection:
         try:
             try:
                 out = await self.owner.dispatcher.handle_line(line, self.ctx)
+            except anyio.get_cancelled_exc_class():
+                if self.owner.abandoning:       # oracd stops past shutdown_grace: still one answer each
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                        refusal = self.owner.dispatcher.refuse_line(line, ShuttingDown(
+                            "oracd is shutting down: the request was abandoned after shutdown_grace"))
+                        if refusal is not None:
+                            await self.send(refusal)
+                raise
             except Exception:
                 incident = uuid.uuid4().hex[:12]
                 log.exception("request failed", peer_pid=self.peer.pid, incident=incident)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
 import aiohttp
 import anyio
 
+from ..child import exits
 from ..child.failures import worker_lost
 from ..child.http import LlamaHTTPError
 from ..config import Config, Profile, ProfileError
@@ -173,10 +174,14 @@ async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg:
             except (aiohttp.ClientError, OSError) as exc:
                 supervisor.generation_result(child, False)
                 failure = f"lost connection to llama-server ({type(exc).__name__})"
-        if attempt == 2:
-            raise GenerationFailed(f"{failure}, twice; giving up", {"retryable": True})
         with anyio.move_on_after(cfg.llama.health_timeout + cfg.llama.stop_grace):
             await child.exited.wait()     # let the supervisor see the exit (or kill it: wedged) before we ask again
+        if child.returncode is not None:  # name what happened to it: "llama-server killed (SIGKILL)"
+            failure = f"{failure}: {exits.describe(child.returncode)}"
+        if attempt == 2:
+            raise GenerationFailed(f"{failure}, twice; giving up",
+                                   {"retryable": True, "reason": child.killed_for or "crash",
+                                    **exits.exit_info(child.returncode)})
         if child.rpc_workers and (child.killed_for == "rpc_worker_lost" or worker_lost(child.tail)):
             raise GenerationFailed(
                 "an RPC worker was lost during the generation; llama-server aborted and is being "

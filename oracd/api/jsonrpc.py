@@ -191,6 +191,20 @@ class Dispatcher:
         resp = await self.handle_obj(obj, ctx)
         return encode(resp) if resp is not None else None
 
+    def refuse_line(self, line: bytes, err: OracError) -> Optional[bytes]:
+        """The answer to a line whose requests will not run (oracd is stopping): ``err`` for each request
+        with an id, nothing for notifications or a line that is not JSON-RPC."""
+        try:
+            obj = decode_strict(line)
+        except (NotJSON, TooDeep):
+            return None
+        items = obj if isinstance(obj, list) else [obj]
+        out = [error_obj(err.code, err.message, err.data, o["id"]) for o in items
+               if isinstance(o, dict) and _check_request(o) is None and "id" in o]
+        if not out:
+            return None
+        return encode(out if isinstance(obj, list) else out[0])
+
     async def handle_obj(self, obj: Any, ctx: CallContext) -> Optional[Dict[str, Any]]:
         """Dispatch one request object; returns the response object or None (notification)."""
         why = _check_request(obj)

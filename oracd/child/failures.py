@@ -6,6 +6,7 @@ RPC worker and for a failed assertion.
 """
 from __future__ import annotations
 
+import signal
 from typing import Optional, Sequence
 
 _LOAD_REASONS = (
@@ -30,6 +31,16 @@ def classify_load_failure(tail: Sequence[str]) -> str:
         if needle in text:
             return reason
     return "load_failed"
+
+
+# a load ended by someone else's signal (an operator, the OOM killer): the model is not to blame
+_OUTSIDE_KILLS = frozenset({-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP})
+
+
+def load_retry_due(returncode: Optional[int], killed_for: Optional[str], retried: bool) -> bool:
+    """Should a load that died be tried once more before its waiters get the error?  Yes, once, when a signal
+    we did not send ended it; a crash or an error exit says something about the model or the build."""
+    return not retried and killed_for is None and returncode in _OUTSIDE_KILLS
 
 
 def worker_lost(tail: Sequence[str]) -> bool:

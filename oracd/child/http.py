@@ -9,10 +9,11 @@ new peer).
 from __future__ import annotations
 
 import json
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Optional, Tuple
 
 import aiohttp
+import anyio
 
 
 class LlamaEndpoint:
@@ -54,7 +55,7 @@ class LlamaHTTP:
 
     Two sessions: generations use at most ``max_connections`` kept-alive connections
     (llama-server's ``parallel``: it cannot run more at once, so further requests wait
-    here, in order), and probes (/health, /slots) have one of their own, so they are
+    here, in order, on our own semaphore -- see ``__init__`` for why not aiohttp's), and probes (/health, /slots) have one of their own, so they are
     never stuck behind generations.  Why bound it: each kept-alive connection ties up
     one of llama-server's fixed HTTP threads (parallel + 4) while idle; with more
     connections than threads, requests on the extra ones were seen to stall for
@@ -63,18 +64,36 @@ class LlamaHTTP:
 
     def __init__(self, endpoint: LlamaEndpoint, max_connections: int = 0):
         self.endpoint = endpoint
-        self._limits = {"gen": max_connections, "probe": 1}
+        # The bound is ours, not aiohttp's: a request waiting inside aiohttp's connector for a free
+        # connection is *cancelled* (a bare CancelledError) when the session closes -- which it does when
+        # llama-server dies -- and that cancellation escaped the request, closing its client's connection
+        # with no answer.  Waiting here, a request that gets in after the close sees a connection error
+        # like every other request on the dead child, and is retried.
+        self._gates = {"gen": anyio.Semaphore(max_connections) if max_connections > 0 else None,
+                       "probe": anyio.Semaphore(1)}
         self._sessions: Dict[str, aiohttp.ClientSession] = {}
+        self._closed = False
         self._headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
 
+    @asynccontextmanager
+    async def _turn(self, kind: str = "gen") -> AsyncIterator[None]:
+        """One of the ``kind`` connections (FIFO: anyio's semaphore serves waiters in order)."""
+        gate = self._gates[kind]
+        if gate is None:
+            yield
+            return
+        async with gate:
+            yield
+
     def _get_session(self, kind: str = "gen") -> aiohttp.ClientSession:
+        if self._closed:          # the child is gone: never open a session that nobody would close
+            raise aiohttp.ClientConnectionError("llama-server connection closed (the child has exited)")
         session = self._sessions.get(kind)
         if session is None or session.closed:
-            limit = self._limits[kind]
             if self.endpoint.unix_path:
-                conn: aiohttp.BaseConnector = aiohttp.UnixConnector(path=self.endpoint.unix_path, limit=limit)
+                conn: aiohttp.BaseConnector = aiohttp.UnixConnector(path=self.endpoint.unix_path, limit=0)
             else:
-                conn = aiohttp.TCPConnector(limit=limit)
+                conn = aiohttp.TCPConnector(limit=0)
             session = self._sessions[kind] = aiohttp.ClientSession(
                 base_url=self.endpoint.base_url, connector=conn, headers=self._headers,
                 json_serialize=json.dumps, timeout=aiohttp.ClientTimeout(total=None),
@@ -82,6 +101,7 @@ class LlamaHTTP:
         return session
 
     async def close(self) -> None:
+        self._closed = True
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()
@@ -105,14 +125,14 @@ class LlamaHTTP:
 
     async def post(self, path: str, body: Dict[str, Any]) -> Dict[str, Any]:
         """POST a JSON body, return the JSON answer (LlamaHTTPError on a non-2xx status)."""
-        session = self._get_session()
-        try:
-            async with session.post(path, json=body) as resp:
-                await self._raise_for_status(resp)
-                return json.loads(await resp.read())
-        except (aiohttp.ClientError, OSError):
-            await self._drop_session()
-            raise
+        async with self._turn():
+            try:
+                async with self._get_session().post(path, json=body) as resp:
+                    await self._raise_for_status(resp)
+                    return json.loads(await resp.read())
+            except (aiohttp.ClientError, OSError):
+                await self._drop_session()
+                raise
 
     async def apply_template(self, messages: Any, template_kwargs: Optional[Dict[str, Any]] = None) -> str:
         """The exact prompt text the model's chat template makes of ``messages`` (POST /apply-template)."""
@@ -135,14 +155,14 @@ class LlamaHTTP:
         (see api/generate.py for when oracd streams instead).
         Returns {content, finish_reason, usage}.
         """
-        session = self._get_session()
-        try:
-            async with session.post("/v1/chat/completions", json=dict(body, stream=False)) as resp:
-                await self._raise_for_status(resp)
-                data = json.loads(await resp.read())
-        except (aiohttp.ClientError, OSError):
-            await self._drop_session()
-            raise
+        async with self._turn():
+            try:
+                async with self._get_session().post("/v1/chat/completions", json=dict(body, stream=False)) as resp:
+                    await self._raise_for_status(resp)
+                    data = json.loads(await resp.read())
+            except (aiohttp.ClientError, OSError):
+                await self._drop_session()
+                raise
         choice = (data.get("choices") or [{}])[0]
         return {"content": (choice.get("message") or {}).get("content") or "",
                 "finish_reason": choice.get("finish_reason"), "usage": data.get("usage") or {}}
@@ -181,26 +201,26 @@ class LlamaHTTP:
         in llama-server.  llama-server closes the connection after a streamed answer although it says
         keep-alive; "Connection: close" keeps that dead connection out of aiohttp's pool.
         """
-        session = self._get_session()
-        try:
-            async with session.post(path, json=body, headers=_CLOSE) as resp:
-                await self._raise_for_status(resp)
-                while True:
-                    line = await resp.content.readline()
-                    if not line:
-                        return
-                    if not line.startswith(b"data: "):
-                        continue
-                    payload = line[6:].strip()
-                    if payload == b"[DONE]":
-                        return
-                    obj = json.loads(payload)
-                    if "error" in obj:
-                        raise LlamaHTTPError(500, _error_text(obj))
-                    yield obj
-        except (aiohttp.ClientError, OSError):
-            await self._drop_session()
-            raise
+        async with self._turn():
+            try:
+                async with self._get_session().post(path, json=body, headers=_CLOSE) as resp:
+                    await self._raise_for_status(resp)
+                    while True:
+                        line = await resp.content.readline()
+                        if not line:
+                            return
+                        if not line.startswith(b"data: "):
+                            continue
+                        payload = line[6:].strip()
+                        if payload == b"[DONE]":
+                            return
+                        obj = json.loads(payload)
+                        if "error" in obj:
+                            raise LlamaHTTPError(500, _error_text(obj))
+                        yield obj
+            except (aiohttp.ClientError, OSError):
+                await self._drop_session()
+                raise
 
     async def completion(self, body: Dict[str, Any]) -> Dict[str, Any]:
         """POST /completion (a raw prompt, the caller's own template), not streamed: like ``chat``.
@@ -253,13 +273,13 @@ class LlamaHTTP:
 
     async def _probe(self, path: str) -> Tuple[int, bytes]:
         """GET ``path`` on the probe session (never stuck behind generations): (status, body)."""
-        session = self._get_session("probe")
-        try:
-            async with session.get(path) as resp:
-                return resp.status, await resp.read()
-        except (aiohttp.ClientError, OSError):
-            await self._drop_session("probe")
-            raise
+        async with self._turn("probe"):
+            try:
+                async with self._get_session("probe").get(path) as resp:
+                    return resp.status, await resp.read()
+            except (aiohttp.ClientError, OSError):
+                await self._drop_session("probe")
+                raise
 
 
 def _completion_result(data: Dict[str, Any], content: str) -> Dict[str, Any]:

@@ -54,6 +54,17 @@ class Child:
     def tail(self) -> Deque[str]:
         return self.proc.tail
 
+    def gone(self) -> bool:
+        """Has the process died, even if the reaper has not collected it yet (a zombie)?  A connection that
+        broke because llama-server died is a crash, not a wedge."""
+        if self.returncode is not None:
+            return True
+        ps = self.psutil()
+        try:
+            return ps is None or ps.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
+
     def psutil(self) -> Optional[psutil.Process]:
         if self.ps is None:
             try:

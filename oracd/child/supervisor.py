@@ -39,7 +39,7 @@ from ..workers.pool import RpcWorkers
 from . import exits
 from .backoff import BackoffPolicy
 from .command import build_command, child_env, find_binary, make_endpoint
-from .failures import classify_load_failure, telling_line, worker_lost
+from .failures import classify_load_failure, load_retry_due, telling_line, worker_lost
 from .instance import Child, log_child_line
 from .pidfile import prepare_runtime_dir, reap_orphan, remove_pidfile, write_pidfile
 from .process import ManagedProcess
@@ -80,6 +80,7 @@ class Supervisor:
         self._backoff_until = 0.0
         self._restart_why: Optional[str] = None
         self._want_seen: Optional[str] = None
+        self._load_retried = False            # a fresh load killed from outside was retried once already
         self._kill_request: Optional[Tuple[Child, str, str]] = None   # (child, reason, why): the owner kills it
         self.default: Optional[Tuple[str, Path]] = None                # the active default model (return to it)
         self.last_busy = time.monotonic()                              # when a request last held or wanted the child
@@ -320,6 +321,7 @@ class Supervisor:
                 self._want_seen = want
                 if want is not None:      # another model (or the same after an unload): a clean slate
                     self._backoff_until, self.consecutive_failures = 0.0, 0
+                    self._load_retried = False
             if child is None:
                 self._waiters.resolve_unloads()
                 if want is None:
@@ -398,10 +400,14 @@ class Supervisor:
             meta = await anyio.to_thread.run_sync(header, path)
             self.warm = await self.warmer.warm(child.http, cfg, path, binary, cmd, meta,
                                                self.warmer.targets.get(name))
+            if child.returncode is not None:   # died during warm-up: a crash like any other, its waiters stay
+                self._on_child_lost(child)
+                return
             if workers:   # status shows the connections from the start, not from the first health tick
                 await anyio.to_thread.run_sync(self.rpc.lost, proc.pid, workers)
             child.ready_at = time.monotonic()
             self._queue.served()
+            self._load_retried = False
             self.last_error = None
             self._set_state(ChildState.READY, pid=proc.pid, load_s=round(child.ready_at - t0, 3))
             if self.on_ready is not None:
@@ -413,6 +419,12 @@ class Supervisor:
             await self._stop_child("start aborted")
             return
         if child.returncode is not None:
+            if fresh and load_retry_due(child.returncode, child.killed_for, self._load_retried):
+                # killed from outside while loading: its waiters keep waiting for one more start
+                self._load_retried = True
+                log.warning("load interrupted, retrying once", model=name, error=err.message)
+                self._on_child_lost(child)
+                return
             self._record_exit(child, "load_failed")
         await self._stop_child("load failed", settle=False)
         self._load_failed(name, err, fresh)
@@ -504,6 +516,8 @@ class Supervisor:
         failure makes the child count as wedged: the owner will kill and restart it."""
         if ok:
             child.wedge.success()
+            return False
+        if child.gone():          # it died under the request: the reaper restarts it; not a wedge
             return False
         if child.wedge.failure(time.monotonic()) and child.killed_for is None and child.returncode is None:
             log.error("wedged", pid=child.pid, failures=child.wedge.streak,

@@ -242,3 +242,15 @@ def test_cgroup_budget_and_oom_count(tmp_path):
     assert oom_kills(tmp_path) == 2 and oom_kills(None) is None
     (tmp_path / "memory.max").write_text("max\n")
     assert available(tmp_path)[1] == "MemAvailable"
+
+
+# ---------------------------------------------------------------- a load killed from outside: one retry
+def test_a_load_ended_by_an_outside_signal_is_retried_once():
+    import signal as s
+    from oracd.child.failures import load_retry_due
+    assert load_retry_due(-s.SIGKILL, None, retried=False)
+    assert load_retry_due(-s.SIGTERM, None, retried=False)
+    assert not load_retry_due(-s.SIGKILL, None, retried=True)          # once only
+    assert not load_retry_due(-s.SIGKILL, "stop", retried=False)       # we killed it ourselves
+    assert not load_retry_due(-s.SIGSEGV, None, retried=False)         # a crash says something about the build
+    assert not load_retry_due(1, None, retried=False)                  # an error exit: the model's fault
