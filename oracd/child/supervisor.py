@@ -222,7 +222,12 @@ class Supervisor:
                 self.last_busy = time.monotonic()
                 self._waiters.add(item)
                 if item.model is None:
+                    dropped = self._queue.current
                     self._queue.unload()
+                    if dropped is not None:   # waiting for the model being unloaded: answered now, not at timeout
+                        self._resolve(lambda t: t.model == dropped, error=ServerUnavailable(
+                            f"{dropped} was unloaded (unload_model) while this request waited for it",
+                            {"reason": "unloaded", "model": dropped}))
                 else:
                     self._paths[item.model] = item.path
                     self._queue.arrive(item.model)

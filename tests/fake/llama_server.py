@@ -11,6 +11,7 @@
   healthy and answers each completion with "hello".
 - ``http-400``: every completion is refused as a bad request (a client error, not a wedge).
 - ``crash-on-load``: dies by SIGSEGV while "loading" (the AMX crash on its first decode).
+- ``slow-load``: /health answers 503 "Loading model" for 3 s, then it is healthy ("hello").
 
 Everything else in the suite runs the real llama-server.
 """
@@ -21,6 +22,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 
 from aiohttp import web
 
@@ -33,7 +35,7 @@ def main(argv: list) -> int:
         return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("--fault", required=True,
-                    choices=["hang-decode", "http-500", "wedged-once", "http-400", "crash-on-load"])
+                    choices=["hang-decode", "http-500", "wedged-once", "http-400", "crash-on-load", "slow-load"])
     ap.add_argument("--state", default=None, help="dir that remembers earlier processes (wedged-once)")
     ap.add_argument("--host", required=True)
     args, _ = ap.parse_known_args(argv)
@@ -46,8 +48,13 @@ def main(argv: list) -> int:
         print("load_tensors: loading model tensors, this can take a while...", flush=True)
         os.kill(os.getpid(), signal.SIGSEGV)
     stuck = asyncio.Event()
+    ready_at = time.monotonic() + (3.0 if fault == "slow-load" else 0.0)
+    if fault == "slow-load":
+        fault = "healthy"
 
     async def health(_: web.Request) -> web.Response:
+        if time.monotonic() < ready_at:
+            return web.json_response({"error": {"code": 503, "message": "Loading model"}}, status=503)
         return web.json_response({"status": "ok"})
 
     async def slots(_: web.Request) -> web.Response:

@@ -103,3 +103,21 @@ def test_client_errors_never_count_as_a_wedge(scripted):
         assert resp["error"]["code"] == -32602 and "bad sampling" in resp["error"]["message"], resp
     st = o.call("status")["child"]
     assert st["pid"] == pid and st["restarts"] == 0 and st["state"] == "ready"
+
+
+def test_a_request_waiting_for_a_model_that_is_unloaded_is_answered_at_once(scripted):
+    """unload_model while a generate waits for its model to load: the generate gets -32006 naming the unload
+    (reason "unloaded") right away, instead of waiting in vain until its own timeout."""
+    import threading
+    o = scripted("slow-load", preload=False).start()
+    out = []
+    t = threading.Thread(target=lambda: out.append(o.request("generate", prompt="hi", max_tokens=2, timeout=60)))
+    t.start()
+    o.wait_child_state("starting", timeout=30)
+    t0 = time.monotonic()
+    assert o.call("unload_model", timeout=30)["state"] == "stopped"
+    t.join(30)
+    assert out, "the generate never returned"
+    err = out[0].get("error")
+    assert err and err["code"] == -32006 and err["data"]["reason"] == "unloaded", out[0]
+    assert time.monotonic() - t0 < 20        # answered by the unload, not by its 60 s timeout
