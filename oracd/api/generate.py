@@ -157,12 +157,20 @@ async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg:
     after the 5xx answer that showed the child is wedged (``child/wedge.py``), is
     safe; a second failure is GenerationFailed.  Not retried: a generation cut
     off by a lost RPC worker (the next llama-server needs the workers again).
-    The caller's deadline bounds all of it.
+    Not retried either: a stream that has already sent text to its client (the retry
+    would send the answer again from its start).  The caller's deadline bounds all of it.
     """
+    streamed = 0
+
+    async def relay(text: str) -> None:
+        nonlocal streamed
+        streamed += 1
+        await on_delta(text)          # type: ignore[misc]
+
     for attempt in (1, 2):
         async with supervisor.use(path.name, path) as child:
             try:
-                data = await _ask(child.http, body, cfg, on_delta)
+                data = await _ask(child.http, body, cfg, relay if on_delta is not None else None)
                 supervisor.generation_result(child, True)
                 return data
             except LlamaHTTPError as exc:
@@ -178,6 +186,11 @@ async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg:
             await child.exited.wait()     # let the supervisor see the exit (or kill it: wedged) before we ask again
         if child.returncode is not None:  # name what happened to it: "llama-server killed (SIGKILL)"
             failure = f"{failure}: {exits.describe(child.returncode)}"
+        if streamed:
+            raise GenerationFailed(f"{failure}, after {streamed} chunks of the answer were streamed; not retried "
+                                   "(a retry would repeat them)",
+                                   {"retryable": True, "reason": "stream_interrupted", "chunks_sent": streamed,
+                                    **exits.exit_info(child.returncode)})
         if attempt == 2:
             raise GenerationFailed(f"{failure}, twice; giving up",
                                    {"retryable": True, "reason": child.killed_for or "crash",

@@ -15,6 +15,7 @@ from typing import Any, Dict, List
 
 from helpers import Conn, RPCError, gone
 
+from oracd_protocol.blocking import BlockingClient
 from oracd_protocol.errors import ERRORS
 
 DOCUMENTED = set(ERRORS) - {-32603}     # a bug (-32603) is never an acceptable answer
@@ -126,3 +127,26 @@ def test_a_load_killed_twice_names_the_kill(fresh_oracd):
     assert len(killed) == 2, killed
     assert errors and errors[0].code == -32002, errors
     assert "SIGKILL" in errors[0].message, errors[0].message
+
+
+def test_a_stream_cut_by_a_crash_is_not_replayed(fresh_oracd):
+    """A streamed generate that has already sent text when llama-server dies is not retried (the retry would
+    send the answer again from its start): it ends with -32007, reason stream_interrupted, naming the kill."""
+    o = fresh_oracd(llama={"restart_backoff_initial": 0.1}).start()
+    pid = o.child_pid()
+    chunks: List[str] = []
+
+    def on_chunk(method: str, params: Dict[str, Any]) -> None:
+        chunks.append(params["text"])
+        if len(chunks) == 3:
+            os.kill(pid, signal.SIGKILL)
+
+    with Conn(o.socket, timeout=120) as c:
+        resp = BlockingClient.request(c, "generate", {"prompt": "Tell me a long story about a lighthouse",
+                                                      "max_tokens": 400, "temperature": 0.8, "stream": True,
+                                                      "timeout": 90}, on_notify=on_chunk)
+    err = resp.get("error")
+    assert err and err["code"] == -32007 and err["data"]["reason"] == "stream_interrupted", resp
+    assert err["data"]["signal"] == "SIGKILL" and "llama-server killed (SIGKILL)" in err["message"], err
+    assert err["data"]["chunks_sent"] >= 3 and len(chunks) == err["data"]["chunks_sent"], (len(chunks), err)
+    assert o.wait_child_state("ready")["pid"] != pid
