@@ -180,6 +180,10 @@ async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg:
                     raise GenerationFailed(f"llama-server error {exc.status}: {exc.message}") from None
                 failure = f"llama-server is wedged (error {exc.status}: {exc.message}); it is being restarted"
             except (aiohttp.ClientError, OSError) as exc:
+                # a killed child drops its connections a moment before it is a zombie: give the exit that
+                # moment, so a crash is never counted as a wedge (which would mislabel the restart)
+                with anyio.move_on_after(0.5):
+                    await child.exited.wait()
                 supervisor.generation_result(child, False)
                 failure = f"lost connection to llama-server ({type(exc).__name__})"
         with anyio.move_on_after(cfg.llama.health_timeout + cfg.llama.stop_grace):
