@@ -175,6 +175,27 @@ def test_gguf_header_reads_through_model_links_but_never_waits_on_a_fifo(tmp_pat
     assert done["meta"]["valid"] is False and "not a regular file" in done["meta"]["error"]
 
 
+@pytest.mark.anyio
+async def test_check_loadable_reads_the_header_and_memory_in_a_worker_thread(tmp_path, monkeypatch):
+    """A header cache miss (and /proc, cgroup files) is read off the event loop: never a file read there."""
+    from oracd.api import methods
+    from oracd.config import ConfigHolder
+    models = tmp_path / "models"
+    models.mkdir()
+    write_tiny_f32(models / "m.gguf")
+    cfg = from_dict({"llama": {"models_dir": str(models), "kv_cache_dir": str(tmp_path / "kv")}}, BASE)
+    app = methods.App(ConfigHolder(cfg))
+    loop_thread = threading.get_ident()
+    seen = {}
+    real_meta, real_avail = app.store.metadata, methods.available
+    monkeypatch.setattr(app.store, "metadata", lambda p: seen.setdefault("meta", threading.get_ident())
+                        and real_meta(p))
+    monkeypatch.setattr(methods, "available", lambda d: seen.setdefault("mem", threading.get_ident())
+                        and real_avail(d))
+    await app.check_loadable(models / "m.gguf")
+    assert seen["meta"] != loop_thread and seen["mem"] != loop_thread, seen
+
+
 # ------------------------------------------------------------------ logs
 def test_clip_marks_the_original_length():
     assert clip("status") == "status"
