@@ -211,8 +211,10 @@ class Dispatcher:
                         {"reason": "batch_too_large", "limit": limit})
             for i in range(limit, len(batch)):
                 item = batch[i]
-                if isinstance(item, dict) and "id" in item and _check_request(item) is None:
-                    results[i] = error_obj(busy.code, busy.message, busy.data, item["id"])
+                valid = _check_request(item) is None
+                if valid and "id" not in item:
+                    continue                     # a notification: never answered
+                results[i] = error_obj(busy.code, busy.message, busy.data, item["id"] if valid else None)
             self.errors += len(batch) - limit
             self._log_one("-", None, ctx, 0.0, busy.code, batch_items=len(batch), refused=len(batch) - limit)
         slots = ctx.slots

@@ -131,6 +131,27 @@ def test_build_body_sends_inline_constraints_and_profile_files_still_apply():
         build_body(Sent("hi", grammar='root ::= "' + "x" * 2000 + '"'), prof, small)
 
 
+def test_profile_grammar_files_are_read_safely_at_config_load(hostile, tmp_path):
+    """Files stay a profile feature: read when the config loads, through safe_read (a FIFO is refused at
+    once, a link to a grammar file is followed, as an operator's layout may need)."""
+    from oracd.config.profiles import ProfileError, parse_profiles
+    prof = parse_profiles({"m.gguf": {"grammar": str(hostile["link"])}}, tmp_path)["m.gguf"]
+    assert prof.grammar == 'root ::= "leak"'
+    done = {}
+
+    def load():
+        try:
+            parse_profiles({"m.gguf": {"grammar": "x.gbnf"}}, tmp_path)
+        except ProfileError as exc:
+            done["error"] = str(exc)
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "a FIFO named in a profile blocked the config load"
+    assert "not a regular file" in done["error"]
+
+
 # ------------------------------------------------------------------ safe file reads
 def test_safe_read_refuses_fifo_symlink_and_oversize_without_blocking(hostile, tmp_path):
     outcome = {}
@@ -318,11 +339,12 @@ async def test_a_batch_counts_against_pending_and_is_capped():
     slots = _Slots(limit=4)
     items = [{"jsonrpc": "2.0", "method": "work", "params": {"n": i}, "id": i} for i in range(999)]
     items.append({"jsonrpc": "2.0", "method": "work"})            # a notification past the cap: no answer
+    items.append(17)                                               # not a request, past the cap: Busy, id null
     out = json.loads(await d.handle_line(json.dumps(items).encode(), CallContext(Peer(), slots=slots)))
     ok = [r for r in out if "result" in r]
     busy = [r for r in out if "error" in r]
     assert sorted(r["result"] for r in ok) == list(range(32))
-    assert len(busy) == 967 and {r["id"] for r in busy} == set(range(32, 999))
+    assert len(busy) == 968 and {r["id"] for r in busy} == set(range(32, 999)) | {None}
     assert all(r["error"]["code"] == -32005 and r["error"]["data"] == {"reason": "batch_too_large", "limit": 32}
                for r in busy)
     assert running["peak"] <= 4 and slots.peak <= 4, (running, slots.peak)
