@@ -25,7 +25,7 @@ from oracd.config import Profile
 from oracd.config.profiles import COMMAND_SCHEMA, JSON_GRAMMAR
 from oracd.config.settings import ConfigError, from_dict, with_overrides
 from oracd.models.gguf import header, read_gguf_header
-from oracd.safe_read import UnsafeFile, read_capped
+from oracd.safe_read import UnsafeFile, aread_capped, read_capped
 from oracd_protocol.errors import InvalidParams
 
 BASE = Path("/tmp")
@@ -175,6 +175,16 @@ def test_safe_read_refuses_fifo_symlink_and_oversize_without_blocking(hostile, t
     with pytest.raises(UnsafeFile, match="larger than 4096"):
         read_capped(big, 4096)
     assert read_capped(big, 5000) == b" " * 5000
+
+
+@pytest.mark.anyio
+async def test_aread_capped_reads_in_a_worker_thread_and_refuses_a_fifo(hostile):
+    with anyio.fail_after(5):                  # a FIFO opened on the loop would hang here for good
+        with pytest.raises(UnsafeFile):
+            await aread_capped(hostile["fifo"], 1024)
+    with pytest.raises(OSError):
+        await aread_capped(hostile["link"], 1024)
+    assert await aread_capped(hostile["gbnf"], 1024) == b'root ::= "leak"'
 
 
 def test_gguf_header_reads_through_model_links_but_never_waits_on_a_fifo(tmp_path):
