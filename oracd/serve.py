@@ -81,7 +81,9 @@ async def serve(cfg: Config) -> int:
         log.error("startup failed", error=str(exc))
         return 1
     app = App(ConfigHolder(cfg))
-    app.dispatcher = Dispatcher(app.methods(), app.prom.request)
+    srv = cfg.server
+    app.dispatcher = Dispatcher(app.methods(), app.prom.request, max_batch_items=srv.max_batch_items,
+                                log_rate=srv.request_log_rate, log_burst=srv.request_log_burst)
     app.connections = conns = Connections(app.holder, app.dispatcher)
     notifier = Notifier()
     exit_code = 0
@@ -168,7 +170,7 @@ async def _preload(app: App) -> None:
     for name in (cfg.llama.default_model, *cfg.llama.fallback_models):
         try:
             path = app.store.resolve(name)
-            app.check_loadable(path)
+            await app.check_loadable(path)
             with anyio.fail_after(cfg.llama.load_timeout + 5):
                 await app.supervisor.load(path.name, path)
         except TimeoutError:

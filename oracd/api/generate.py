@@ -30,8 +30,8 @@ import anyio
 from ..child import exits
 from ..child.failures import worker_lost
 from ..child.http import LlamaHTTPError
-from ..config import Config, Profile, ProfileError
-from ..config.profiles import resolve_grammar, resolve_schema
+from ..config import Config, Profile
+from .constraints import check_texts, request_constraint
 from oracd_protocol.errors import GenerationFailed, InvalidParams
 from ..logs import get as get_logger
 from oracd_protocol.schemas import carries_template
@@ -88,7 +88,7 @@ def is_raw(sent: Sent, prof: Profile) -> bool:
     return raw
 
 
-def build_body(sent: Sent, prof: Profile, cfg: Config, files_dir: Path) -> Dict[str, Any]:
+def build_body(sent: Sent, prof: Profile, cfg: Config) -> Dict[str, Any]:
     """The body for llama-server (chat messages, or a raw ``prompt`` for /completion): request > profile >
     default.  Raises InvalidParams."""
     temperature = pick(sent.temperature, prof.temperature, 0.7)
@@ -101,18 +101,12 @@ def build_body(sent: Sent, prof: Profile, cfg: Config, files_dir: Path) -> Dict[
     check_range("max_tokens", max_tokens, 1, 1_000_000)
     if sent.prefill is not None and not sent.prefill:
         raise InvalidParams("prefill must not be empty (leave it out instead)", "prefill")
-    grammar, json_schema = sent.grammar, sent.json_schema
-    if grammar is not None and json_schema is not None:
-        raise InvalidParams("grammar and json_schema are mutually exclusive", "grammar")
-    try:
-        if grammar is not None:
-            grammar = resolve_grammar(grammar, files_dir, "grammar")
-        elif json_schema is not None:
-            json_schema = resolve_schema(json_schema, files_dir, "json_schema")
-        elif prof.grammar or prof.json_schema:
-            grammar, json_schema = prof.grammar, prof.json_schema
-    except ProfileError as exc:
-        raise InvalidParams(str(exc)) from None
+    # a request sends a built-in name or the constraint inline; files are a profile setting (constraints.py)
+    check_texts((("prompt", sent.prompt), ("system_prompt", sent.system_prompt), ("prefill", sent.prefill),
+                 ("stop", sent.stop)))
+    grammar, json_schema = request_constraint(sent.grammar, sent.json_schema, cfg.server.max_grammar_bytes)
+    if grammar is None and json_schema is None and (prof.grammar or prof.json_schema):
+        grammar, json_schema = prof.grammar, prof.json_schema
     body: Dict[str, Any] = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "cache_prompt": True}
     if is_raw(sent, prof):
         if sent.system_prompt is not None:

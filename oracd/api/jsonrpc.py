@@ -17,14 +17,16 @@ import time
 import typing
 import uuid
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Protocol, Tuple, Union
 
 import anyio
 from jsonrpcserver import JsonRpcError, Success, async_dispatch_to_serializable
 from oracd_protocol.framing import NotJSON, TooDeep, decode_strict, encode
 
-from oracd_protocol.errors import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, InvalidParams, OracError
+from oracd_protocol.errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, Busy, InvalidParams,
+                                   OracError)
 from ..logs import get as get_logger
+from .logguard import PeerLogLimiter, clip
 
 log = get_logger("oracd.jsonrpc")
 req_log = get_logger("oracd.request")
@@ -33,10 +35,23 @@ req_log = get_logger("oracd.request")
 
 @dataclass
 class Peer:
-    """Who is on the other end of a connection (SO_PEERCRED)."""
+    """Who is on the other end of a connection (SO_PEERCRED; groups from SO_PEERGROUPS)."""
     pid: Optional[int] = None
     uid: Optional[int] = None
     gid: Optional[int] = None
+    groups: Tuple[int, ...] = ()      # supplementary groups, as the kernel saw them at connect()
+
+    @property
+    def known(self) -> bool:
+        """Credentials were read (an AF_UNIX peer); an unknown peer passes no allow-list."""
+        return self.uid is not None
+
+
+class Slots(Protocol):
+    """A connection's pending-request slots (``connection._LineSlots``): a batch takes one per item."""
+    def give_back_line(self) -> None: ...
+    async def acquire(self) -> None: ...
+    def release(self) -> None: ...
 
 
 @dataclass
@@ -45,6 +60,7 @@ class CallContext:
     peer: Peer
     notify: Optional[Callable[[str, Any], Awaitable[None]]] = None  # server -> client notifications
     request_id: Any = None            # the id of the request being served (None for notifications)
+    slots: Optional[Slots] = None     # the request line's pending slots (None: no per-connection limit)
 
     async def progress(self, method: str, **params: Any) -> None:
         """Send a JSON-RPC notification about this request (``params.id`` names it) on its connection."""
@@ -160,11 +176,14 @@ def _check_request(obj: Any) -> Optional[str]:
 class Dispatcher:
     """Turns one request line into one response line (or None for notifications)."""
 
-    def __init__(self, methods: Dict[str, Method], on_request: Optional[Callable[[str, Optional[int]], None]] = None):
+    def __init__(self, methods: Dict[str, Method], on_request: Optional[Callable[[str, Optional[int]], None]] = None,
+                 max_batch_items: int = 0, log_rate: float = 20.0, log_burst: int = 200):
         self.methods = methods
         self.served = 0
         self.errors = 0
         self.on_request = on_request          # (method, error code or None): the metrics count requests
+        self.max_batch_items = max_batch_items   # 0: no cap
+        self.log_limiter = PeerLogLimiter(log_rate, log_burst)
 
     async def handle_line(self, line: bytes, ctx: CallContext) -> Optional[bytes]:
         try:
@@ -178,16 +197,7 @@ class Dispatcher:
         if isinstance(obj, list):
             if not obj:
                 return encode(error_obj(INVALID_REQUEST, "Invalid Request", "empty batch"))
-            results: List[Optional[Dict[str, Any]]] = [None] * len(obj)
-
-            async def one(i: int, item: Any) -> None:
-                results[i] = await self.handle_obj(item, ctx)
-
-            async with anyio.create_task_group() as tg:
-                for i, item in enumerate(obj):
-                    tg.start_soon(one, i, item)
-            out = [r for r in results if r is not None]
-            return encode(out) if out else None
+            return await self._batch(obj, ctx)
         resp = await self.handle_obj(obj, ctx)
         return encode(resp) if resp is not None else None
 
@@ -204,6 +214,41 @@ class Dispatcher:
         if not out:
             return None
         return encode(out if isinstance(obj, list) else out[0])
+
+    async def _batch(self, batch: List[Any], ctx: CallContext) -> Optional[bytes]:
+        """Run a batch's items concurrently, each in a pending slot of the connection (the reader waits for
+        room as for single requests); items past max_batch_items are answered Busy without being run."""
+        limit = self.max_batch_items or len(batch)
+        results: List[Optional[Dict[str, Any]]] = [None] * len(batch)
+        if len(batch) > limit:
+            busy = Busy(f"batch of {len(batch)} requests: only the first {limit} are run (server.max_batch_items)",
+                        {"reason": "batch_too_large", "limit": limit})
+            for i in range(limit, len(batch)):
+                item = batch[i]
+                valid = _check_request(item) is None
+                if valid and "id" not in item:
+                    continue                     # a notification: never answered
+                results[i] = error_obj(busy.code, busy.message, busy.data, item["id"] if valid else None)
+            self.errors += len(batch) - limit
+            self._log_one("-", None, ctx, 0.0, busy.code, batch_items=len(batch), refused=len(batch) - limit)
+        slots = ctx.slots
+
+        async def one(i: int, item: Any) -> None:
+            try:
+                results[i] = await self.handle_obj(item, ctx)
+            finally:
+                if slots is not None:
+                    slots.release()
+
+        if slots is not None:
+            slots.give_back_line()           # from here on each item holds a slot of its own
+        async with anyio.create_task_group() as tg:
+            for i in range(min(limit, len(batch))):
+                if slots is not None:
+                    await slots.acquire()
+                tg.start_soon(one, i, batch[i])
+        out = [r for r in results if r is not None]
+        return encode(out) if out else None
 
     async def handle_obj(self, obj: Any, ctx: CallContext) -> Optional[Dict[str, Any]]:
         """Dispatch one request object; returns the response object or None (notification)."""
@@ -230,11 +275,24 @@ class Dispatcher:
         self._log_one(obj["method"], rid, ctx, (time.perf_counter() - t0) * 1000, code)
         return resp if "id" in obj else None
 
-    def _log_one(self, method: str, rid: Any, ctx: CallContext, ms: float, code: Optional[int]) -> None:
+    def _log_one(self, method: str, rid: Any, ctx: CallContext, ms: float, code: Optional[int], **extra: Any) -> None:
         if self.on_request is not None:
             self.on_request(method, code)
-        req_log.info("request", method=method, id=rid, peer_pid=ctx.peer.pid, peer_uid=ctx.peer.uid,
-                     ms=round(ms, 3), outcome="ok" if code is None else "error", code=code)
+        held_back = self.log_limiter.admit((ctx.peer.pid, ctx.peer.uid), time.monotonic())
+        if held_back is None:
+            return
+        if held_back:
+            req_log.warning("request log lines suppressed", peer_pid=ctx.peer.pid, peer_uid=ctx.peer.uid,
+                            suppressed=held_back)
+        req_log.info("request", method=clip(method), id=clip(rid), peer_pid=ctx.peer.pid, peer_uid=ctx.peer.uid,
+                     ms=round(ms, 3), outcome="ok" if code is None else "error", code=code, **extra)
+
+    def flush_log(self, peer: Peer) -> None:
+        """A peer's connection closed: report the request lines it had suppressed, if any."""
+        held_back = self.log_limiter.suppressed.pop((peer.pid, peer.uid), 0)
+        if held_back:
+            req_log.warning("request log lines suppressed", peer_pid=peer.pid, peer_uid=peer.uid,
+                            suppressed=held_back)
 
 
 __all__ = ["CallContext", "Dispatcher", "Peer", "rpc_method", "error_obj", "InvalidParams"]

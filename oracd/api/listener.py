@@ -3,8 +3,11 @@
 Startup takes an flock next to the socket (two oracd never share one), never
 steals a live oracd's socket, replaces a stale one, and binds atomically with
 ``socket_mode`` and ``socket_group`` (or takes the socket systemd passed by
-socket activation).  Each connection's peer is read with SO_PEERCRED; with
-``allowed_uids``/``allowed_gids`` set, only those peers are served.
+socket activation: it must be an AF_UNIX stream socket).  Each connection's peer
+is read with SO_PEERCRED and its supplementary groups with SO_PEERGROUPS (the
+shipped unit's ProtectProc=invisible hides /proc/<pid>/status, the old source);
+with ``allowed_uids``/``allowed_gids`` set, only those peers are served, and a
+peer whose credentials cannot be read is not.
 """
 from __future__ import annotations
 
@@ -72,7 +75,18 @@ def inherited_socket() -> Optional[socket.socket]:
         return None
     sock = socket.socket(fileno=3)
     sock.set_inheritable(False)
+    check_listening(sock)
     return sock
+
+
+def check_listening(sock: socket.socket) -> None:
+    """A passed socket must be what oracd's access control assumes: a Unix stream socket (peer credentials
+    exist only there).  A TCP socket would let anyone in as an unknown peer."""
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        kind = f"{socket.AddressFamily(sock.family).name}/{socket.SocketKind(sock.type).name}"
+        sock.close()
+        raise StartupError(f"the socket passed by systemd (fd 3) is {kind}; oracd serves only a Unix stream "
+                           f"socket (ListenStream=/path/to/oracd.sock in the .socket unit)")
 
 
 def socket_gid(cfg: Config) -> Optional[int]:
@@ -125,17 +139,41 @@ def bind_socket(cfg: Config) -> socket.socket:
     return sock
 
 
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)    # Linux >= 4.13; Python's socket module may lack it
+
+
 def peer_of(sock: Optional[socket.socket]) -> Peer:
+    """The peer's pid/uid/gid and supplementary groups; all None (unknown) if they cannot be read."""
     if sock is None:
         return Peer()
     try:
         pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        return Peer(pid, uid, gid)
     except OSError:
         return Peer()
+    if uid < 0 or gid < 0:              # not a Unix peer: the kernel has no credentials for it
+        return Peer()
+    return Peer(pid, uid, gid, peer_groups(sock, pid))
+
+
+def peer_groups(sock: socket.socket, pid: Optional[int]) -> Tuple[int, ...]:
+    """Supplementary groups from SO_PEERGROUPS (taken by the kernel at connect()); /proc only where the
+    kernel lacks that option."""
+    size = 64 * 4
+    while True:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+            return struct.unpack(f"{len(raw) // 4}I", raw[:len(raw) // 4 * 4])
+        except OSError as exc:
+            if exc.errno == errno.ERANGE and size < 65536 * 4:   # more groups than fit: NGROUPS_MAX is 65536
+                size *= 16
+                continue
+            if exc.errno in (errno.ENOPROTOOPT, errno.EINVAL, errno.EOPNOTSUPP):
+                return _supplementary_gids(pid)
+            return ()
 
 
 def _supplementary_gids(pid: Optional[int]) -> Tuple[int, ...]:
+    """The fallback for kernels without SO_PEERGROUPS (a few hundred bytes of procfs, never a disk)."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
@@ -151,9 +189,8 @@ def allowed(cfg: Config, peer: Peer) -> bool:
     uids, gids = cfg.server.allowed_uids, cfg.server.allowed_gids
     if not uids and not gids:
         return True
-    if peer.uid is not None and peer.uid in uids:
+    if not peer.known:
+        return False
+    if peer.uid in uids:
         return True
-    if gids and peer.gid is not None:
-        if peer.gid in gids or any(g in gids for g in _supplementary_gids(peer.pid)):
-            return True
-    return False
+    return bool(gids) and (peer.gid in gids or any(g in gids for g in peer.groups))

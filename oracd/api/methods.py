@@ -75,19 +75,20 @@ class App:
             raise InvalidParams("model is required (no llama.default_model is configured)", "model")
         return name
 
-    def check_loadable(self, path: Path, replaces_child: bool = True) -> None:
+    async def check_loadable(self, path: Path, replaces_child: bool = True) -> None:
         """Refuse a non-GGUF file, or one that cannot fit in memory, before it can evict the model that is
-        serving (``replaces_child``: the warm model would be stopped for it, so its memory counts as free)."""
+        serving (``replaces_child``: the warm model would be stopped for it, so its memory counts as free).
+        The header and the memory figures are read in a worker thread: never a file read on the event loop."""
         if path.name == self.supervisor.model:
             return
-        meta = self.store.metadata(path)
+        meta = await anyio.to_thread.run_sync(self.store.metadata, path)
         if not meta.get("valid"):
             raise ModelLoadFailed(f"{path.name} is not a loadable GGUF model: {meta.get('error')}",
                                   {"path": str(path), "reason": "not_gguf"})
         cfg = self.cfg
         if not cfg.llama.memory_check:
             return
-        avail, source = available(self.supervisor.cgroup_dir)
+        avail, source = await anyio.to_thread.run_sync(available, self.supervisor.cgroup_dir)
         if avail is None:
             return
         freed = self.supervisor.child_rss() if replaces_child else 0
@@ -122,10 +123,10 @@ class App:
         cfg = self.cfg
         prof = cfg.profile_for(path.name) or Profile(model=path.name)
         body = build_body(Sent(prompt, temperature, top_p, top_k, max_tokens, system_prompt, stop, grammar,
-                               json_schema, raw, prefill), prof, cfg, self.store.primary)
+                               json_schema, raw, prefill), prof, cfg)
         deadline = Deadline(timeout, lambda s: GenerationTimeout(f"Generation timed out after {s:g} seconds",
                                                                  {"timeout": s}))
-        self.check_loadable(path)
+        await self.check_loadable(path)
         self.requests_in_flight += 1
         try:
             with deadline.scope():
@@ -190,7 +191,7 @@ class App:
         path = self.store.resolve(self._model_name(model))
         deadline = Deadline(timeout or self.cfg.llama.load_timeout,
                             lambda s: LoadTimeout(f"load of {path.name} timed out after {s:g} seconds"))
-        self.check_loadable(path)
+        await self.check_loadable(path)
         t0 = time.perf_counter()
 
         async def report() -> None:       # load.progress every half second until the model is ready
@@ -248,7 +249,7 @@ class App:
                       "template_kwargs": None if prof.think else {"enable_thinking": False}}
         deadline = Deadline(timeout or self.cfg.llama.load_timeout,
                             lambda s: LoadTimeout(f"prewarm of {path.name} timed out after {s:g} seconds"))
-        self.check_loadable(path)
+        await self.check_loadable(path)
         with deadline.scope():
             report = await self.supervisor.prewarm(path.name, path, target)
         return {"model": path.name, **report.as_dict(self.supervisor.warmer.store, self.supervisor.warmer.counts)}
@@ -263,7 +264,7 @@ class App:
         check_range("top_p", top_p, 0, 1)
         check_range("top_k", top_k, 0, 100_000)
         path = self.store.resolve(model)
-        self.check_loadable(path, replaces_child=False)
+        await self.check_loadable(path, replaces_child=False)
         return await self.extra_servers.start(path, host, port, temperature, top_p, top_k,
                                               timeout or self.cfg.llama.load_timeout)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..logs import get as get_logger
+from ..safe_read import open_regular, real_path
 
 log = get_logger("oracd.kvstore")
 FORMAT = 1                          # bump when the meaning of an entry changes
@@ -41,7 +42,7 @@ def file_identity(path: Path, hash_head: bool) -> Dict[str, Any]:
     st = path.stat()
     ident: Dict[str, Any] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     if hash_head:
-        with open(path, "rb") as fh:
+        with open_regular(real_path(path)) as fh:       # a model may be a link; never a FIFO (safe_read)
             ident["head_sha256"] = hashlib.sha256(fh.read(_HEAD)).hexdigest()
     return ident
 

@@ -124,7 +124,9 @@ class Warmer:
             try:
                 prompt = what["prompt"] if "prompt" in what else \
                     await http.apply_template(what["messages"], what.get("template_kwargs"))
-                key = entry_key(model, binary, cmd, prompt) if report.restore == "on" else None
+                # the key hashes the model file's head: read in a worker thread, never on the event loop
+                key = await anyio.to_thread.run_sync(entry_key, model, binary, cmd, prompt) \
+                    if report.restore == "on" else None
                 if key is not None and self.store.has(key) and await self._restore(http, cfg, key, prompt, report):
                     report.how = "restored"
                 else:

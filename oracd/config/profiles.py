@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from ..safe_read import read_capped, real_path
 from .values import rpc_workers as check_rpc_workers, tensor_split as check_tensor_split
 
 if sys.version_info >= (3, 11):
@@ -37,6 +38,7 @@ ws     ::= | " " | "\n" [ \t]{0,20}
 '''
 BUILTIN_GRAMMARS = {"json": JSON_GRAMMAR}
 BUILTIN_SCHEMAS = {"command": COMMAND_SCHEMA}
+PROFILE_FILE_MAX_BYTES = 4 * 1024 * 1024    # a .gbnf / .json a profile names (ORAC's grammars are a few KB)
 LOAD_KEYS = ("ctx_size", "n_gpu_layers", "batch_size", "ubatch_size", "threads", "extra_args", "chat_template",
              "rpc_workers", "tensor_split", "cache_ram_mb")
 
@@ -141,7 +143,8 @@ def _parse(model: str, table: Any, base: Path) -> Profile:
 
 
 def resolve_grammar(v: Any, base: Path, key: str = "grammar") -> str:
-    """A built-in name ("json"; "command" is a schema), a .gbnf file, or GBNF text."""
+    """A profile's grammar: a built-in name ("json"; "command" is a schema), a .gbnf file, or GBNF text.
+    Config only: a request's grammar never names a file (``api/constraints.py``)."""
     if not isinstance(v, str) or not v.strip():
         raise ProfileError(f"{key}: expected a built-in name, a .gbnf path or GBNF text, got {v!r}")
     if v in BUILTIN_GRAMMARS:
@@ -150,17 +153,17 @@ def resolve_grammar(v: Any, base: Path, key: str = "grammar") -> str:
         raise ProfileError(f"{key}: {v!r} is a built-in json_schema; use json_schema = {v!r}")
     if v.endswith(".gbnf"):
         p = Path(v) if Path(v).is_absolute() else base / v
-        try:
-            return p.read_text()
-        except OSError as exc:
-            raise ProfileError(f"{key}: cannot read {p}: {exc.strerror}") from None
+        try:     # operator's file, read at config load: still never a FIFO, never unbounded (safe_read)
+            return read_capped(real_path(p), PROFILE_FILE_MAX_BYTES).decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProfileError(f"{key}: cannot read {p}: {getattr(exc, 'strerror', None) or exc}") from None
     if "::=" not in v:
         raise ProfileError(f"{key}: not a built-in grammar ({', '.join(BUILTIN_GRAMMARS)}), .gbnf file or GBNF")
     return v
 
 
 def resolve_schema(v: Any, base: Path, key: str = "json_schema") -> Dict[str, Any]:
-    """A built-in name ("command"), a .json file, or a JSON schema table."""
+    """A profile's schema: a built-in name ("command"), a .json file, or a JSON schema table (config only)."""
     if isinstance(v, dict):
         return v
     if isinstance(v, str) and v in BUILTIN_SCHEMAS:
@@ -168,7 +171,7 @@ def resolve_schema(v: Any, base: Path, key: str = "json_schema") -> Dict[str, An
     if isinstance(v, str) and v.endswith(".json"):
         p = Path(v) if Path(v).is_absolute() else base / v
         try:
-            return json.loads(p.read_text())
+            return json.loads(read_capped(real_path(p), PROFILE_FILE_MAX_BYTES))
         except (OSError, ValueError) as exc:
             raise ProfileError(f"{key}: cannot read schema {p}: {exc}") from None
     raise ProfileError(f"{key}: expected a built-in schema ({', '.join(BUILTIN_SCHEMAS)}), a .json path or a table")

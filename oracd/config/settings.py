@@ -44,6 +44,11 @@ class ServerConfig:
     max_line_bytes: int = 1024 * 1024
     max_connections: int = 256
     max_pending_per_connection: int = 64   # requests in flight on one connection before we stop reading it
+    max_batch_items: int = 32         # items of one JSON-RPC batch dispatched; the rest get -32005 batch_too_large
+    max_connections_per_uid: int = 64  # connections one uid may hold open (the rest get -32005)
+    max_grammar_bytes: int = 65536    # an inline grammar / json_schema in a request, at most this many bytes
+    request_log_rate: float = 20.0    # request log lines per second per peer, sustained (the rest are counted)
+    request_log_burst: int = 200      # ... and in a burst
     idle_timeout: float = 300.0       # close a connection with nothing in flight and no complete line this long
     send_timeout: float = 30.0        # a client that does not read its answers this long is dropped
     allowed_uids: Tuple[int, ...] = ()  # if either list is set, only these peers may talk to oracd
@@ -266,7 +271,9 @@ def from_dict(data: Dict[str, Any], base: Path) -> Config:
 
 # (key, minimum): integer settings whose type check (>= 0) is not enough
 _MINIMUMS = (("server.log_backups", 1), ("server.log_max_bytes", 1024), ("server.max_line_bytes", 1024),
-             ("server.max_pending_per_connection", 1), ("server.max_connections", 1), ("llama.wedge_threshold", 1),
+             ("server.max_pending_per_connection", 1), ("server.max_connections", 1),
+             ("server.max_batch_items", 1), ("server.max_connections_per_uid", 1), ("server.max_grammar_bytes", 1024),
+             ("server.request_log_burst", 1), ("llama.wedge_threshold", 1),
              ("llama.parallel", 1), ("llama.default_max_tokens", 1))
 
 

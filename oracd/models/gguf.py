@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
+from ..safe_read import open_regular, real_path
+
 
 def _gguf_constants() -> Any:
     """The ``gguf`` package's constants module, without running ``gguf/__init__``.
@@ -79,9 +81,10 @@ def read_gguf_header(path: Path) -> Dict[str, Any]:
     """A few scalar metadata keys from a GGUF file's KV section (arrays skipped, but for a per-layer
     sliding-window pattern), and ``weights_bytes``:
     the size of every tensor its tensor infos declare (what loading it costs)."""
-    size = path.stat().st_size
     out: Dict[str, Any] = {"valid": False}
-    with open(path, "rb") as fh:
+    # model files may be symlinks on purpose: open the resolved file, never a FIFO or device (safe_read)
+    with open_regular(real_path(path)) as fh:
+        size = os.fstat(fh.fileno()).st_size
         def read(n: int) -> bytes:
             b = fh.read(n)
             if len(b) != n:

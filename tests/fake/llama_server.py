@@ -9,6 +9,7 @@
   completion answers 500 "Compute error.".
 - ``wedged-once``: the first process (per ``--state`` dir) is ``http-500``; every later one is
   healthy and answers each completion with "hello".
+- ``healthy``: no fault; every completion answers "hello" (for tests of oracd's own front door).
 - ``http-400``: every completion is refused as a bad request (a client error, not a wedge).
 - ``crash-on-load``: dies by SIGSEGV while "loading" (the AMX crash on its first decode).
 - ``slow-load``: /health answers 503 "Loading model" for 3 s, then it is healthy ("hello").
@@ -35,7 +36,8 @@ def main(argv: list) -> int:
         return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("--fault", required=True,
-                    choices=["hang-decode", "http-500", "wedged-once", "http-400", "crash-on-load", "slow-load"])
+                    choices=["hang-decode", "http-500", "wedged-once", "http-400", "crash-on-load", "healthy",
+                             "slow-load"])
     ap.add_argument("--state", default=None, help="dir that remembers earlier processes (wedged-once)")
     ap.add_argument("--host", required=True)
     args, _ = ap.parse_known_args(argv)

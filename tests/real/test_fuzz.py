@@ -35,7 +35,7 @@ from helpers import SMOL, Conn, Oracd
 from oracd.api.methods import App
 
 FAST = {"threads": 1, "extra_args": ["--no-warmup"]}   # see test_faults.py
-SERVER = {"max_connections": 100, "idle_timeout": 2.0, "send_timeout": 2.0, "max_pending_per_connection": 4}
+SERVER = {"max_connections": 100, "max_connections_per_uid": 100, "idle_timeout": 2.0, "send_timeout": 2.0, "max_pending_per_connection": 4}
 MAX_LINE = 1024 * 1024                                   # the default max_line_bytes
 RSS_LIMIT = 150 * 2 ** 20
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None,

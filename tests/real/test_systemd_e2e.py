@@ -387,6 +387,26 @@ def test_install_start_status_and_rpc_as_orac_member(installed: Machine):
     assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied
 
 
+def test_allowed_gids_sees_supplementary_groups_under_the_unit(installed: Machine):
+    """The unit's ProtectProc=invisible hides /proc/<pid>/status of other users from oracd, so supplementary
+    groups must come from SO_PEERGROUPS: alice is in orac only as a supplementary group (issue 21)."""
+    m = installed
+    orac_gid = int(m.sh("getent group orac | cut -d: -f3").stdout)
+    assert orac_gid != int(m.sh("id -g alice").stdout) and str(orac_gid) in m.sh("id -G alice").stdout.split()
+    conf = m.sh("cat /etc/oracd/oracd.toml").stdout
+    limited, n = re.subn(r"^allowed_gids = .*$", f"allowed_gids = [{orac_gid}]", conf, count=1, flags=re.M)
+    assert n == 1
+    try:
+        m.sh("cat > /etc/oracd/oracd.toml", input=limited)
+        m.start()
+        assert m.rpc("status")["child"]["state"] in ("ready", "loading", "starting")
+        logged = m.sh("grep -c 'connection refused' /var/log/oracd/orac.log || true").stdout.strip()
+        assert logged == "0", m.sh("tail -5 /var/log/oracd/orac.log").stdout
+    finally:
+        m.sh("cat > /etc/oracd/oracd.toml", input=conf)
+        m.start()
+
+
 def test_llama_server_sigkill_is_recovered(installed: Machine):
     m = installed
     st = m.start()
