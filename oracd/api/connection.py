@@ -23,7 +23,8 @@ import anyio.abc
 from oracd_protocol.framing import TOO_LONG, NewlineFramer, encode
 
 from ..config import ConfigHolder
-from oracd_protocol.errors import AccessDenied, Busy, RequestTooLarge
+from oracd_protocol.errors import AccessDenied, Busy, InternalError, RequestTooLarge
+from ..isolate import incident_id
 from ..logs import get as get_logger
 from .jsonrpc import CallContext, Dispatcher, Peer, error_obj
 from .listener import allowed, peer_of
@@ -69,11 +70,13 @@ class Connections:
                     f"uid {peer.uid} / gid {peer.gid} may not use oracd (server.allowed_uids/allowed_gids)"))
                 return
             self.open += 1
-            log.info("connection open", peer_pid=peer.pid, peer_uid=peer.uid, peer_gid=peer.gid)
             try:
+                log.info("connection open", peer_pid=peer.pid, peer_uid=peer.uid, peer_gid=peer.gid)
                 await Connection(self, stream, raw, peer).serve()
-            except Exception:      # never let one connection cancel every other one
-                log.exception("connection failed", peer_pid=peer.pid)
+            except Exception:      # never let one connection cancel every other one: it ends, with an answer
+                incident = incident_id()
+                log.exception("connection failed", peer_pid=peer.pid, incident=incident)
+                await _refuse(stream, InternalError(data={"incident": incident}))
             finally:
                 self.open -= 1
                 log.info("connection closed", peer_pid=peer.pid)
