@@ -63,8 +63,9 @@ class LogSink:
         self._open()                     # the first open raises: oracd cannot start without its log dir
 
     def _open(self) -> None:
-        """Open (append) the file; a line left cut in half by a failed write gets its newline first."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        """Open (append; read too, for the last byte) the file; a line left cut in half by a failed write
+        gets its newline first."""
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
