@@ -19,8 +19,12 @@ from typing import Any, Awaitable, Callable, Dict, Optional
 import anyio
 import anyio.abc
 
-from ..isolate import contained, incident_id
+from oracd_protocol.errors import InternalError
+from oracd_protocol.framing import encode
+
+from ..isolate import incident_id
 from ..logs import get as get_logger
+from .jsonrpc import error_obj
 
 log = get_logger("oracd.acceptor")
 PAUSE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED})
@@ -67,7 +71,27 @@ class Acceptor:
             except Exception as exc:
                 await self._failed(exc)
                 continue
-            self.tg.start_soon(contained, "connection", self.handler, stream)
+            self.tg.start_soon(self._serve_one, stream)
+
+    async def _serve_one(self, stream: Any) -> None:
+        """The handler, contained: its failure ends this connection only, with an InternalError answer
+        (incident id) when one can still be sent."""
+        try:
+            await self.handler(stream)
+        except Exception:
+            incident = incident_id()
+            log.exception("connection failed", incident=incident)
+            with anyio.move_on_after(1):
+                try:
+                    await stream.send(encode(error_obj(InternalError.code, InternalError.default_message,
+                                                       {"incident": incident})))
+                except Exception:
+                    pass
+            with anyio.move_on_after(1):
+                try:
+                    await stream.aclose()
+                except Exception:
+                    pass
 
     async def _failed(self, exc: Exception) -> None:
         code = accept_errno(exc)

@@ -559,7 +559,7 @@ class Supervisor:
                 log.warning("child ignored SIGTERM, killed", pid=child.pid, grace_s=grace)
         log.info("child stopped", pid=child.pid, returncode=child.returncode, why=why)
         self._cleanup_child(child, close_http=False)
-        await child.http.close()
+        await contained("closing llama-server's HTTP client", child.http.close)   # not an owner invariant
         if settle and not self._shutdown:
             self._set_state(ChildState.STOPPED, why=why)
 

@@ -162,26 +162,43 @@ class _Listener:
         return item
 
 
+class _Stream:
+    def __init__(self, name):
+        self.name, self.sent, self.closed = name, [], False
+
+    async def send(self, data):
+        self.sent.append(data)
+
+    async def aclose(self):
+        self.closed = True
+
+
 def test_the_acceptor_pauses_on_fd_exhaustion_counts_it_and_serves_on(monkeypatch):
+    """EMFILE and friends pause and count; a handler that raises ends its own connection, with an
+    InternalError answer carrying an incident id, and the next connection is served."""
     monkeypatch.setattr(acc, "PAUSE_S", 0)
     monkeypatch.setattr(acc, "UNEXPECTED_PAUSE_S", 0)
     served = []
+    s1, boom, s2 = _Stream("s1"), _Stream("boom"), _Stream("s2")
 
     async def handler(stream):
-        if stream == "boom":
+        if stream is boom:
             raise RuntimeError("a bug in one connection")
-        served.append(stream)
+        served.append(stream.name)
 
     async def main():
         errors = [errno.EMFILE, errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED,
                   ValueError("unexpected")]
         async with anyio.create_task_group() as tg:
-            a = acc.Acceptor(_Listener(errors, ["s1", "boom", "s2"]), handler, tg)
+            a = acc.Acceptor(_Listener(errors, [s1, boom, s2]), handler, tg)
             await a.run()
         return a
 
     a = anyio.run(main)
     assert served == ["s1", "s2"]
+    answer = json.loads(boom.sent[0])
+    assert answer["error"]["code"] == -32603 and len(answer["error"]["data"]["incident"]) == 12
+    assert boom.closed and not s1.sent
     assert a.errors == {"EMFILE": 2, "ENFILE": 1, "ENOBUFS": 1, "ENOMEM": 1, "ECONNABORTED": 1, "ValueError": 1}
     assert a.state()["last_error"] == "ValueError"
 
