@@ -60,7 +60,10 @@ class LogSink:
         self.last_error: Optional[str] = None
         self.since: Optional[float] = None   # wall time the current failure began (None: the file is fine)
         self._retry_at = 0.0
-        self._open()                     # the first open raises: oracd cannot start without its log dir
+        try:
+            self._open()
+        except OSError as exc:           # choice: start anyway (stderr only, retried), not a restart loop
+            self._failed(exc)
 
     def _open(self) -> None:
         """Open (append; read too, for the last byte) the file; a line left cut in half by a failed write
@@ -207,7 +210,10 @@ def _to_sink(_logger: Any, _name: str, event: dict) -> dict:
 def setup(cfg: Config) -> None:
     """Configure structlog (and bridge stdlib logging) to the rotated file and optionally stderr."""
     global _sink
-    cfg.server.log_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg.server.log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass                             # the sink cannot open its file then: it says so and retries
     if _sink is not None:
         _sink.close()
     _sink = sink = LogSink(cfg.log_file, cfg.server.log_max_bytes, cfg.server.log_backups,

@@ -215,3 +215,18 @@ def test_a_handler_that_raises_ends_only_its_own_connection(healthy, tmp_path):
         assert other.call("generate", prompt="after", max_tokens=2)["response"] == "hello"
     assert o.proc.poll() is None
     assert not Path(f"{mark}.admit").exists() and not Path(f"{mark}.close").exists()
+
+
+def test_a_taken_metrics_port_leaves_oracd_serving_without_its_http_listener(healthy):
+    """server.metrics_listen on a port another process holds: oracd starts anyway, says so in the log, and
+    the metrics RPC still answers (before, the bind error ended startup)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        o = healthy(server={"metrics_listen": f"127.0.0.1:{port}"}).start()
+        failed = log_events(o, "metrics listener failed; serving without it")
+        assert failed and failed[0]["address"] == f"127.0.0.1:{port}"
+        assert "oracd_requests_total" in o.call("metrics")["text"]
+        assert o.call("generate", prompt="hi", max_tokens=2)["response"] == "hello"
+        assert o.proc.poll() is None

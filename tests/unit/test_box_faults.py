@@ -124,6 +124,22 @@ def test_a_failing_rotation_is_a_failing_file_and_rotation_resumes(tmp_path, mon
     assert all(r["event"] in ("later", "log file writable again", "fill", "more") for r in _lines(path))
 
 
+def test_a_log_file_that_cannot_be_opened_at_start_is_a_failing_file_not_a_fatal_error(tmp_path):
+    """A log dir that is gone (or read-only) at start: oracd runs on stderr and retries, instead of exiting
+    into a systemd restart loop; the file is used once it can be opened."""
+    path = tmp_path / "missing" / "orac.log"
+    err = io.StringIO()
+    sink = LogSink(path, 1 << 20, 2, err)
+    sink.write({"event": "still here"})
+    st = sink.state()
+    assert not st["ok"] and st["dropped_lines"] == 1 and st["last_error"].startswith("ENOENT")
+    assert "is failing (ENOENT" in err.getvalue() and "event='still here'" in err.getvalue()
+    path.parent.mkdir()
+    sink._retry_at = 0
+    sink.write({"event": "in the file"})
+    assert [r["event"] for r in _lines(path)] == ["log file writable again", "in the file"]
+
+
 def test_stderr_failing_too_does_not_raise(tmp_path):
     path = tmp_path / "orac.log"
     path.symlink_to("/dev/full")
