@@ -23,7 +23,8 @@ import anyio.abc
 from oracd_protocol.framing import TOO_LONG, NewlineFramer, encode
 
 from ..config import ConfigHolder
-from oracd_protocol.errors import AccessDenied, Busy, InternalError, RequestTooLarge
+from oracd_protocol.errors import AccessDenied, Busy, RequestTooLarge
+from oracd_protocol.errors import InternalError
 from ..isolate import incident_id
 from ..logs import get as get_logger
 from .jsonrpc import CallContext, Dispatcher, Peer, error_obj

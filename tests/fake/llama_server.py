@@ -11,7 +11,6 @@
   healthy and answers each completion with "hello".
 - ``http-400``: every completion is refused as a bad request (a client error, not a wedge).
 - ``crash-on-load``: dies by SIGSEGV while "loading" (the AMX crash on its first decode).
-- ``healthy``: no fault; every completion answers "hello" (the box-fault tests, where oracd is the subject).
 
 Everything else in the suite runs the real llama-server.
 """
@@ -34,7 +33,7 @@ def main(argv: list) -> int:
         return 0
     ap = argparse.ArgumentParser()
     ap.add_argument("--fault", required=True,
-                    choices=["hang-decode", "http-500", "wedged-once", "http-400", "crash-on-load", "healthy"])
+                    choices=["hang-decode", "http-500", "wedged-once", "http-400", "crash-on-load"])
     ap.add_argument("--state", default=None, help="dir that remembers earlier processes (wedged-once)")
     ap.add_argument("--host", required=True)
     args, _ = ap.parse_known_args(argv)

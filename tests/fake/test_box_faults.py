@@ -26,7 +26,8 @@ def healthy(fresh_oracd, tmp_path):
     """An oracd whose llama-server is the healthy stand-in; Oracd options and llama options as keywords."""
     def make(llama=None, **kw):
         wrapper = tmp_path / "llama-server"
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} --fault healthy --state {tmp_path} "$@"\n')
+        (tmp_path / "wedged-once").touch()     # wedged-once after its one wedged run: healthy, answers "hello"
+        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} --fault wedged-once --state {tmp_path} "$@"\n')
         wrapper.chmod(0o755)
         o = fresh_oracd(models=(), llama={"server_bin": str(wrapper), "default_model": MODEL, **(llama or {})},
                         **kw)
@@ -147,6 +148,7 @@ def test_out_of_file_descriptors_oracd_pauses_accepting_and_serves_on(healthy):
         assert c.call("generate", prompt="after the flood", max_tokens=2)["response"] == "hello"
         st = c.call("status")
     assert st["accept"]["errors"].get("EMFILE", 0) >= 1 and st["accept"]["last_error"] == "EMFILE"
+    assert 'oracd_accept_errors_total{error="EMFILE"}' in o.call("metrics")["text"]
     assert o.proc.poll() is None
 
 
