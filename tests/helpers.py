@@ -149,9 +149,10 @@ class Oracd:
 
     def __init__(self, root: Optional[Path] = None, server: Optional[Dict[str, Any]] = None,
                  llama: Optional[Dict[str, Any]] = None, models: List[str] = (SMOL,),
-                 env: Optional[Dict[str, str]] = None, bootstrap: str = "", nofile: Optional[int] = None):
+                 env: Optional[Dict[str, str]] = None, bootstrap: str = "", nofile: Any = None):
         """``bootstrap``: Python run in the oracd process before oracd's main (a fault test's monkeypatch:
-        nothing test-only lives in the daemon).  ``nofile``: RLIMIT_NOFILE, soft and hard, for oracd."""
+        nothing test-only lives in the daemon).  ``nofile``: RLIMIT_NOFILE for oracd, soft and hard (an int)
+        or ``(soft, hard)``."""
         # short path: Unix socket paths must stay under ~104 bytes
         self.root = root or Path(tempfile.mkdtemp(prefix="oracd-t-", dir="/tmp"))
         self.models_dir = self.root / "models"
@@ -195,7 +196,7 @@ class Oracd:
         def preexec() -> None:
             if limit is not None:
                 import resource
-                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+                resource.setrlimit(resource.RLIMIT_NOFILE, limit if isinstance(limit, tuple) else (limit, limit))
 
         self.proc = subprocess.Popen([*wrapper, *argv], cwd=str(REPO), env=self.env, stdout=self._stderr,
                                      stderr=self._stderr, preexec_fn=preexec if limit is not None else None)

@@ -152,6 +152,17 @@ def test_out_of_file_descriptors_oracd_pauses_accepting_and_serves_on(healthy):
     assert o.proc.poll() is None
 
 
+def test_the_soft_fd_limit_is_raised_to_the_hard_limit_at_start(healthy):
+    """Started with soft 64 / hard 8192, oracd runs with 8192 (no privilege needed) and says so."""
+    o = healthy(nofile=(64, 8192)).start()
+    assert o.call("status")["fds"]["limit"] == 8192 and o.call("status")["fds"]["fits"] is True
+    with open(f"/proc/{o.proc.pid}/limits") as fh:
+        row = next(line for line in fh if line.startswith("Max open files"))
+    assert row.split()[3:5] == ["8192", "8192"], row
+    said = log_events(o, "file descriptor limit")
+    assert said and said[0]["was"] == 64 and said[0]["limit"] == 8192
+
+
 BOOTSTRAP = """
 import os, oracd.api.connection as conn, oracd.child.http as http
 MARK = os.environ["ORACD_TEST_MARK"]
