@@ -3,7 +3,7 @@
 Startup (``_startup``): take the socket lock, bind (never stealing a live
 oracd's socket), start the supervisor and the extra-server owner, preload the
 default model (or a fallback), READY=1.  Main loop (``_main_loop``): accept
-connections, ping the watchdog and keep STATUS= current, reload on SIGHUP,
+connections (``api/acceptor.py``: pauses when descriptors run out, never dies), ping the watchdog and keep STATUS= current, reload on SIGHUP,
 until SIGTERM/SIGINT.  Shutdown (``_shutdown``): STOPPING=1, stop accepting,
 let in-flight requests finish within ``shutdown_grace``, stop the child.  The
 socket file is removed in ``finally``.  Exit code 0 on a clean stop, 1 if
