@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .child.states import ChildState
 from .config.values import listen_address
+from . import logs
 from .logs import get as get_logger
 
 if TYPE_CHECKING:
@@ -133,6 +134,14 @@ class _StateCollector:
         rss.add_metric(["oracd"], app.self_status.rss() or 0)
         rss.add_metric(["llama-server"], sup.child_rss())
         yield rss
+        yield CounterMetricFamily("oracd_log_lines_dropped", "log lines that did not reach the log file "
+                                  "(full, read-only or failing disk; they still went to stderr)",
+                                  value=logs.dropped_lines())
+        accept = CounterMetricFamily("oracd_accept_errors", "accept() failures by errno (EMFILE: out of file "
+                                     "descriptors); oracd paused accepting and retried", labels=["error"])
+        for err, n in sorted((app.acceptor.errors if app.acceptor else {}).items()):
+            accept.add_metric([err], n)
+        yield accept
         if app.memory:
             budget = GaugeMetricFamily("oracd_memory_budget_bytes", "the last load's memory check", labels=["kind"])
             budget.add_metric(["required"], app.memory["required_bytes"])
@@ -155,7 +164,12 @@ async def serve_http(app: "App", metrics: Metrics, address: str, *, task_status:
     runner = web.AppRunner(web_app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:     # port taken: oracd serves on without its /metrics listener, and says so
+            log.error("metrics listener failed; serving without it", address=f"{host}:{port}", error=str(exc))
+            task_status.started()
+            return
         log.info("metrics listening", address=f"{host}:{port}")
         task_status.started()
         await anyio.sleep_forever()

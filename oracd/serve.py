@@ -3,7 +3,7 @@
 Startup (``_startup``): take the socket lock, bind (never stealing a live
 oracd's socket), start the supervisor and the extra-server owner, preload the
 default model (or a fallback), READY=1.  Main loop (``_main_loop``): accept
-connections, ping the watchdog and keep STATUS= current, reload on SIGHUP,
+connections (``api/acceptor.py``: pauses when descriptors run out, never dies), ping the watchdog and keep STATUS= current, reload on SIGHUP,
 until SIGTERM/SIGINT.  Shutdown (``_shutdown``): STOPPING=1, stop accepting,
 let in-flight requests finish within ``shutdown_grace``, stop the child.  The
 socket file is removed in ``finally``.  Exit code 0 on a clean stop, 1 if
@@ -22,6 +22,7 @@ from typing import Any, Optional
 import anyio
 import anyio.abc
 
+from .api.acceptor import Acceptor
 from .api.connection import Connections
 from .api.jsonrpc import CallContext, Dispatcher, Peer
 from .api.listener import StartupError, bind_socket, inherited_socket, take_lock
@@ -30,6 +31,7 @@ from .api.status import status_line
 from .child.states import ChildState
 from .config import Config, ConfigHolder
 from oracd_protocol.errors import LoadTimeout
+from . import fdbudget
 from .logs import get as get_logger
 from .metrics import serve_http
 from .notify import Notifier
@@ -75,6 +77,7 @@ def _unbind(cfg: Config, bound: Bound) -> None:
 async def serve(cfg: Config) -> int:
     """Run oracd until SIGTERM/SIGINT.  Returns the process exit code."""
     t_start = time.monotonic()
+    fds = fdbudget.apply(cfg, log)
     try:
         bound = _bind(cfg)
     except (StartupError, OSError) as exc:
@@ -85,6 +88,7 @@ async def serve(cfg: Config) -> int:
     app.dispatcher = Dispatcher(app.methods(), app.prom.request, max_batch_items=srv.max_batch_items,
                                 log_rate=srv.request_log_rate, log_burst=srv.request_log_burst)
     app.connections = conns = Connections(app.holder, app.dispatcher)
+    app.fds = fds
     notifier = Notifier()
     exit_code = 0
     try:
@@ -93,9 +97,11 @@ async def serve(cfg: Config) -> int:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
                 await _startup(app, tg)
                 async with anyio.create_task_group() as conn_tg:    # connections outlive the acceptor
+                    app.acceptor = acceptor = Acceptor(listener, conns.handle, conn_tg)
+
                     async def accept() -> None:
                         with bound.accept_scope:
-                            await listener.serve(conns.handle, task_group=conn_tg)
+                            await acceptor.run()
 
                     tg.start_soon(accept)
                     notifier.ready(status_line(app))

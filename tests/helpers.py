@@ -149,7 +149,10 @@ class Oracd:
 
     def __init__(self, root: Optional[Path] = None, server: Optional[Dict[str, Any]] = None,
                  llama: Optional[Dict[str, Any]] = None, models: List[str] = (SMOL,),
-                 env: Optional[Dict[str, str]] = None):
+                 env: Optional[Dict[str, str]] = None, bootstrap: str = "", nofile: Any = None):
+        """``bootstrap``: Python run in the oracd process before oracd's main (a fault test's monkeypatch:
+        nothing test-only lives in the daemon).  ``nofile``: RLIMIT_NOFILE for oracd, soft and hard (an int)
+        or ``(soft, hard)``."""
         # short path: Unix socket paths must stay under ~104 bytes
         self.root = root or Path(tempfile.mkdtemp(prefix="oracd-t-", dir="/tmp"))
         self.models_dir = self.root / "models"
@@ -171,6 +174,8 @@ class Oracd:
         lla.update(llama or {})
         self.config = write_config(self.root / "oracd.toml", srv, lla)
         self.env = dict(os.environ, **(env or {}))
+        self.bootstrap = bootstrap
+        self.nofile = nofile
         self.proc: Optional[subprocess.Popen] = None
         self.stderr_path = self.root / "stderr.log"
 
@@ -181,8 +186,20 @@ class Oracd:
     def start(self, wait: bool = True, timeout: float = 90, wrapper: List[str] = ()) -> "Oracd":
         """Run oracd (optionally under a wrapper command such as systemd-socket-activate)."""
         self._stderr = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen([*wrapper, sys.executable, "-m", "oracd", "--config", str(self.config)],
-                                     cwd=str(REPO), env=self.env, stdout=self._stderr, stderr=self._stderr)
+        if self.bootstrap:
+            code = f"{self.bootstrap}\nimport sys\nfrom oracd.__main__ import main\nsys.exit(main(sys.argv[1:]))"
+            argv = [sys.executable, "-c", code, "--config", str(self.config)]
+        else:
+            argv = [sys.executable, "-m", "oracd", "--config", str(self.config)]
+        limit = self.nofile
+
+        def preexec() -> None:
+            if limit is not None:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE, limit if isinstance(limit, tuple) else (limit, limit))
+
+        self.proc = subprocess.Popen([*wrapper, *argv], cwd=str(REPO), env=self.env, stdout=self._stderr,
+                                     stderr=self._stderr, preexec_fn=preexec if limit is not None else None)
         if wait:
             self.wait_ready(timeout)
         return self
@@ -252,6 +269,40 @@ class Oracd:
 
     def __exit__(self, *exc: Any) -> None:
         self.cleanup()
+
+
+def mount_tmpfs(directory: Path, size: str = "64k") -> None:
+    """A small tmpfs on ``directory`` (a disk that fills up); pytest.skip, loudly, only where mounting is
+    impossible (not root, no CAP_SYS_ADMIN): detected by trying.  Unmount with ``umount_tmpfs``."""
+    import pytest
+    directory.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"SKIPPED LOUDLY: cannot mount a tmpfs here ({res.stderr.strip() or res.returncode}); "
+                    "this fault test needs root (CI runs as root)")
+
+
+def umount_tmpfs(directory: Path) -> None:
+    """Lazy unmount: oracd (or its log file) may still hold it open."""
+    subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+def fill(directory: Path) -> Path:
+    """Fill the file system under ``directory`` to the last byte; the filler file, to delete to free it."""
+    filler = directory / "filler"
+    with open(filler, "ab", buffering=0) as fh:
+        while True:
+            try:
+                fh.write(b"\0" * 4096)
+            except OSError:
+                break
+        while True:
+            try:
+                fh.write(b"\0")
+            except OSError:
+                break
+    return filler
 
 
 def free_port() -> int:

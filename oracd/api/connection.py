@@ -29,6 +29,8 @@ from oracd_protocol.errors import AccessDenied, Busy, RequestTooLarge, ShuttingD
 from ..logs import get as get_logger
 from .jsonrpc import CallContext, Dispatcher, Peer, error_obj
 from .listener import allowed, peer_of
+from oracd_protocol.errors import InternalError
+from ..isolate import incident_id
 
 log = get_logger("oracd.connection")
 
@@ -83,11 +85,13 @@ class Connections:
                 return
             self.open += 1
             self.per_uid[peer.uid] = self.per_uid.get(peer.uid, 0) + 1
-            log.info("connection open", peer_pid=peer.pid, peer_uid=peer.uid, peer_gid=peer.gid)
             try:
+                log.info("connection open", peer_pid=peer.pid, peer_uid=peer.uid, peer_gid=peer.gid)
                 await Connection(self, stream, raw, peer).serve()
-            except Exception:      # never let one connection cancel every other one
-                log.exception("connection failed", peer_pid=peer.pid)
+            except Exception:      # never let one connection cancel every other one: it ends, with an answer
+                incident = incident_id()
+                log.exception("connection failed", peer_pid=peer.pid, incident=incident)
+                await _refuse(stream, InternalError(data={"incident": incident}))
             finally:
                 self.open -= 1
                 left = self.per_uid.pop(peer.uid) - 1

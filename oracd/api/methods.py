@@ -56,6 +56,8 @@ class App:
         self.prom.attach(self)
         self.supervisor.on_ready = self.prom.load_seconds.observe
         self.connections: Any = None         # set by serve(): the Connections registry (counts)
+        self.acceptor: Any = None            # set by serve(): the accept loop (status.accept)
+        self.fds: Optional[Dict[str, Any]] = None   # set by serve(): RLIMIT_NOFILE vs the budget (status.fds)
         self.dispatcher: Any = None          # set by serve(): the Dispatcher (served/errors)
 
     @property

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import psutil
 
-from .. import __version__
+from .. import __version__, logs
 from ..child.states import ChildState
 from ..procinfo import RssSampler
 
@@ -49,6 +49,9 @@ def status_dict(app: "App") -> Dict[str, Any]:
         "requests": {"served": d.served if d else 0, "errors": d.errors if d else 0,
                      "in_flight": app.requests_in_flight, "generations": app.generations},
         "connections": app.connections.open if app.connections else 0,
+        "logging": logs.state(),
+        "accept": app.acceptor.state() if app.acceptor else None,
+        "fds": app.fds,
         "http_servers": [s.info() for s in app.extra_servers.servers.values() if s.returncode is None],
         "socket": static["socket"],
         "log_file": static["log_file"],

@@ -19,6 +19,7 @@ import anyio.abc
 
 from ..config import ConfigHolder
 from oracd_protocol.errors import InvalidParams, ServerStartFailed
+from ..isolate import contained
 from ..logs import get as get_logger
 from . import exits
 from .command import build_command, child_env, find_binary
@@ -100,7 +101,7 @@ class ExtraServers:
             raise ServerStartFailed(f"Failed to start llama server: {exc}") from None
         srv = ExtraServer(proc, model_path.name, host, port, cmd)
         self.servers[proc.pid] = srv
-        self._tg.start_soon(self._watch, srv)
+        self._tg.start_soon(contained, "watching an extra llama-server", self._watch, srv)
         log.info("extra llama-server spawned", pid=proc.pid, host=host, port=port, model=model_path.name)
         probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         http = LlamaHTTP(LlamaEndpoint(port=port, host=probe_host))

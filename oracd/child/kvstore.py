@@ -20,9 +20,11 @@ looks after the directory:
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -76,6 +78,38 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# why a save failed, for status.child.warm.save.reason: errno first, then llama-server's words
+_SAVE_ERRNOS = {errno.ENOSPC: "no_space", errno.EDQUOT: "no_space", errno.EIO: "io_error",
+                errno.EROFS: "read_only", errno.EACCES: "permission", errno.EPERM: "permission"}
+_SAVE_WORDS = (("no space", "no_space"), ("quota", "no_space"), ("input/output", "io_error"),
+               ("read-only", "read_only"), ("permission denied", "permission"))
+LOW_SPACE = 1 << 20       # under 1 MiB free: a save that failed for any reason is taken as out of space
+
+
+def classify_save_failure(exc: BaseException, free_bytes: Optional[int]) -> str:
+    """'no_space', 'io_error', 'read_only', 'permission' or 'failed' (pure).
+
+    Why also free space: llama-server answers a failed write with a generic message
+    ("failed to save slot"), so a nearly full cache dir is the telling fact."""
+    code = getattr(exc, "errno", None)
+    if code in _SAVE_ERRNOS:
+        return _SAVE_ERRNOS[code]
+    text = str(exc).lower()
+    for words, reason in _SAVE_WORDS:
+        if words in text:
+            return reason
+    if free_bytes is not None and free_bytes < LOW_SPACE:
+        return "no_space"
+    return "failed"
+
+
+def free_bytes(directory: Path) -> Optional[int]:
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return None
+
+
 class KVStore:
     def __init__(self, directory: Path, max_bytes: int):
         self.dir = Path(directory)
@@ -106,7 +140,8 @@ class KVStore:
             pass
 
     def commit(self, key: str) -> None:
-        """llama-server finished writing ``tmp_name(key)``: checksum it, make it the entry, keep within the bound."""
+        """llama-server finished writing ``tmp_name(key)``: checksum it, make it the entry, keep within the bound.
+        (Blocking -- it reads the whole entry: run it in a thread.)"""
         tmp = self.dir / self.tmp_name(key)
         digest = _sha256(tmp)
         part = self.dir / f"tmp-{key}-{os.getpid()}{SUM}"

@@ -31,6 +31,7 @@ import anyio.abc
 
 from ..config import ConfigHolder
 from oracd_protocol.errors import ModelLoadFailed, OracError, ServerUnavailable, ShuttingDown
+from ..isolate import contained
 from ..logs import get as get_logger
 from ..memory import context_for_start, oom_kills, own_cgroup_dir
 from ..models.gguf import header
@@ -399,7 +400,7 @@ class Supervisor:
         log.info("child spawned", pid=proc.pid, cmd=" ".join(cmd))
         child.oom_baseline = oom_kills(self.cgroup_dir)
         child.wedge = WedgeDetector(cfg.llama.wedge_threshold, cfg.llama.wedge_window)
-        self._tg.start_soon(self._reap, child)
+        self._tg.start_soon(contained, "reaping llama-server", self._reap, child)
         err = await self._wait_healthy(child)
         if err is None and child.returncode is None and self._queue.current == name and not self._shutdown:
             meta = await anyio.to_thread.run_sync(header, path)
@@ -513,7 +514,7 @@ class Supervisor:
         self.rpc.attached = {}
         remove_pidfile(self.holder.cfg)
         if close_http and self._tg is not None:
-            self._tg.start_soon(child.http.close)
+            self._tg.start_soon(contained, "closing llama-server's HTTP client", child.http.close)
 
     # ------------------------------------------------------------------ reports from requests and the watchdog
     def generation_result(self, child: Child, ok: bool) -> bool:
@@ -577,10 +578,12 @@ class Supervisor:
                 log.warning("child ignored SIGTERM, killed", pid=child.pid, grace_s=grace)
         log.info("child stopped", pid=child.pid, returncode=child.returncode, why=why)
         self._cleanup_child(child, close_http=False)
-        await child.http.close()
+        await contained("closing llama-server's HTTP client", child.http.close)   # not an owner invariant
         if settle and not self._shutdown:
             self._set_state(ChildState.STOPPED, why=why)
 
     async def _reap(self, child: Child) -> None:
-        await child.proc.watch()
-        self._kick.set()
+        try:
+            await child.proc.watch()
+        finally:                  # even if watching failed: the owner loop looks at the child again
+            self._kick.set()

@@ -29,7 +29,7 @@ import anyio
 
 from ..config import Config
 from ..logs import get as get_logger
-from .kvstore import KVStore, entry_key
+from .kvstore import KVStore, classify_save_failure, entry_key, free_bytes
 
 log = get_logger("oracd.warmup")
 VERIFY_SHARE = 0.9          # a restore took if at least this share of the prompt came from the cache
@@ -45,11 +45,12 @@ class WarmReport:
     prompt_tokens: Optional[int] = None
     restore: str = "off"                  # on | off | unsupported: <why>
     note: Optional[str] = None            # why a restore was not used this time
+    save: Optional[Dict[str, Any]] = None  # the save after a prefill: {ok, reason, error, free_bytes}
 
     def as_dict(self, store: Optional[KVStore], counts: Dict[str, int]) -> Dict[str, Any]:
         d = {"how": self.how, "ms": self.ms, "cached_tokens": self.cached_tokens,
              "prompt_tokens": self.prompt_tokens, "restore": self.restore, "note": self.note,
-             "outcomes": dict(counts)}
+             "save": self.save, "outcomes": dict(counts)}
         if store is not None:
             d["cache_dir"] = str(store.dir)
             d["cache_dir_bytes"] = store.size_bytes()
@@ -133,7 +134,7 @@ class Warmer:
                     await self._prefill(http, cfg, prompt, report)
                     report.how = "prefilled"
                     if key is not None:
-                        await self._save(http, key)
+                        await self._save(http, key, report)
             except Exception as exc:   # warm-up is an optimisation: never fail a load over it
                 self._count("failed")
                 log.warning("warm-up failed", model=model.name, error=str(exc))
@@ -217,12 +218,21 @@ class Warmer:
             return None
         return [int(c) for c in cached if c is not None]
 
-    async def _save(self, http: Any, key: str) -> None:
-        assert self.store is not None
+    async def _save(self, http: Any, key: str, report: WarmReport) -> None:
+        """Save slot 0 as the entry (the checksum is taken in a thread); a failure is reported with its
+        reason (no space, I/O error...) in ``report.save``: the next load cannot restore, and status says why."""
+        store = self.store
+        assert store is not None
         try:
-            await http.slot_action(0, "save", self.store.tmp_name(key))
-            self.store.commit(key)
+            await http.slot_action(0, "save", store.tmp_name(key))
+            await anyio.to_thread.run_sync(store.commit, key)
             self._count("saved")
+            report.save = {"ok": True}
         except Exception as exc:
-            log.warning("kv cache save failed", key=key, error=str(exc))
-            self.store.discard(key, f"save failed: {exc}")
+            free = await anyio.to_thread.run_sync(free_bytes, store.dir)
+            reason = classify_save_failure(exc, free)
+            self._count("save_failed")
+            report.save = {"ok": False, "reason": reason, "error": str(exc)[:300], "free_bytes": free,
+                           "at": time.time()}
+            log.warning("kv cache save failed", key=key, reason=reason, free_bytes=free, error=str(exc))
+            await anyio.to_thread.run_sync(store.discard, key, f"save failed ({reason}): {exc}")

@@ -39,7 +39,17 @@ def warm_line(w: Dict[str, Any]) -> str:
         line += " (" + ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())) + ")"
     if w.get("note"):
         line += f"; {w['note']}"
+    save = w.get("save") or {}
+    if save.get("ok") is False:
+        why = _SAVE_REASONS.get(save.get("reason"), save.get("reason") or "failed")
+        line += f"; KV cache save failed: {why}, nothing to restore next load"
+        if save.get("free_bytes") is not None:
+            line += f" ({fmt.size(save['free_bytes'])} free in {w.get('cache_dir') or 'the cache dir'})"
     return line
+
+
+_SAVE_REASONS = {"no_space": "no space left", "io_error": "I/O error", "read_only": "read-only file system",
+                 "permission": "permission denied", "failed": "error"}
 
 
 def cmd_metrics(ctx: Ctx) -> int:
