@@ -19,6 +19,7 @@ backoff; ``_loop`` starts it again when the delay is over ("no child" branch).
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from collections import deque
@@ -99,6 +100,11 @@ class Supervisor:
     @property
     def model(self) -> Optional[str]:
         return self.child.model if self.child else None
+
+    @property
+    def wanted_model(self) -> Optional[str]:
+        """The model the child should run now (loading, or about to be)."""
+        return self._queue.current
 
     @property
     def in_flight(self) -> int:
@@ -194,14 +200,17 @@ class Supervisor:
         """Stop the child; returns once it is stopped."""
         await self._wait(Ticket(None))
 
-    async def prewarm(self, name: str, path: Path, target: Dict[str, Any]) -> WarmReport:
-        """Warm ``name``'s slots with ``target`` now, and after every later load (it is remembered, on disk
-        when warm restore is on): a request holding the child, not an owner step, so swaps wait for it."""
-        self.warmer.remember(name, target)
+    async def prewarm(self, name: str, path: Path, target: Dict[str, Any], persist: bool = True) -> WarmReport:
+        """Warm ``name``'s slots with ``target`` now, and (``persist``) after every later load (it is
+        remembered, on disk when warm restore is on): a request holding the child, not an owner step, so swaps
+        wait for it."""
+        if persist:
+            await anyio.to_thread.run_sync(self.warmer.remember, name, target)
+        path = Path(os.fspath(path))
         async with self.use(name, path) as child:
             meta = await anyio.to_thread.run_sync(header, path)
             self.warm = await self.warmer.warm(child.http, self.holder.cfg, path, child.binary, child.cmd, meta,
-                                               target, explicit=True)
+                                               target, explicit=True, name=name)
         return self.warm
 
     def request_restart(self, why: str) -> None:
@@ -223,7 +232,7 @@ class Supervisor:
                 if item.model is None:
                     self._queue.unload()
                 else:
-                    self._paths[item.model] = item.path
+                    self._paths[item.model] = Path(os.fspath(item.path))   # a ModelFile: its resolved path
                     self._queue.arrive(item.model)
             elif kind == "leave":
                 if self._waiters.remove(item):
@@ -373,11 +382,11 @@ class Supervisor:
                 raise ModelLoadFailed(f"cannot load {name}: {rpc_error}", {"reason": "rpc_worker_down", "workers": [
                     self.rpc.checks[a].as_dict() for a in workers if a in self.rpc.checks]})
             ctx_fit = await anyio.to_thread.run_sync(context_for_start, cfg, name, path, self.cgroup_dir)
-            endpoint = make_endpoint(cfg, binary)
+            endpoint = await make_endpoint(cfg, binary)
             store = self.warmer.store
             cmd = build_command(cfg, binary, path, endpoint, workers, store.dir if store is not None else None,
-                                ctx_size=ctx_fit["ctx_size"] if ctx_fit else None)
-            proc = await ManagedProcess.spawn(cmd, env=child_env(endpoint))
+                                ctx_size=ctx_fit["ctx_size"] if ctx_fit else None, name=name)
+            proc = await ManagedProcess.spawn(cmd, env=child_env(endpoint, cfg.llama.child_env))
         except OracError as exc:
             self._load_failed(name, exc, fresh)
             return
@@ -397,7 +406,7 @@ class Supervisor:
         if err is None and child.returncode is None and self._queue.current == name and not self._shutdown:
             meta = await anyio.to_thread.run_sync(header, path)
             self.warm = await self.warmer.warm(child.http, cfg, path, binary, cmd, meta,
-                                               self.warmer.targets.get(name))
+                                               self.warmer.targets.get(name), name=name)
             if workers:   # status shows the connections from the start, not from the first health tick
                 await anyio.to_thread.run_sync(self.rpc.lost, proc.pid, workers)
             child.ready_at = time.monotonic()
@@ -514,7 +523,7 @@ class Supervisor:
 
     def set_default(self, name: str, path: Path) -> None:
         """The model to return to after ``return_to_default_after`` idle seconds on another one."""
-        self.default = (name, path)
+        self.default = (name, Path(os.fspath(path)))
 
     def return_to_default_at(self, child: Child) -> Optional[float]:
         """When the idle child should give way to the default model (None: never)."""
