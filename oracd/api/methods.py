@@ -88,6 +88,12 @@ class App:
         if not meta.get("valid"):
             raise ModelLoadFailed(f"{path.name} is not a loadable GGUF model: {meta.get('error')}",
                                   {"path": str(path), "reason": "not_gguf"})
+        if meta.get("truncated"):
+            size = path.path.stat().st_size
+            raise ModelLoadFailed(f"{path.name} is truncated: its tensor data should end at byte "
+                                  f"{meta['data_end']}, the file has {size} bytes (an interrupted copy or download?)",
+                                  {"path": str(path), "reason": "truncated", "size": size,
+                                   "expected_size": meta["data_end"]})
         cfg = self.cfg
         if not cfg.llama.memory_check:
             return

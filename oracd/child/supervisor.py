@@ -452,20 +452,38 @@ class Supervisor:
                                {"reason": "load_timeout", "stderr_tail": list(child.tail)[-15:]})
 
     def _load_failed(self, name: str, err: OracError, fresh: bool) -> None:
+        restored = self._restore_previous(name, err) if fresh else None
         self.last_error = {"message": err.message, "data": err.data, "at": time.time()}
         log.error("load failed", model=name, error=err.message, fresh=fresh)
         if fresh:
             # an explicit load (or swap) failed: no retry on our own; its waiters get the error
             self._resolve(lambda t: t.model == name, error=err)
-            if self._queue.current == name:
+            if self._queue.current == name:        # (not when restoring: the previous model is current)
                 self._queue.unload()
-            self._set_state(ChildState.FAILED, error=err.message)
+            self._set_state(ChildState.FAILED, error=err.message,
+                            **({"restoring": restored} if restored else {}))
         else:
             # restarting a model that was serving: keep trying with growing backoff (crash loop)
             self._schedule_restart("load_failed")
             self._set_state(ChildState.BACKOFF, retry_in_s=round(self._backoff_until - time.monotonic(), 3),
                             error=err.message)
             self._settle_tickets()
+
+    def _restore_previous(self, name: str, err: OracError) -> Optional[str]:
+        """A fresh load of ``name`` failed after the warm model was stopped for it: make that model current
+        again, so the loop starts it at once (warm-up restores its slots from disk), and say so in the
+        error's data and in last_exit.  Returns the model being restored, or None."""
+        if self._shutdown:
+            return None
+        prev = self._queue.take_previous(name)
+        if prev is None:
+            return None
+        err.data = {**(err.data if isinstance(err.data, dict) else {}), "restored_previous": prev}
+        if self.last_exit is not None and self.last_exit.get("model") == name \
+                and self.last_exit.get("reason") == "load_failed":
+            self.last_exit["restored_previous"] = prev
+        log.warning("restoring the previous model after a failed load", model=prev, failed=name)
+        return prev
 
     def _schedule_restart(self, reason: str) -> float:
         self.restarts += 1
@@ -497,6 +515,7 @@ class Supervisor:
         """status.child.last_exit for a child that is gone: "llama-server crashed (SIGSEGV)" and why."""
         message = exits.describe(child.returncode) + ("" if reason in ("crash", "load_failed") else f" ({reason})")
         self.last_exit = {**exits.exit_info(child.returncode), "message": message, "reason": reason,
+                          "model": child.model,
                           "stderr_tail": list(child.tail)[-10:], "at": time.time()}
         return message
 

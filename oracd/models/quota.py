@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
 LEDGER = ".oracd-quantized.json"
-#: a quantize with less room than this is refused up front (no model is that small)
-MIN_ROOM = 1024 * 1024
+#: a quantize with less room than this is refused up front (a GGUF header alone is bigger)
+MIN_ROOM = 4096
 
 
 @dataclass(frozen=True)
