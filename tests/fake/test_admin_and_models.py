@@ -225,3 +225,15 @@ def test_extra_servers_are_capped_and_keyed(fake):
     assert gone(first["pid"])
     again = o.call("start_server", model=MODEL, port=free_port(), timeout=60)
     o.call("stop_server", pid=again["pid"])
+
+
+def test_keyless_extra_servers_are_an_explicit_opt_in(fake):
+    """llama.extra_servers_keyless = true: the old keyless server, no key in the result or the environment."""
+    o = fake(preload=False, extra_servers_keyless=True).start()
+    info = o.call("start_server", model=MODEL, port=free_port(), timeout=60)
+    try:
+        assert info["api_key"] is None
+        with open(f"/proc/{info['pid']}/environ", "rb") as fh:
+            assert not [kv for kv in fh.read().split(b"\0") if kv.startswith(b"LLAMA_API_KEY=")]
+    finally:
+        o.call("stop_server", pid=info["pid"])
