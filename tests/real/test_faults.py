@@ -9,8 +9,8 @@ with several generations in flight.
 Covered elsewhere (not repeated): a stale socket + orphaned llama-server after oracd
 is SIGKILLed (test_supervisor.py::test_orphaned_llama_server_cleaned_after_oracd_sigkill),
 a second oracd on the same socket (test_rpc.py::test_second_oracd_on_same_socket_refuses),
-a truncated-tensor-data model that llama-server itself rejects
-(test_supervisor.py::test_truncated_gguf_load_fails_with_llama_reason_then_recovers).
+a truncated-tensor-data model, refused before the warm model is stopped
+(test_bad_model.py::test_a_truncated_gguf_is_refused_and_the_same_server_keeps_serving).
 """
 from __future__ import annotations
 
