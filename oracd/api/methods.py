@@ -302,11 +302,7 @@ class App:
         """Forget the prewarm target of ``model`` (omitted: of every model), in memory and on disk: later
         loads warm with the profile's system prompt again.  What is in the slots now stays until evicted."""
         require_admin(self.cfg, ctx.peer, "clear_prewarm")
-        name = None
-        if model is not None:
-            if not isinstance(model, str) or not model.strip() or "/" in model or "\x00" in model:
-                raise InvalidParams("model must be a model file name", "model")
-            name = model if model.endswith(".gguf") else model + ".gguf"
+        name = self.store.checked_name(model) if model is not None else None
         cleared = await anyio.to_thread.run_sync(self.supervisor.warmer.forget, name)
         log.info("prewarm targets cleared", models=cleared)
         return {"cleared": cleared}

@@ -68,6 +68,7 @@ class ExtraServers:
     def __init__(self, holder: ConfigHolder):
         self.holder = holder
         self.servers: Dict[int, ExtraServer] = {}
+        self._starting = 0           # start_server calls past the cap check, not yet in ``servers``
         self._tg: Optional[anyio.abc.TaskGroup] = None
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
@@ -86,10 +87,20 @@ class ExtraServers:
         assert self._tg is not None
         cfg = self.holder.cfg
         running = [p for p, s in self.servers.items() if s.returncode is None]
-        if len(running) >= cfg.llama.max_extra_servers:
-            raise Busy(f"{len(running)} extra llama-servers are running (llama.max_extra_servers = "
-                       f"{cfg.llama.max_extra_servers}); stop one first (stop_server)",
+        if len(running) + self._starting >= cfg.llama.max_extra_servers:
+            raise Busy(f"{len(running) + self._starting} extra llama-servers are running or starting "
+                       f"(llama.max_extra_servers = {cfg.llama.max_extra_servers}); stop one first (stop_server)",
                        {"reason": "max_extra_servers", "running": running})
+        self._starting += 1          # counted until it is in self.servers: concurrent starts cannot pass the cap
+        try:
+            srv = await self._spawn(cfg, model, host, port, temperature, top_p, top_k)
+        finally:
+            self._starting -= 1
+        return await self._wait_ready(srv, timeout)
+
+    async def _spawn(self, cfg: Any, model: ModelFile, host: str, port: int, temperature: float, top_p: float,
+                     top_k: int) -> ExtraServer:
+        assert self._tg is not None
         await _check_host(host, cfg.llama.allow_remote_http)
         if not 1 <= port <= 65535:
             raise InvalidParams("port must be between 1 and 65535")
@@ -113,6 +124,11 @@ class ExtraServers:
         self.servers[proc.pid] = srv
         self._tg.start_soon(self._watch, srv)
         log.info("extra llama-server spawned", pid=proc.pid, host=host, port=port, model=model.name)
+        return srv
+
+    async def _wait_ready(self, srv: ExtraServer, timeout: float) -> Dict[str, Any]:
+        """Until /health says 200; a server that exits or is not ready in time is stopped and reported."""
+        proc, host, port, api_key = srv.proc, srv.host, srv.port, srv.api_key
         probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         http = LlamaHTTP(LlamaEndpoint(port=port, host=probe_host, api_key=api_key))
         try:

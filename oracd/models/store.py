@@ -103,6 +103,10 @@ class ModelStore:
         path = self.primary / fname
         raise ModelNotFound(f"Model not found: {path}", {"path": str(path)})
 
+    def checked_name(self, name: Any) -> str:
+        """``name`` as a model file name (``.gguf`` added), checked like every client name; need not exist."""
+        return _check_name(name)
+
     def output_path(self, name: Any) -> Path:
         """Where a new model named ``name`` would be written (primary dir); name checked."""
         return self.primary / _check_name(name, "output_model")

@@ -237,3 +237,20 @@ def test_keyless_extra_servers_are_an_explicit_opt_in(fake):
             assert not [kv for kv in fh.read().split(b"\0") if kv.startswith(b"LLAMA_API_KEY=")]
     finally:
         o.call("stop_server", pid=info["pid"])
+
+
+def test_concurrent_start_servers_cannot_pass_the_cap_together(fake):
+    """Starts in flight count against max_extra_servers: of four at once with a cap of 1, one starts."""
+    o = fake(preload=False, max_extra_servers=1).start()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        o.request("start_server", model=MODEL, port=free_port(), timeout=60))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    started = [r["result"] for r in results if "result" in r]
+    refused = [r["error"] for r in results if "error" in r]
+    assert len(started) == 1 and len(refused) == 3, results
+    assert all(e["code"] == -32005 and e["data"]["reason"] == "max_extra_servers" for e in refused)
+    o.call("stop_server", pid=started[0]["pid"])

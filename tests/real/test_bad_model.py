@@ -6,31 +6,13 @@ import json
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-from helpers import SMOL, RPCError, free_port, gone, write_tiny_f32
+from helpers import SMOL, RPCError, free_port, gone, write_tiny_f32, write_unknown_architecture
 
 FAST = {"threads": 1}
 SYSTEM = "You parse spoken home commands into JSON objects. " * 8
-
-
-def write_unknown_architecture(path: Path) -> Path:
-    """A well-formed GGUF (header, tensor data all there) of an architecture llama.cpp does not know:
-    it passes every check oracd can make cheaply, and fails inside llama-server."""
-    import gguf
-    w = gguf.GGUFWriter(str(path), "nonexistent")
-    w.add_name("unknown-arch")
-    w.add_block_count(1)
-    w.add_context_length(128)
-    w.add_tensor("token_embd.weight", np.zeros((64, 64), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
 
 
 def test_a_truncated_gguf_is_refused_and_the_same_server_keeps_serving(fresh_oracd):
