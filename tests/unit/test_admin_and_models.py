@@ -285,3 +285,34 @@ def test_no_restore_of_a_model_that_never_became_ready_or_after_an_unload():
     q.want("e")
     q.served()                                     # e loaded fine: its later failure... is not a fresh load
     assert q.take_previous("e") is None
+
+
+def test_start_servers_host_lookup_runs_off_the_event_loop(monkeypatch):
+    """_check_host resolves with anyio.getaddrinfo (a worker thread): a slow resolver cannot freeze oracd."""
+    import socket as socket_mod
+    from oracd.child import extra_servers
+
+    real = socket_mod.getaddrinfo
+    looked_up = []
+
+    def slow(host, *a, **kw):
+        looked_up.append(host)
+        time.sleep(0.5)
+        return real("127.0.0.1", *a, **kw)
+
+    monkeypatch.setattr(socket_mod, "getaddrinfo", slow)
+    ticks = []
+
+    async def main():
+        async def ticker():
+            while True:
+                ticks.append(bool(looked_up))
+                await anyio.sleep(0.01)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await extra_servers._check_host("voice-box.lan", allow_remote=False)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert looked_up and sum(ticks) >= 5, "the loop did not run while the host was looked up"
