@@ -24,7 +24,7 @@ import anyio.abc
 
 from .api.acceptor import Acceptor
 from .api.connection import Connections
-from .api.jsonrpc import CallContext, Dispatcher, Peer
+from .api.jsonrpc import Dispatcher
 from .api.listener import StartupError, bind_socket, inherited_socket, take_lock
 from .api.methods import App
 from .api.status import status_line
@@ -202,7 +202,7 @@ async def _preload(app: App) -> None:
 async def _reload(app: App) -> None:
     """SIGHUP: re-read profiles like the ``reload`` RPC (errors are logged, the old config stays)."""
     try:
-        await app.reload(CallContext(peer=Peer()))
+        await app.reload_config()
     except Exception as exc:
         log.error("reload on SIGHUP failed", error=getattr(exc, "message", str(exc)))
 

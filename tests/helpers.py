@@ -100,6 +100,22 @@ def write_tiny_f32(path: Path, n_embd: int = 64, n_layer: int = 1, n_vocab: int 
     return path
 
 
+def write_unknown_architecture(path: Path) -> Path:
+    """A well-formed GGUF (header and all its tensor data) of an architecture llama.cpp does not know:
+    it passes every check oracd makes cheaply, and fails inside llama-server."""
+    import gguf
+    w = gguf.GGUFWriter(str(path), "nonexistent")
+    w.add_name("unknown-arch")
+    w.add_block_count(1)
+    w.add_context_length(128)
+    w.add_tensor("token_embd.weight", np.zeros((64, 64), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 def gone(pid: int, timeout: float = 15) -> bool:
     """True once ``pid`` has exited (or is a zombie) within ``timeout`` seconds."""
     import psutil

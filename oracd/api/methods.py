@@ -18,13 +18,16 @@ from .. import config
 from ..child.extra_servers import ExtraServers
 from ..child.supervisor import Supervisor
 from ..config import ConfigHolder, Profile, load_options_changed, plan_reload
-from oracd_protocol.errors import (GenerationTimeout, InvalidParams, InvalidPath, LoadTimeout, ModelLoadFailed, OracError,
+from oracd_protocol.errors import (Busy, GenerationTimeout, InvalidParams, InvalidPath, LoadTimeout, ModelLoadFailed, OracError,
                       ShuttingDown, UnloadTimeout)
 from ..logs import get as get_logger
 from ..metrics import Metrics
 from ..memory import available, memory_verdict
+from ..child.command import child_env
 from ..models.quantize import quantize
-from ..models.store import ModelStore
+from ..models.quota import QuantizeLimits
+from ..models.store import ModelFile, ModelStore
+from .admin import require_admin
 from .deadline import Deadline
 from .generate import Sent, build_body, check_range, fetch, strip_think
 from .jsonrpc import CallContext, Method, rpc_method
@@ -32,7 +35,7 @@ from .status import SelfStatus, status_dict
 
 log = get_logger("oracd.methods")
 NAMES = ("generate", "list_models", "quantize_model", "load_model", "unload_model", "status",
-         "start_server", "stop_server", "server_info", "reload", "metrics", "prewarm")
+         "start_server", "stop_server", "server_info", "reload", "metrics", "prewarm", "clear_prewarm")
 
 
 class App:
@@ -50,6 +53,7 @@ class App:
         self.accepting = True
         self.active_default: str = cfg.llama.default_model    # a fallback model after a failed preload
         self.fallback: Optional[Dict[str, Any]] = None
+        self.quantizing: Optional[str] = None              # the output of the one quantize running now
         self.memory: Optional[Dict[str, Any]] = None   # the last memory check: required/available bytes
         self.self_status = SelfStatus()
         self.prom = Metrics(NAMES)
@@ -77,16 +81,22 @@ class App:
             raise InvalidParams("model is required (no llama.default_model is configured)", "model")
         return name
 
-    async def check_loadable(self, path: Path, replaces_child: bool = True) -> None:
+    async def check_loadable(self, path: ModelFile, replaces_child: bool = True) -> None:
         """Refuse a non-GGUF file, or one that cannot fit in memory, before it can evict the model that is
         serving (``replaces_child``: the warm model would be stopped for it, so its memory counts as free).
         The header and the memory figures are read in a worker thread: never a file read on the event loop."""
         if path.name == self.supervisor.model:
             return
-        meta = await anyio.to_thread.run_sync(self.store.metadata, path)
+        meta = await anyio.to_thread.run_sync(self.store.metadata, path.path)
         if not meta.get("valid"):
             raise ModelLoadFailed(f"{path.name} is not a loadable GGUF model: {meta.get('error')}",
                                   {"path": str(path), "reason": "not_gguf"})
+        if meta.get("truncated"):
+            size = path.path.stat().st_size
+            raise ModelLoadFailed(f"{path.name} is truncated: its tensor data should end at byte "
+                                  f"{meta['data_end']}, the file has {size} bytes (an interrupted copy or download?)",
+                                  {"path": str(path), "reason": "truncated", "size": size,
+                                   "expected_size": meta["data_end"]})
         cfg = self.cfg
         if not cfg.llama.memory_check:
             return
@@ -172,7 +182,12 @@ class App:
     async def quantize_model(self, ctx: CallContext, *, input_model: str, output_model: str,
                              quantization_type: str = "q4_k", overwrite: bool = False) -> Dict[str, Any]:
         self._check_accepting()
+        require_admin(self.cfg, ctx.peer, "quantize_model")
+        if self.quantizing:
+            raise Busy(f"a quantize is already running ({self.quantizing}); one at a time",
+                       {"reason": "quantize_running", "running": self.quantizing})
         l = self.cfg.llama
+        self.quantizing = output_model if isinstance(output_model, str) else "?"
         self.requests_in_flight += 1
         try:
             t0 = time.monotonic()
@@ -181,11 +196,30 @@ class App:
                 await ctx.progress("quantize.progress", done=done, total=total, tensor=tensor,
                                    elapsed_ms=round((time.monotonic() - t0) * 1000, 1))
 
+            limits = QuantizeLimits(l.quantize_max_output_bytes, l.quantize_max_total_bytes, l.quantize_min_free_bytes)
             return await quantize(self.store, l.quantize_bin, input_model, output_model, quantization_type,
-                                  overwrite, l.quantize_timeout, progress=progress,
-                                  max_output_bytes=l.quantize_max_output_bytes)
+                                  overwrite, l.quantize_timeout, progress=progress, limits=limits,
+                                  protected=self.protected_models(), env=child_env(None, l.child_env))
         finally:
+            self.quantizing = None
             self.requests_in_flight -= 1
+
+    def protected_models(self) -> Dict[str, str]:
+        """Models quantize may never replace, and why: what serves now, or is to be loaded when it fails."""
+        l = self.cfg.llama
+        out: Dict[str, str] = {}
+        for name in l.fallback_models:
+            out[name] = "a fallback model"
+        for name in (l.default_model, self.active_default):
+            if name:
+                out[name] = "the default model"
+        for srv in self.extra_servers.servers.values():
+            if srv.returncode is None:
+                out[srv.model] = "served by an extra llama-server"
+        for name in (self.supervisor.model, self.supervisor.wanted_model):
+            if name:
+                out[name] = "the loaded model"
+        return out
 
     async def load_model(self, ctx: CallContext, *, model: Optional[str] = None,
                          timeout: Optional[float] = None) -> Dict[str, Any]:
@@ -226,17 +260,27 @@ class App:
         return {"unloaded": previous, "state": self.supervisor.state.value}
 
     async def prewarm(self, ctx: CallContext, *, model: Optional[str] = None, prefix: Optional[str] = None,
-                      system_prompt: Optional[str] = None, timeout: Optional[float] = None) -> Dict[str, Any]:
-        """Put a prefix the next requests share into every slot's KV cache, now and after every later load
-        (start, swap, crash restart, oracd restart: restored from disk when it can be).
+                      system_prompt: Optional[str] = None, timeout: Optional[float] = None,
+                      persist: bool = True) -> Dict[str, Any]:
+        """Put a prefix the next requests share into every slot's KV cache, now and (``persist``, the
+        default) after every later load (start, swap, crash restart, oracd restart: restored from disk when it
+        can be).  A persisted prewarm acts for every client: admins only when admin_uids/gids are set.
 
         ``prefix``: raw text, exactly what raw ``generate`` prompts will begin with; or ``system_prompt``:
-        the chat system message (default: the model's profile's).
+        the chat system message (default: the model's profile's).  Either is capped at
+        ``llama.prewarm_max_prefix_bytes``.
         """
         self._check_accepting()
+        if persist:
+            require_admin(self.cfg, ctx.peer, "prewarm (persist=true)")
         path = self.store.resolve(self._model_name(model))
         if prefix is not None and system_prompt is not None:
             raise InvalidParams("prefix (raw) and system_prompt (chat) are mutually exclusive", "prefix")
+        cap = self.cfg.llama.prewarm_max_prefix_bytes
+        for key, text in (("prefix", prefix), ("system_prompt", system_prompt)):
+            if text is not None and len(text.encode("utf-8", "surrogatepass")) > cap:
+                raise InvalidParams(f"{key} is longer than {cap} bytes (llama.prewarm_max_prefix_bytes)",
+                                    {"reason": "prefix_too_long", "field": key, "limit_bytes": cap})
         if prefix is not None:
             if not prefix.strip():
                 raise InvalidParams("prefix must not be blank", "prefix")
@@ -253,15 +297,29 @@ class App:
                             lambda s: LoadTimeout(f"prewarm of {path.name} timed out after {s:g} seconds"))
         await self.check_loadable(path)
         with deadline.scope():
-            report = await self.supervisor.prewarm(path.name, path, target)
-        return {"model": path.name, **report.as_dict(self.supervisor.warmer.store, self.supervisor.warmer.counts)}
+            report = await self.supervisor.prewarm(path.name, path, target, persist)
+        return {"model": path.name, "persisted": persist,
+                **report.as_dict(self.supervisor.warmer.store, self.supervisor.warmer.counts)}
+
+    async def clear_prewarm(self, ctx: CallContext, *, model: Optional[str] = None) -> Dict[str, Any]:
+        """Forget the prewarm target of ``model`` (omitted: of every model), in memory and on disk: later
+        loads warm with the profile's system prompt again.  What is in the slots now stays until evicted."""
+        require_admin(self.cfg, ctx.peer, "clear_prewarm")
+        name = self.store.checked_name(model) if model is not None else None
+        cleared = await anyio.to_thread.run_sync(self.supervisor.warmer.forget, name)
+        log.info("prewarm targets cleared", models=cleared)
+        return {"cleared": cleared}
 
     # ------------------------------------------------------------------ old start_server()
     async def start_server(self, ctx: CallContext, *, model: str, host: str = "127.0.0.1", port: int = 8080,
                            temperature: float = 0.7, top_p: float = 0.7, top_k: int = 40,
                            timeout: Optional[float] = None) -> Dict[str, Any]:
-        """Start an extra llama-server for ``model`` on host:port (the warm server is untouched)."""
+        """Start an extra llama-server for ``model`` on host:port (the warm server is untouched).
+
+        It answers only with the ``api_key`` in the result (header ``Authorization: Bearer <key>``), unless
+        ``llama.extra_servers_keyless``; at most ``llama.max_extra_servers`` run at once."""
         self._check_accepting()
+        require_admin(self.cfg, ctx.peer, "start_server")
         check_range("temperature", temperature, 0, 10)
         check_range("top_p", top_p, 0, 1)
         check_range("top_k", top_k, 0, 100_000)
@@ -271,6 +329,7 @@ class App:
                                               timeout or self.cfg.llama.load_timeout)
 
     async def stop_server(self, ctx: CallContext, *, pid: int, force: bool = False) -> Dict[str, Any]:
+        require_admin(self.cfg, ctx.peer, "stop_server")
         return await self.extra_servers.stop(pid, force)
 
     async def server_info(self, ctx: CallContext, *, pid: int) -> Dict[str, Any]:
@@ -284,6 +343,11 @@ class App:
         rpc_workers ...) changed; then it is restarted with the new ones.  Other
         settings need a restart of oracd and are reported as ignored.
         """
+        require_admin(self.cfg, ctx.peer, "reload")
+        return await self.reload_config()
+
+    async def reload_config(self) -> Dict[str, Any]:
+        """``reload`` without the caller check: SIGHUP (only root or oracd's user can send it) lands here."""
         current = self.cfg
         if current.path is None:
             raise InvalidParams("oracd was not started from a config file; nothing to reload")

@@ -12,7 +12,9 @@ import socket
 import subprocess
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
+
+import anyio
 
 from ..config import Config
 from oracd_protocol.errors import ModelLoadFailed
@@ -33,9 +35,12 @@ def find_binary(path: Path) -> str:
 
 @lru_cache(maxsize=8)
 def supports_unix_socket(binary: str) -> bool:
-    """Does this llama-server accept ``--host path.sock``?  (Read once from its --help.)"""
+    """Does this llama-server accept ``--host path.sock``?  (Read once from its --help.)
+
+    Blocking (a process run): call it from a worker thread (``make_endpoint`` does), never on the loop.
+    """
     try:
-        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30, env=child_env())
     except (OSError, subprocess.TimeoutExpired):
         return False
     return ".sock" in (out.stdout + out.stderr)
@@ -47,8 +52,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_endpoint(cfg: Config, binary: str) -> LlamaEndpoint:
-    if supports_unix_socket(binary):
+async def make_endpoint(cfg: Config, binary: str) -> LlamaEndpoint:
+    """Where the warm server will listen.  The --help probe runs in a thread: on a Jetson a first
+    llama-server --help takes seconds (CUDA init), and the event loop answers status meanwhile."""
+    if await anyio.to_thread.run_sync(supports_unix_socket, binary):
         path = cfg.runtime_dir / SOCKNAME
         try:
             path.unlink()
@@ -60,8 +67,11 @@ def make_endpoint(cfg: Config, binary: str) -> LlamaEndpoint:
 
 def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEndpoint,
                   rpc_workers: Sequence[str] = (), slot_save_path: Optional[Path] = None,
-                  ctx_size: Optional[int] = None) -> List[str]:
+                  ctx_size: Optional[int] = None, *, name: Optional[str] = None) -> List[str]:
     """The llama-server command line for one model: [llama] options, overridden by its profile's.
+
+    ``model_path`` is the resolved file (``ModelFile.path``: no link left to follow, see store.py);
+    ``name`` is the model's name in the models dir (--alias, profile): a link's own name, not its target's.
 
     ``rpc_workers`` (chosen by the supervisor: the configured ones, or none in a
     local fallback) become ``--rpc``, placed before anything that names devices.
@@ -70,15 +80,16 @@ def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEnd
     replaces the configured context.
     """
     l = cfg.llama
-    prof = cfg.profile_for(model_path.name)
+    model = name or model_path.name
+    prof = cfg.profile_for(model)
 
-    def opt(name: str) -> Any:
-        return cfg.option_for(model_path.name, name)
+    def opt(key: str) -> Any:
+        return cfg.option_for(model, key)
 
     ngl = opt("n_gpu_layers")
     if rpc_workers and ngl == 0:
         ngl = 999
-    cmd = [binary, "-m", str(model_path), "--alias", model_path.name]
+    cmd = [binary, "-m", str(model_path), "--alias", model]
     if rpc_workers:
         cmd += ["--rpc", ",".join(rpc_workers)]
         if opt("tensor_split"):
@@ -104,10 +115,31 @@ def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEnd
     return cmd
 
 
-def child_env(endpoint: LlamaEndpoint) -> dict:
-    """The child's environment: the API key goes by env var, never on the command line (ps shows argv)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLAMA_ARG_", "LLAMA_API_KEY", "NOTIFY_SOCKET", "WATCHDOG_", "LISTEN_"))}
+#: what a child inherits from oracd's environment, by exact name ...
+ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"})
+#: ... and by prefix: locale, GPU runtimes (CUDA, Jetson, ROCm, Vulkan, SYCL) and thread pools
+ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "GGML_", "HIP_", "ROCR_", "HSA_", "VK_", "OMP_", "GOMP_", "KMP_",
+                "OPENBLAS_", "MKL_", "SYCL_", "ONEAPI_", "ZE_")
+
+
+def env_allowed(name: str, extra: Sequence[str] = ()) -> bool:
+    """Is ``name`` passed on to a child?  ``extra`` (``llama.child_env``): more names, ``PREFIX_*`` for prefixes."""
+    if name in ENV_NAMES or name.startswith(ENV_PREFIXES):
+        return True
+    return any(name == e or (e.endswith("*") and name.startswith(e[:-1])) for e in extra)
+
+
+def child_env(endpoint: Optional[LlamaEndpoint] = None, extra: Sequence[str] = ()) -> Dict[str, str]:
+    """The environment of every child (warm and extra llama-servers, llama-quantize, --help probes).
+
+    An allow-list, not oracd's whole environment: a secret in the unit's environment (a token for some
+    other part of the box) must not reach a process that serves HTTP.  LLAMA_ARG_* never passes (it would
+    override our command line), nor any API key but the one we set.  The API key goes by env var, never on
+    the command line (ps shows argv).
+    """
+    env = {k: v for k, v in os.environ.items() if env_allowed(k, extra)
+           and not k.startswith(("LLAMA_ARG_", "LLAMA_API_KEY"))}
     env["GGML_NO_BACKTRACE"] = "1"   # an abort (e.g. a lost RPC worker) must not fork gdb into our logs
-    if endpoint.api_key:
+    if endpoint is not None and endpoint.api_key:
         env["LLAMA_API_KEY"] = endpoint.api_key
     return env

@@ -19,6 +19,7 @@ backoff; ``_loop`` starts it again when the delay is over ("no child" branch).
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from collections import deque
@@ -101,6 +102,11 @@ class Supervisor:
     @property
     def model(self) -> Optional[str]:
         return self.child.model if self.child else None
+
+    @property
+    def wanted_model(self) -> Optional[str]:
+        """The model the child should run now (loading, or about to be)."""
+        return self._queue.current
 
     @property
     def in_flight(self) -> int:
@@ -196,14 +202,17 @@ class Supervisor:
         """Stop the child; returns once it is stopped."""
         await self._wait(Ticket(None))
 
-    async def prewarm(self, name: str, path: Path, target: Dict[str, Any]) -> WarmReport:
-        """Warm ``name``'s slots with ``target`` now, and after every later load (it is remembered, on disk
-        when warm restore is on): a request holding the child, not an owner step, so swaps wait for it."""
-        self.warmer.remember(name, target)
+    async def prewarm(self, name: str, path: Path, target: Dict[str, Any], persist: bool = True) -> WarmReport:
+        """Warm ``name``'s slots with ``target`` now, and (``persist``) after every later load (it is
+        remembered, on disk when warm restore is on): a request holding the child, not an owner step, so swaps
+        wait for it."""
+        if persist:
+            await anyio.to_thread.run_sync(self.warmer.remember, name, target)
+        path = Path(os.fspath(path))
         async with self.use(name, path) as child:
             meta = await anyio.to_thread.run_sync(header, path)
             self.warm = await self.warmer.warm(child.http, self.holder.cfg, path, child.binary, child.cmd, meta,
-                                               target, explicit=True)
+                                               target, explicit=True, name=name)
         return self.warm
 
     def request_restart(self, why: str) -> None:
@@ -230,7 +239,7 @@ class Supervisor:
                             f"{dropped} was unloaded (unload_model) while this request waited for it",
                             {"reason": "unloaded", "model": dropped}))
                 else:
-                    self._paths[item.model] = item.path
+                    self._paths[item.model] = Path(os.fspath(item.path))   # a ModelFile: its resolved path
                     self._queue.arrive(item.model)
             elif kind == "leave":
                 if self._waiters.remove(item):
@@ -381,11 +390,11 @@ class Supervisor:
                 raise ModelLoadFailed(f"cannot load {name}: {rpc_error}", {"reason": "rpc_worker_down", "workers": [
                     self.rpc.checks[a].as_dict() for a in workers if a in self.rpc.checks]})
             ctx_fit = await anyio.to_thread.run_sync(context_for_start, cfg, name, path, self.cgroup_dir)
-            endpoint = make_endpoint(cfg, binary)
+            endpoint = await make_endpoint(cfg, binary)
             store = self.warmer.store
             cmd = build_command(cfg, binary, path, endpoint, workers, store.dir if store is not None else None,
-                                ctx_size=ctx_fit["ctx_size"] if ctx_fit else None)
-            proc = await ManagedProcess.spawn(cmd, env=child_env(endpoint))
+                                ctx_size=ctx_fit["ctx_size"] if ctx_fit else None, name=name)
+            proc = await ManagedProcess.spawn(cmd, env=child_env(endpoint, cfg.llama.child_env))
         except OracError as exc:
             self._load_failed(name, exc, fresh)
             return
@@ -405,7 +414,7 @@ class Supervisor:
         if err is None and child.returncode is None and self._queue.current == name and not self._shutdown:
             meta = await anyio.to_thread.run_sync(header, path)
             self.warm = await self.warmer.warm(child.http, cfg, path, binary, cmd, meta,
-                                               self.warmer.targets.get(name))
+                                               self.warmer.targets.get(name), name=name)
             if child.returncode is not None:   # died during warm-up: a crash like any other, its waiters stay
                 self._on_child_lost(child)
                 return
@@ -461,20 +470,38 @@ class Supervisor:
                                {"reason": "load_timeout", "stderr_tail": list(child.tail)[-15:]})
 
     def _load_failed(self, name: str, err: OracError, fresh: bool) -> None:
+        restored = self._restore_previous(name, err) if fresh else None
         self.last_error = {"message": err.message, "data": err.data, "at": time.time()}
         log.error("load failed", model=name, error=err.message, fresh=fresh)
         if fresh:
             # an explicit load (or swap) failed: no retry on our own; its waiters get the error
             self._resolve(lambda t: t.model == name, error=err)
-            if self._queue.current == name:
+            if self._queue.current == name:        # (not when restoring: the previous model is current)
                 self._queue.unload()
-            self._set_state(ChildState.FAILED, error=err.message)
+            self._set_state(ChildState.FAILED, error=err.message,
+                            **({"restoring": restored} if restored else {}))
         else:
             # restarting a model that was serving: keep trying with growing backoff (crash loop)
             self._schedule_restart("load_failed")
             self._set_state(ChildState.BACKOFF, retry_in_s=round(self._backoff_until - time.monotonic(), 3),
                             error=err.message)
             self._settle_tickets()
+
+    def _restore_previous(self, name: str, err: OracError) -> Optional[str]:
+        """A fresh load of ``name`` failed after the warm model was stopped for it: make that model current
+        again, so the loop starts it at once (warm-up restores its slots from disk), and say so in the
+        error's data and in last_exit.  Returns the model being restored, or None."""
+        if self._shutdown:
+            return None
+        prev = self._queue.take_previous(name)
+        if prev is None:
+            return None
+        err.data = {**(err.data if isinstance(err.data, dict) else {}), "restored_previous": prev}
+        if self.last_exit is not None and self.last_exit.get("model") == name \
+                and self.last_exit.get("reason") == "load_failed":
+            self.last_exit["restored_previous"] = prev
+        log.warning("restoring the previous model after a failed load", model=prev, failed=name)
+        return prev
 
     def _schedule_restart(self, reason: str) -> float:
         self.restarts += 1
@@ -506,6 +533,7 @@ class Supervisor:
         """status.child.last_exit for a child that is gone: "llama-server crashed (SIGSEGV)" and why."""
         message = exits.describe(child.returncode) + ("" if reason in ("crash", "load_failed") else f" ({reason})")
         self.last_exit = {**exits.exit_info(child.returncode), "message": message, "reason": reason,
+                          "model": child.model,
                           "stderr_tail": list(child.tail)[-10:], "at": time.time()}
         return message
 
@@ -534,7 +562,7 @@ class Supervisor:
 
     def set_default(self, name: str, path: Path) -> None:
         """The model to return to after ``return_to_default_after`` idle seconds on another one."""
-        self.default = (name, path)
+        self.default = (name, Path(os.fspath(path)))
 
     def return_to_default_at(self, child: Child) -> Optional[float]:
         """When the idle child should give way to the default model (None: never)."""

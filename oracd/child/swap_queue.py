@@ -6,7 +6,9 @@ Rules (llama-swap's scheduler is the model):
 - the child moves on to the next queued model only when nobody waits for the
   current one any more, so a swap serves everyone who asked for the new model
   before swapping back: no ping-pong;
-- a model whose waiters all gave up (timeout, hang-up) is skipped.
+- a model whose waiters all gave up (timeout, hang-up) is skipped;
+- a fresh load that fails gives the child back to the model that was serving
+  right before it (``take_previous``): a bad model never costs the warm one.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ class SwapQueue:
     def __init__(self) -> None:
         self.current: Optional[str] = None      # the model the child should run now (None: nothing)
         self.fresh = True                       # True until ``current`` has been ready once
+        self.previous: Optional[str] = None     # the model that was serving when ``current`` replaced it
         self._order: Deque[str] = deque()       # other models asked for, in arrival order
         self._waiting: Dict[str, int] = {}      # model -> requests waiting for it
 
@@ -72,8 +75,20 @@ class SwapQueue:
         """The current model became ready."""
         self.fresh = False
 
+    def take_previous(self, failed: str) -> Optional[str]:
+        """``failed`` (current, never ready) could not be loaded: make the model that was serving before it
+        current again and return it; None if there was none (a start from nothing, or a restore that failed
+        itself: no ping-pong)."""
+        prev = self.previous
+        if prev is None or prev == failed or self.current != failed or not self.fresh:
+            return None
+        self._set(prev)
+        return prev
+
     def _set(self, model: Optional[str]) -> None:
         if model != self.current:
+            # remember what served until now (only a model that was ready: not a load that never finished)
+            self.previous = self.current if self.current is not None and not self.fresh else None
             self.current, self.fresh = model, True
         if model is not None and model in self._order:
             self._order.remove(model)

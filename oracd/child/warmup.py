@@ -101,6 +101,18 @@ class Warmer:
 
     def remember(self, model: str, target: Dict[str, Any]) -> None:
         self.targets[model] = target
+        self._persist_targets()
+
+    def forget(self, model: Optional[str] = None) -> List[str]:
+        """Drop the prewarm target of ``model`` (None: all of them), here and on disk; the models dropped."""
+        dropped = sorted(self.targets) if model is None else [m for m in (model,) if m in self.targets]
+        for m in dropped:
+            del self.targets[m]
+        if dropped:
+            self._persist_targets()
+        return dropped
+
+    def _persist_targets(self) -> None:
         if self.store is None:
             return
         tmp = self.store.dir / f"tmp-{TARGETS}"
@@ -112,11 +124,12 @@ class Warmer:
 
     async def warm(self, http: Any, cfg: Config, model: Path, binary: str, cmd: List[str],
                    meta: Dict[str, Any], target: Optional[Dict[str, Any]] = None,
-                   explicit: bool = False) -> WarmReport:
+                   explicit: bool = False, name: Optional[str] = None) -> WarmReport:
         """Restore or prefill ``target`` (default: ``warm_target``) in every slot; ``explicit``: asked for by
-        the prewarm RPC, done even with ``warmup = false``."""
+        the prewarm RPC, done even with ``warmup = false``.  ``name``: the model's name when ``model`` is a
+        link's resolved target (its profile is the link's)."""
         report = WarmReport(restore=restore_support(cfg, meta) if self.store is not None else "off")
-        what = target if explicit else warm_target(cfg, model.name, target)
+        what = target if explicit else warm_target(cfg, name or model.name, target)
         if what is None:
             self._count("none")
             return report

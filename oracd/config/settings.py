@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ class ServerConfig:
     send_timeout: float = 30.0        # a client that does not read its answers this long is dropped
     allowed_uids: Tuple[int, ...] = ()  # if either list is set, only these peers may talk to oracd
     allowed_gids: Tuple[int, ...] = ()  # (primary or supplementary group of the peer process)
+    admin_uids: Tuple[int, ...] = ()    # if either list is set, only these peers may change state for everyone:
+    admin_gids: Tuple[int, ...] = ()    # quantize_model, reload, start/stop_server, persisted prewarm, clear_prewarm
     shutdown_grace: float = 30.0      # seconds in-flight requests get to finish on SIGTERM
     event_loop: str = "auto"          # auto (uvloop if installed) | uvloop | asyncio
     metrics_listen: str = ""          # "127.0.0.1:9464": Prometheus /metrics over HTTP, loopback only ("" = off)
@@ -94,7 +97,13 @@ class LlamaConfig:
     wedge_window: float = 120.0            # ... within this many seconds (a slow trickle of errors is not a wedge)
     return_to_default_after: float = 0.0   # idle seconds on another model before the default is loaded back (0: off)
     allow_remote_http: bool = False   # start_server() may bind non-loopback hosts
+    max_extra_servers: int = 2        # start_server(): extra llama-servers running at once (each holds a model)
+    extra_servers_keyless: bool = False   # true: extra llama-servers without an API key (anyone on the host may use them)
+    child_env: Tuple[str, ...] = ()   # more environment variables children inherit ("NAME" or "PREFIX_*")
     quantize_max_output_bytes: int = 0    # RLIMIT_FSIZE for llama-quantize (0 = unlimited): a disk guard
+    quantize_max_total_bytes: int = 16 * 2 ** 30   # all of quantize's outputs in the models dir together (0 = no cap)
+    quantize_min_free_bytes: int = 2 * 2 ** 30     # quantize never leaves the models dir's filesystem below this
+    prewarm_max_prefix_bytes: int = 64 * 1024      # prewarm's prefix / system prompt, UTF-8 bytes
     # timeouts (seconds)
     load_timeout: float = 120.0
     health_interval: float = 2.0
@@ -145,6 +154,7 @@ _PATH_KEYS = {"socket", "runtime_dir", "log_dir", "models_dir", "extra_models_di
 _ZERO_IS_OFF = {"return_to_default_after"}     # seconds where 0 means "off"
 _BIN_KEYS = {"server_bin", "quantize_bin"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\*?")
 
 
 def _fail(key: str, msg: str, value: Any) -> ConfigError:
@@ -184,7 +194,7 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
             raise _fail(key, "expected an octal mode like \"0660\"", value)
         return value
-    if name in ("allowed_uids", "allowed_gids"):
+    if name in ("allowed_uids", "allowed_gids", "admin_uids", "admin_gids"):
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                                                   for v in value):
             raise _fail(key, "expected a list of integer ids", value)
@@ -193,6 +203,12 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) and v and "/" not in v for v in value):
             raise _fail(key, "expected a list of model file names", value)
         return tuple(v if v.endswith(".gguf") else v + ".gguf" for v in value)
+    if name == "child_env":
+        if not isinstance(value, list) or not all(isinstance(v, str) and _ENV_NAME.fullmatch(v) for v in value):
+            raise _fail(key, "expected a list of environment variable names (NAME, or PREFIX_* for a prefix)", value)
+        if any(v.startswith(("LLAMA_ARG_", "LLAMA_API_KEY")) for v in value):
+            raise _fail(key, "LLAMA_ARG_* and LLAMA_API_KEY are oracd's to set, not inherited", value)
+        return tuple(value)
     if name == "extra_args":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise _fail(key, "expected a list of strings", value)

@@ -57,6 +57,8 @@ _ARRAY_KEYS = (".attention.sliding_window_pattern",)
 _QUANT_SIZES = {int(k): v for k, v in _constants.GGML_QUANT_SIZES.items()}   # type -> (block size, bytes)
 
 
+DEFAULT_ALIGNMENT = 32   # GGUF's, unless general.alignment says otherwise
+
 _CACHE: Dict[Tuple[str, int, int], Dict[str, Any]] = {}
 
 
@@ -80,7 +82,9 @@ def header(path: Path, st: Optional[os.stat_result] = None) -> Dict[str, Any]:
 def read_gguf_header(path: Path) -> Dict[str, Any]:
     """A few scalar metadata keys from a GGUF file's KV section (arrays skipped, but for a per-layer
     sliding-window pattern), and ``weights_bytes``:
-    the size of every tensor its tensor infos declare (what loading it costs)."""
+    the size of every tensor its tensor infos declare (what loading it costs).  ``truncated``: the tensor
+    data those infos place (aligned start + offset + size) runs past the end of the file, so llama-server
+    would fail to load it (``data_end``: where it should end)."""
     out: Dict[str, Any] = {"valid": False}
     # model files may be symlinks on purpose: open the resolved file, never a FIFO or device (safe_read)
     with open_regular(real_path(path)) as fh:
@@ -124,10 +128,13 @@ def read_gguf_header(path: Path) -> Dict[str, Any]:
         if n_kv > 1_000_000 or n_tensors > 10_000_000:
             raise ValueError("corrupt GGUF header counts")
         out.update(gguf_version=version, tensor_count=n_tensors)
+        alignment = DEFAULT_ALIGNMENT
         for _ in range(n_kv):
             key = read_str()
             (vtype,) = struct.unpack("<I", read(4))
             value = skip(vtype, keep=key.endswith(_ARRAY_KEYS))
+            if key == "general.alignment" and isinstance(value, int) and value > 0:
+                alignment = value
             if key in _WANTED_KEYS or key.endswith(_SUFFIXES):
                 short = {"general.name": "model_name"}.get(key, key.split(".")[-1])
                 if key == "general.file_type":
@@ -137,19 +144,24 @@ def read_gguf_header(path: Path) -> Dict[str, Any]:
                         pass
                     short = "quantization"
                 out[short] = value
-        weights = 0
+        weights, data_end = 0, 0
         for _ in range(n_tensors):
             read_str()
             (n_dims,) = struct.unpack("<I", read(4))
             if n_dims > 8:
                 raise ValueError("corrupt GGUF tensor info")
             dims = struct.unpack(f"<{n_dims}Q", read(8 * n_dims))
-            (ttype,), _offset = struct.unpack("<I", read(4)), read(8)
+            (ttype,), (offset,) = struct.unpack("<I", read(4)), struct.unpack("<Q", read(8))
             block, type_size = _QUANT_SIZES.get(ttype, (1, 0))
             elements = 1
             for d in dims:
                 elements *= d
-            weights += elements // block * type_size
+            nbytes = elements // block * type_size
+            weights += nbytes
+            data_end = max(data_end, offset + nbytes)
+        data_start = -(-fh.tell() // alignment) * alignment       # the tensor data begins aligned
         out["weights_bytes"] = weights
+        out["data_end"] = data_start + data_end
+        out["truncated"] = data_start + data_end > size     # tensor data runs past the end of the file
         out["valid"] = True
     return out

@@ -5,6 +5,7 @@ Header metadata comes from ``gguf.read_gguf_header``, cached by (path, size, mti
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -33,6 +34,25 @@ def _inside(path: Path, dirs: Sequence[Path]) -> bool:
     return any(real.is_relative_to(d.resolve()) for d in dirs)
 
 
+@dataclass(frozen=True)
+class ModelFile:
+    """A model as oracd serves it: its ``name`` (the file name in the models dir, a link's own name) and
+    ``path``, the target resolved once when the name was checked.
+
+    Why both: a link in the models dir may be flipped by anyone who can write there between our check and
+    llama-server's open.  Children get ``path`` (already checked, no links left to follow), while status,
+    --alias and list_models keep the name the client used.  ``os.fspath(model)`` is ``path``.
+    """
+    name: str
+    path: Path
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
 class ModelStore:
     """The models dirs oracd serves: the first one is where quantize writes.
 
@@ -59,20 +79,33 @@ class ModelStore:
             return False
         return any(real == d.resolve() for d in self.dirs)
 
-    def resolve(self, name: Any) -> Path:
-        """Path of an existing model file; ``.gguf`` optional; never outside the models dirs."""
+    def resolve(self, name: Any) -> ModelFile:
+        """An existing model file; ``.gguf`` optional; never outside the models dirs.
+
+        The link (if any) is resolved ONCE, and the resolved target is what is checked (inside the dirs when
+        confined; a regular file) and what children are given: a link flipped after this check changes
+        nothing for this request.
+        """
         fname = _check_name(name)
         for d in self.dirs:
             cand = d / fname
             if cand.is_symlink() or cand.exists():
-                if self.confine_links and not _inside(cand, self.dirs):
+                try:
+                    real = Path(os.path.realpath(cand, strict=True))
+                except (OSError, RuntimeError):       # dangling or looping link
+                    raise ModelNotFound(f"Model not found: {cand}", {"path": str(cand)}) from None
+                if self.confine_links and not any(real.is_relative_to(x.resolve()) for x in self.dirs):
                     raise InvalidPath(f"model {fname!r} is a link that leads outside the models dir "
                                       f"(llama.confine_model_links = true)")
-                if not cand.is_file():
+                if not real.is_file():
                     raise ModelNotFound(f"Model not found: {cand}", {"path": str(cand)})
-                return cand
+                return ModelFile(fname, real)
         path = self.primary / fname
         raise ModelNotFound(f"Model not found: {path}", {"path": str(path)})
+
+    def checked_name(self, name: Any) -> str:
+        """``name`` as a model file name (``.gguf`` added), checked like every client name; need not exist."""
+        return _check_name(name)
 
     def output_path(self, name: Any) -> Path:
         """Where a new model named ``name`` would be written (primary dir); name checked."""

@@ -13,6 +13,8 @@
 - ``http-400``: every completion is refused as a bad request (a client error, not a wedge).
 - ``crash-on-load``: dies by SIGSEGV while "loading" (the AMX crash on its first decode).
 - ``slow-load``: /health answers 503 "Loading model" for 3 s, then it is healthy ("hello").
+- ``refuses-broken``: a model whose file name contains "broken" fails to load the way llama-server says
+  so (an unknown architecture: exit 1); every other model is healthy and answers "hello".
 
 Everything else in the suite runs the real llama-server.
 """
@@ -37,11 +39,20 @@ def main(argv: list) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fault", required=True,
                     choices=["hang-decode", "http-500", "wedged-once", "http-400", "crash-on-load", "healthy",
-                             "slow-load"])
+                             "slow-load", "refuses-broken"])
     ap.add_argument("--state", default=None, help="dir that remembers earlier processes (wedged-once)")
     ap.add_argument("--host", required=True)
+    ap.add_argument("-m", dest="model", default="")
+    ap.add_argument("--port", type=int, default=None, help="TCP (an extra server): --host is then an address")
     args, _ = ap.parse_known_args(argv)
     fault = args.fault
+    if fault == "refuses-broken":
+        if "broken" in os.path.basename(args.model):
+            print("llama_model_load: error loading model: error loading model architecture: "
+                  "unknown model architecture: 'nonexistent'", flush=True)
+            print("main: exiting due to model loading error", flush=True)
+            return 1
+        fault = "healthy"
     if fault == "wedged-once":
         marker = os.path.join(args.state, "wedged-once")
         fault = "healthy" if os.path.exists(marker) else "http-500"
@@ -81,7 +92,10 @@ def main(argv: list) -> int:
     app = web.Application()
     app.add_routes([web.get("/health", health), web.get("/slots", slots),
                     web.post("/v1/chat/completions", completions), web.post("/completion", completions)])
-    web.run_app(app, path=args.host, print=None, shutdown_timeout=0.5)
+    if args.port is not None:
+        web.run_app(app, host=args.host, port=args.port, print=None, shutdown_timeout=0.5)
+    else:
+        web.run_app(app, path=args.host, print=None, shutdown_timeout=0.5)
     return 0
 
 

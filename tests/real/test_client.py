@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -418,9 +419,11 @@ async def test_quantize_errors_are_quantization_errors(env, tiny_f32):
 
 
 # ---------------------------------------------------------------------- start_server
-def http(method: str, url: str, body: Optional[Dict[str, Any]] = None, timeout: float = 60) -> Any:
+def http(method: str, url: str, body: Optional[Dict[str, Any]] = None, timeout: float = 60,
+         headers: Optional[Dict[str, str]] = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return resp.status, json.loads(resp.read())
 
@@ -438,8 +441,13 @@ async def test_start_server_is_a_popen_for_a_supervised_llama_server(env):
         assert proc.stdin is None and proc.stdout is None and proc.stderr is None
         status, health = await anyio.to_thread.run_sync(http, "GET", f"http://127.0.0.1:{port}/health")
         assert status == 200 and health.get("status") == "ok"
+        assert proc.api_key and proc.headers == {"Authorization": f"Bearer {proc.api_key}"}
+        with pytest.raises(urllib.error.HTTPError, match="401"):      # the extra server wants its key
+            await anyio.to_thread.run_sync(
+                http, "POST", f"http://127.0.0.1:{port}/completion", {"prompt": "Once upon a time", "n_predict": 4})
         status, out = await anyio.to_thread.run_sync(
-            http, "POST", f"http://127.0.0.1:{port}/completion", {"prompt": "Once upon a time", "n_predict": 4})
+            lambda: http("POST", f"http://127.0.0.1:{port}/completion", {"prompt": "Once upon a time", "n_predict": 4},
+                         headers=proc.headers))
         assert status == 200 and isinstance(out.get("content"), str)
         with anyio.fail_after(150):   # the warm path keeps working meanwhile
             assert (await c.generate(SMOL, "Say hi.", **gen_kw())).response

@@ -9,8 +9,8 @@ with several generations in flight.
 Covered elsewhere (not repeated): a stale socket + orphaned llama-server after oracd
 is SIGKILLed (test_supervisor.py::test_orphaned_llama_server_cleaned_after_oracd_sigkill),
 a second oracd on the same socket (test_rpc.py::test_second_oracd_on_same_socket_refuses),
-a truncated-tensor-data model that llama-server itself rejects
-(test_supervisor.py::test_truncated_gguf_load_fails_with_llama_reason_then_recovers).
+a truncated-tensor-data model, refused before the warm model is stopped
+(test_bad_model.py::test_a_truncated_gguf_is_refused_and_the_same_server_keeps_serving).
 """
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ from typing import Any, Dict, List
 
 import pytest
 
-from helpers import SMOL, Conn, Oracd, write_tiny_f32, gone, log_events
+from helpers import SMOL, Conn, Oracd, write_tiny_f32, write_unknown_architecture, gone, log_events
 from llama_direct import busy_slots
 from oracd.models.gguf import read_gguf_header
+from oracd.models.quota import LEDGER
 from oracd_protocol.errors import from_wire
 
 # On a shared 2-core box: one llama.cpp thread (several spin-waiting threads stall badly when
@@ -74,8 +75,9 @@ def digest(path: Path) -> str:
 
 
 def leftovers(d: Path) -> List[str]:
-    """Temp files a quantize run could leave behind (``.<name>.<hex>.part``)."""
-    return sorted(p.name for p in d.iterdir() if p.name.endswith(".part") or p.name.startswith("."))
+    """Temp files a quantize run could leave behind (``.<name>.<hex>.part``); quantize's ledger is no temp file."""
+    return sorted(p.name for p in d.iterdir() if (p.name.endswith(".part") or p.name.startswith("."))
+                  and p.name != LEDGER)
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +147,12 @@ def test_crash_loop_backs_off_fails_fast_and_recovers(fresh_oracd):
     first = call(o, "load_model", model="loop")
     assert first["model"] == "loop.gguf" and first["state"] == "ready"
 
-    # a file llama-server cannot load, with a valid GGUF header (only the tensor data is cut)
-    tmp = o.models_dir / "loop.tmp"
-    tmp.write_bytes(good[: len(good) // 3])
+    # a file llama-server cannot load that passes oracd's cheap checks (an unknown architecture; a truncated
+    # file would be refused before llama-server runs: test_bad_model.py)
+    tmp = write_unknown_architecture(o.models_dir / "loop.tmp")
     os.replace(tmp, loop)
-    assert read_gguf_header(loop)["valid"]
+    meta = read_gguf_header(loop)
+    assert meta["valid"] and not meta["truncated"]
     os.kill(first["pid"], signal.SIGKILL)
 
     # restarts fail, backoff grows; status keeps answering throughout

@@ -359,7 +359,7 @@ def test_fallback_serves_the_next_model_and_says_why(fallback):
     why = {f["model"]: f["error"] for f in fb["failed"]}
     assert "Model not found" in why["missing.gguf"]
     assert "not a GGUF" in why["garbage.gguf"]
-    assert "trunc.gguf" in why["trunc.gguf"] and "llama-server exited" in why["trunc.gguf"]
+    assert "trunc.gguf is truncated" in why["trunc.gguf"]                  # refused before llama-server
     # the log says why, per model, and which model is served instead
     failed = {e["model"]: e["error"] for e in log_events(fallback, "preload failed")}
     assert failed == why
@@ -383,23 +383,25 @@ def test_broken_model_named_explicitly_is_an_error_never_another_model(fallback)
     with pytest.raises(RPCError) as exc:
         gen(fallback, "Hi", model="trunc.gguf", max_tokens=3)
     assert exc.value.code == -32002 and "trunc.gguf" in exc.value.message
-    assert any("not within the file bounds" in line for line in exc.value.data["stderr_tail"])
-    # the next request without a model gets the fallback again (loaded anew)
+    assert exc.value.data["reason"] == "truncated"
+    assert fallback.child_pid() == pid                                # cheap check: the warm model stays
     r = gen(fallback, "Hi", max_tokens=3)
     assert r["model"] == SMOL
     assert fallback.call("status")["child"]["state"] == "ready"
 
 
-def test_truncated_model_error_gives_llama_servers_reason(fallback):
-    """llama-server says "tensor 'blk.N...' data is not within the file bounds, model is corrupted or
-    incomplete"; the error's message and data.reason should carry that, not the generic last line."""
+def test_truncated_model_error_says_how_much_is_missing(fallback):
+    """Tensor data cut off is found by oracd before llama-server runs: the message and data say where the
+    data should end and how big the file is (llama-server would only say "not within the file bounds")."""
     with pytest.raises(RPCError) as exc:
         gen(fallback, "Hi", model="trunc.gguf", max_tokens=3)
     assert exc.value.code == -32002
-    assert exc.value.data["reason"] == "corrupt", exc.value.data["reason"]
-    assert "not within the file bounds" in exc.value.message, exc.value.message
+    assert exc.value.data["reason"] == "truncated", exc.value.data["reason"]
+    size = (fallback.models_dir / "trunc.gguf").stat().st_size
+    assert exc.value.data["size"] == size and exc.value.data["expected_size"] == (MODELS / SMOL).stat().st_size
+    assert f"the file has {size} bytes" in exc.value.message, exc.value.message
     why = {f["model"]: f["error"] for f in fallback.call("status")["fallback"]["failed"]}
-    assert "not within the file bounds" in why["trunc.gguf"], why
+    assert "is truncated" in why["trunc.gguf"], why
     assert gen(fallback, "Hi", max_tokens=3)["model"] == SMOL
 
 

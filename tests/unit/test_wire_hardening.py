@@ -223,7 +223,7 @@ async def test_check_loadable_reads_the_header_and_memory_in_a_worker_thread(tmp
                         and real_meta(p))
     monkeypatch.setattr(methods, "available", lambda d: seen.setdefault("mem", threading.get_ident())
                         and real_avail(d))
-    await app.check_loadable(models / "m.gguf")
+    await app.check_loadable(app.store.resolve("m.gguf"))
     assert seen["meta"] != loop_thread and seen["mem"] != loop_thread, seen
 
 

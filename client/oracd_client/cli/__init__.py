@@ -1,7 +1,8 @@
 """oracctl: the operator's command line for oracd (JSON-RPC over its Unix socket).
 
     oracctl status | metrics | models | generate PROMPT [--stream] | load [MODEL] | unload
-    oracctl quantize IN OUT [-t TYPE] [--overwrite] | logs [-f] [-n N] | eval
+    oracctl quantize IN OUT [-t TYPE] [--overwrite] | prewarm [MODEL] [--prefix T | --clear]
+    oracctl logs [-f] [-n N] | eval
 
 Human output by default (aligned tables, sizes in MB/GB, humanised durations,
 progress on stderr); ``--json`` prints the raw JSON-RPC result for scripts.
@@ -24,7 +25,7 @@ from oracd_protocol.names import DEV_SOCKET, SOCKET_ENV, SYSTEM_SOCKET
 from .context import EXIT_DOWN, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_PERMISSION, EXIT_PIPE, EXIT_USAGE, Ctx
 from .generate import cmd_generate
 from .logs import cmd_logs
-from .operations import cmd_load, cmd_quantize, cmd_unload
+from .operations import cmd_load, cmd_prewarm, cmd_quantize, cmd_unload
 from .status import cmd_metrics, cmd_models, cmd_status
 
 EPILOG = f"""\
@@ -142,6 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", metavar="OUT")
     p.add_argument("-t", "--type", metavar="TYPE", help="quantization type, e.g. q4_k, q8_0 (default: q4_k)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+
+    p = add("prewarm", "warm MODEL's slots with a shared prefix, kept for every later load; or --clear it",
+            cmd_prewarm)
+    p.add_argument("model", nargs="?", metavar="MODEL", help="default: oracd's default model (--clear: every model)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prefix", metavar="TEXT", help="raw text that raw prompts begin with (- reads stdin)")
+    g.add_argument("--system", metavar="TEXT", help="chat system prompt (default: the model's profile's)")
+    g.add_argument("--clear", action="store_true", help="forget the prewarm target(s): later loads warm with "
+                   "the profile's system prompt again")
+    p.add_argument("--no-persist", dest="persist", action="store_false",
+                   help="warm now only; do not keep it for later loads (no admin needed)")
 
     p = add("eval", "run the command-parsing corpus against models and report accuracy", cmd_eval)
     p.add_argument("-m", "--model", action="append", metavar="MODEL", help="model to evaluate (repeatable; "

@@ -1,10 +1,11 @@
-"""``oracctl load``, ``unload`` and ``quantize``: long model operations, with progress on stderr.
+"""``oracctl load``, ``unload``, ``quantize`` and ``prewarm``: model operations, with progress on stderr.
 
 Progress comes from oracd's notifications about the call (``load.progress``,
 ``quantize.progress``); ``--json`` prints only the result.
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Dict
 
 from oracd_protocol.names import CLIENT_GRACE_S, LOAD_PROGRESS, QUANTIZE_PROGRESS
@@ -89,4 +90,32 @@ def cmd_quantize(ctx: Ctx) -> int:
     ctx.print(f"quantized {a.input} -> {r.get('name')} ({qtype}, {fmt.size(r.get('size'))}) "
               f"in {fmt.ms(r.get('elapsed_ms'))}")
     ctx.print(f"  {r.get('path')}")
+    return EXIT_OK
+
+
+def cmd_prewarm(ctx: Ctx) -> int:
+    """``prewarm [MODEL] [--prefix T | --system T]``, or ``prewarm [MODEL] --clear``."""
+    a = ctx.args
+    if a.clear:
+        r = ctx.call("clear_prewarm", {"model": a.model} if a.model else {}, timeout=30)
+        if ctx.json:
+            ctx.print_json(r)
+        elif r.get("cleared"):
+            ctx.print(f"cleared the prewarm target of {', '.join(r['cleared'])}")
+        else:
+            ctx.print(f"no prewarm target was set{' for ' + a.model if a.model else ''}")
+        return EXIT_OK
+    params: Dict[str, Any] = {"persist": a.persist}
+    if a.model:
+        params["model"] = a.model
+    if a.prefix is not None:
+        params["prefix"] = sys.stdin.read() if a.prefix == "-" else a.prefix
+    if a.system is not None:
+        params["system_prompt"] = a.system
+    r = ctx.call("prewarm", params, timeout=600 + CLIENT_GRACE_S)
+    if ctx.json:
+        ctx.print_json(r)
+        return EXIT_OK
+    kept = "kept for later loads" if r.get("persisted") else "not kept"
+    ctx.print(f"warmed {r.get('model')} ({r.get('how', 'done')}; {kept})")
     return EXIT_OK

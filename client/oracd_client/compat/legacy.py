@@ -267,7 +267,9 @@ class LlamaCppClient:
 
         Returns a ``ManagedServer`` (Popen's interface) once the server answers
         ``/health``.  oracd only binds loopback hosts unless its config allows
-        more.  The warm server behind ``generate()`` is not touched.
+        more.  The warm server behind ``generate()`` is not touched.  The server
+        wants the handle's ``api_key`` (``Authorization: Bearer``; ``handle.headers``)
+        unless oracd's operator turned keys off (``llama.extra_servers_keyless``).
         """
         if self._unchecked_models_path is not None:
             await self._check_models_path()

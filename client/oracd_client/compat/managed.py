@@ -35,7 +35,9 @@ class ManagedServer:
     (``server_info`` / ``stop_server``), usable from sync and async code alike.
     ``terminate()``/``kill()`` return once oracd has stopped the server, so
     ``poll()`` is not None right after them.  ``stdin``/``stdout``/``stderr`` are
-    None (oracd keeps the server's output; see its log).
+    None (oracd keeps the server's output; see its log).  ``api_key``: the server answers only requests
+    with ``Authorization: Bearer <api_key>`` (None when oracd runs it keyless,
+    ``llama.extra_servers_keyless``); ``headers`` is that header, ready to pass on.
 
     Leaving a ``with`` block stops the server if it is still running (a plain
     Popen would wait forever for a server to exit by itself).  If oracd is
@@ -57,8 +59,14 @@ class ManagedServer:
         self.model: Optional[str] = info.get("model")
         self.host: Optional[str] = info.get("host")
         self.port: Optional[int] = info.get("port")
+        self.api_key: Optional[str] = info.get("api_key")
         self.returncode: Optional[int] = None
         self._update(info)
+
+    @property
+    def headers(self) -> Dict[str, str]:
+        """The HTTP headers a request to this server needs (its API key), or {} for a keyless one."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def _update(self, info: Dict[str, Any]) -> None:
         if not info.get("running", True) and self.returncode is None:
