@@ -60,14 +60,15 @@ def make_endpoint(cfg: Config, binary: str) -> LlamaEndpoint:
 
 def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEndpoint,
                   rpc_workers: Sequence[str] = (), slot_save_path: Optional[Path] = None,
-                  ctx_size: Optional[int] = None) -> List[str]:
+                  ctx_size: Optional[int] = None, swa_full: bool = False) -> List[str]:
     """The llama-server command line for one model: [llama] options, overridden by its profile's.
 
     ``rpc_workers`` (chosen by the supervisor: the configured ones, or none in a
     local fallback) become ``--rpc``, placed before anything that names devices.
     With workers, n_gpu_layers 0 means "all layers": RPC workers are offload
     devices, and -ngl 0 would leave them idle.  ``ctx_size`` (from ``fit_ctx``)
-    replaces the configured context.
+    replaces the configured context.  ``swa_full`` (from ``swa.plan``): sliding-window layers keep the
+    whole context, so a restored slot holds.
     """
     l = cfg.llama
     prof = cfg.profile_for(model_path.name)
@@ -100,8 +101,10 @@ def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEnd
         cmd += ["--chat-template-file", template] if "/" in template else ["--chat-template", template]
     if slot_save_path is not None:
         cmd += ["--slot-save-path", str(slot_save_path)]
-    cmd += list(opt("extra_args"))
-    return cmd
+    extra = list(opt("extra_args"))
+    if swa_full and "--swa-full" not in extra:
+        cmd.append("--swa-full")
+    return cmd + extra
 
 
 def child_env(endpoint: LlamaEndpoint) -> dict:

@@ -42,6 +42,12 @@ def warm_line(w: Dict[str, Any]) -> str:
     return line
 
 
+def swa_line(swa: Dict[str, Any]) -> str:
+    """"full cache (--swa-full): for warm restore: fits with it (...)" / "window cache: does not fit with ..."."""
+    head = "full cache (--swa-full)" if swa.get("mode") == "full" else "window cache"
+    return f"{head}: {swa.get('why')}"
+
+
 def cmd_metrics(ctx: Ctx) -> int:
     """Prometheus text, as oracd's metrics RPC gives it (--json: the RPC result)."""
     res = ctx.call("metrics", timeout=30)
@@ -103,6 +109,8 @@ def cmd_status(ctx: Ctx) -> int:
     warm = child.get("warm")
     if isinstance(warm, dict):
         rows.append(["warm-up", warm_line(warm)])
+        if isinstance(warm.get("swa"), dict):
+            rows.append(["sliding window", swa_line(warm["swa"])])
     fit = child.get("ctx_fit")
     if isinstance(fit, dict):
         rows.append(["context", f"{fit.get('ctx_size')} tokens, shrunk from {fit.get('configured_ctx_size')} to fit "
