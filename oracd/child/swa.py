@@ -45,7 +45,8 @@ def memory_kind(meta: Dict[str, Any]) -> str:
         return "recurrent"
     if arch in HYBRID:
         return "hybrid"
-    if full_attention_layers(meta) < int(meta.get("block_count") or 0):
+    window = meta.get("sliding_window")
+    if (isinstance(window, int) and window > 0) or full_attention_layers(meta) < int(meta.get("block_count") or 0):
         return "sliding-window"
     return "full"
 
