@@ -117,5 +117,9 @@ def plan(cfg: "Config", model: str, meta: Dict[str, Any], room: Optional[int],
 def plan_for_start(cfg: "Config", model: str, path: Path, cgroup_dir: Optional[Path],
                    restore_wanted: bool) -> Optional[SwaPlan]:
     """``plan`` with the memory there is now (the old child is gone).  Blocking: run it in a thread."""
+    try:
+        meta = header(path)
+    except OSError:              # gone since it was resolved: llama-server's own load error says so
+        return None
     room = available(cgroup_dir)[0] if cfg.llama.memory_check else None
-    return plan(cfg, model, header(path), room, restore_wanted)
+    return plan(cfg, model, meta, room, restore_wanted)

@@ -11,7 +11,7 @@ import pytest
 from oracd.child.command import build_command
 from oracd.child.http import LlamaEndpoint
 from oracd.child.kvstore import entry_key, kv_relevant_args
-from oracd.child.swa import SwaPlan, choose, memory_kind, plan
+from oracd.child.swa import SwaPlan, choose, memory_kind, plan, plan_for_start
 from oracd.child.warmup import WarmReport, restore_support
 from oracd.config import Config, ConfigError, LlamaConfig, from_dict, load_options_changed
 from oracd.memory import MiB, memory_verdict
@@ -129,3 +129,7 @@ def test_swa_full_is_validated_in_llama_and_in_profiles_and_a_change_restarts_th
 def test_oracctl_shows_the_mode():
     assert swa_line({"mode": "full", "why": "for warm restore"}) == "full cache (--swa-full): for warm restore"
     assert swa_line({"mode": "window", "why": "swa_full = false"}) == "window cache: swa_full = false"
+
+
+def test_a_model_file_gone_before_the_start_leaves_the_decision_to_llama_server(tmp_path):
+    assert plan_for_start(cfg(), "g.gguf", tmp_path / "g.gguf", None, True) is None
