@@ -28,12 +28,12 @@ import psutil
 from .chart import write_chart
 from .cold_start import bench_cold_start
 from .concurrency import bench_concurrency, concurrency_rounds
-from .daemons import REPO, SharedOracd
+from .daemons import GEMMA, REPO, SMOL, SharedOracd
 from .figures import check_targets, pop_raw
 from .generate import bench_generate
 from .harness import Progress, Timeouts
 from .memory import bench_memory
-from .report import STDLIB_PHASE, to_markdown, warmup_section
+from .report import STDLIB_PHASE, gemma_warmup_section, to_markdown, warmup_section
 from .rpc_floor import bench_rpc_floor, bench_stdlib_loop, floor_calls
 from .warmup import bench_warmup, warmup_units
 
@@ -73,15 +73,18 @@ async def run_all(args: argparse.Namespace, progress: Progress, t: Timeouts) -> 
         lambda ph: bench_concurrency(ph, t, args.levels, args.conc_rounds, args.conc_per_client))
     if args.warmup_loads:
         res["warmup"] = await run_warmup(progress, t, args.warmup_loads)
+        if args.warmup_gemma:
+            res["warmup_gemma"] = await run_warmup(progress, t, args.warmup_loads, GEMMA)
     res["targets"] = check_targets(res)
     res["phases"] = progress.phases
     return res
 
 
-def run_warmup(progress: Progress, t: Timeouts, loads: int) -> Any:
-    return progress.phase("warm-up", warmup_units(loads), "load",
+def run_warmup(progress: Progress, t: Timeouts, loads: int, model: str = SMOL) -> Any:
+    """The warm-up phase on SmolLM2, or on Gemma 3 (sliding window: its restore needs --swa-full)."""
+    return progress.phase("warm-up" if model == SMOL else "warm-up (gemma3)", warmup_units(loads), "load",
                           "no warm-up, prefill, restore interleaved; crash restarts").run(
-        lambda ph: bench_warmup(ph, t, loads))
+        lambda ph: bench_warmup(ph, t, loads, model))
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,6 +100,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup-loads", type=int, default=4,
                     help="measured loads per variant (no warm-up, prefill warm-up, restore) and crash restarts per "
                          "warm-up variant in the warm-up phase (0: skip the phase)")
+    ap.add_argument("--warmup-gemma", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the warm-up phase for Gemma 3 270M too (sliding window: restored with --swa-full)")
     ap.add_argument("--only-warmup", "--only-warm-restore", dest="only_warmup", action="store_true",
                     help="run only the warm-up phase (no warm-up vs prefill vs restore, crash restarts)")
     ap.add_argument("--quick", action="store_true",
@@ -135,9 +140,11 @@ def main() -> int:
     if args.only_warmup:
         res: Dict[str, Any] = {"when": now(), "timeouts_s": asdict(t)}
         res["warmup"] = asyncio.run(run_warmup(progress, t, max(1, args.warmup_loads)))
+        if args.warmup_gemma:
+            res["warmup_gemma"] = asyncio.run(run_warmup(progress, t, max(1, args.warmup_loads), GEMMA))
         res["phases"] = progress.phases
         raw: Dict[str, Any] = {}
-        md = "\n".join(warmup_section(res["warmup"])) + "\n"
+        md = "\n".join(warmup_section(res["warmup"]) + gemma_warmup_section(res)) + "\n"
         stem_name = f"warmup-{res['when'].replace(':', '')}"
     else:
         res = asyncio.run(run_all(args, progress, t))
@@ -147,6 +154,8 @@ def main() -> int:
         stem_name = res["when"].replace(":", "")
     if "failed" not in res.get("warmup", {"failed": True}):
         res["warmup_raw_ms"] = pop_raw(res["warmup"])
+    if "failed" not in res.get("warmup_gemma", {"failed": True}):
+        res["warmup_gemma_raw_ms"] = pop_raw(res["warmup_gemma"])
     stem = write_results(args, stem_name, res, md)
     charted = write_chart(res, raw, stem.with_suffix(".png"))
     print(md)

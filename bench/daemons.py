@@ -13,7 +13,7 @@ from typing import Any, Iterator, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from helpers import BIN, SMOL, Oracd, RpcWorker, toml_value  # noqa: E402,F401  (re-exported for the phases)
+from helpers import BIN, GEMMA, SMOL, Oracd, RpcWorker, toml_value  # noqa: E402,F401  (re-exported for the phases)
 
 from .harness import Timeouts, describe  # noqa: E402
 

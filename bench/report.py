@@ -165,7 +165,7 @@ def to_markdown(res: Dict[str, Any]) -> str:
     lines += section("concurrency", res["concurrency"], concurrency_markdown) + [""]
     lines += table("| cold start / memory | value |", {"cold start": res["cold_start"], "memory": res["memory"]})
     if "warmup" in res:
-        lines += [""] + warmup_section(res["warmup"])
+        lines += [""] + warmup_section(res["warmup"]) + gemma_warmup_section(res)
     lines += [""] + targets_table("target", res["targets"])
     failed = [k for k, v in res.get("phases", {}).items() if v.get("failed")]
     if failed:
@@ -176,3 +176,11 @@ def to_markdown(res: Dict[str, Any]) -> str:
 def warmup_section(w: Dict[str, Any]) -> List[str]:
     """The warm-up phase's markdown, or why it could not run (its failures are said per variant)."""
     return [not_measured("warm-up", w)] if "failed" in w else warmup_markdown(w)
+
+
+def gemma_warmup_section(res: Dict[str, Any]) -> List[str]:
+    """The same phase on Gemma 3 270M (a sliding-window model: restore holds with --swa-full), if it ran."""
+    if "warmup_gemma" not in res:
+        return []
+    return ["", f"Warm-up on {res['warmup_gemma'].get('model', 'Gemma 3')} (sliding-window attention; "
+                "warm restore with --swa-full, swa_full = \"auto\"):", ""] + warmup_section(res["warmup_gemma"])

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 from .clients import Rpc
-from .daemons import SMOL, Oracd, started, toml_value
+from .daemons import GEMMA, SMOL, Oracd, started, toml_value
 from .figures import CRASH_VARIANTS, EXPECTED_HOW, WARM_LABELS, warm_results
 from .harness import FAILED, Phase, Timeouts
 
@@ -68,8 +68,8 @@ def warmup_units(loads: int) -> int:
     return len(CONFIG) + loads * (len(CONFIG) + len(CRASH_VARIANTS))
 
 
-def write_profile(path: Path) -> Path:
-    path.write_text(f'[profiles."{SMOL}"]\nsystem_prompt = {toml_value(FEWSHOT_SYSTEM)}\n'
+def write_profile(path: Path, model: str = SMOL) -> Path:
+    path.write_text(f'[profiles."{model}"]\nsystem_prompt = {toml_value(FEWSHOT_SYSTEM)}\n'
                     'temperature = 0.0\nmax_tokens = 64\njson_schema = "command"\n')
     return path
 
@@ -80,6 +80,7 @@ class Variant:
     name: str
     o: Oracd
     rpc: Rpc
+    model: str = SMOL
     times: Dict[str, List[float]] = field(default_factory=dict)
     crash: Dict[str, List[float]] = field(default_factory=dict)
     cached: Dict[str, List[float]] = field(default_factory=dict)   # usage.cached_tokens: first, second, crash
@@ -104,7 +105,7 @@ async def timed(ph: Phase, key: str, fn: Callable[[], Awaitable[Any]]) -> Tuple[
 
 
 def generate(v: Variant, t: Timeouts, prompt: str) -> Awaitable[Any]:
-    return v.rpc.call("generate", {"prompt": prompt, "model": SMOL}, timeout=t.generate)
+    return v.rpc.call("generate", {"prompt": prompt, "model": v.model}, timeout=t.generate)
 
 
 def cached_tokens(res: Any) -> Optional[int]:
@@ -130,7 +131,7 @@ async def prime(ph: Phase, t: Timeouts, v: Variant) -> None:
     """An unmeasured first load on each daemon (the model file in the page cache for all alike); for
     restore it is the prefill that saves the cache entry every measured load then restores."""
     key = v.name
-    if await ph.attempt_async(key, lambda: v.rpc.call("load_model", {"model": SMOL}, timeout=t.load)) is FAILED:
+    if await ph.attempt_async(key, lambda: v.rpc.call("load_model", {"model": v.model}, timeout=t.load)) is FAILED:
         return
     st = await ph.attempt_async(key, lambda: v.rpc.call("status"))
     if st is not FAILED and v.name == "restore":
@@ -146,7 +147,7 @@ async def load_round(ph: Phase, t: Timeouts, v: Variant) -> None:
     key = v.name
     if await ph.attempt_async(key, lambda: v.rpc.call("unload_model", timeout=t.load)) is FAILED:
         return
-    load, _ = await timed(ph, key, lambda: v.rpc.call("load_model", {"model": SMOL}, timeout=t.load))
+    load, _ = await timed(ph, key, lambda: v.rpc.call("load_model", {"model": v.model}, timeout=t.load))
     if load is None:
         return
     first, res = await timed(ph, key, lambda: generate(v, t, PROMPTS[0]))
@@ -206,16 +207,18 @@ async def _rounds(ph: Phase, t: Timeouts, loads: int, variants: Dict[str, Varian
             ph.advance()
 
 
-async def bench_warmup(ph: Phase, t: Timeouts, loads: int) -> Dict[str, Any]:
+async def bench_warmup(ph: Phase, t: Timeouts, loads: int, model: str = SMOL) -> Dict[str, Any]:
+    """The phase for ``model`` (SmolLM2; Gemma 3 too, a sliding-window model restored with --swa-full)."""
     root = Path(tempfile.mkdtemp(prefix="bench-w-", dir="/tmp"))
-    common = {"threads": 0, "profiles_file": str(write_profile(root / "models.toml")), "preload": False,
-              "ctx_size": 4096, "parallel": PARALLEL, "restart_backoff_initial": RESTART_BACKOFF_S}
+    common = {"threads": 0, "profiles_file": str(write_profile(root / "models.toml", model)), "preload": False,
+              "ctx_size": 4096, "parallel": PARALLEL, "restart_backoff_initial": RESTART_BACKOFF_S,
+              "default_model": model}
     variants: Dict[str, Variant] = {}
     try:
         with ExitStack() as stack:
             for name in WARM_LABELS:
-                o = stack.enter_context(started(t, llama={**common, **CONFIG[name]}))
-                variants[name] = Variant(name, o, Rpc(o.socket, t))
+                o = stack.enter_context(started(t, models=[model], llama={**common, **CONFIG[name]}))
+                variants[name] = Variant(name, o, Rpc(o.socket, t), model)
             try:
                 await _rounds(ph, t, loads, variants)
             finally:
@@ -226,7 +229,7 @@ async def bench_warmup(ph: Phase, t: Timeouts, loads: int) -> Dict[str, Any]:
     tokens = next((v.prompt_tokens for v in variants.values() if v.prompt_tokens), None)
     warm = variants["restore"].warm if "restore" in variants else {}
     entry = {k: warm.get(k) for k in ("prompt_tokens", "cached_tokens", "cache_dir_bytes", "outcomes")}
-    return warm_results(loads, {n: v.times for n, v in variants.items()}, {n: v.crash for n, v in variants.items()},
+    return {"model": model, **warm_results(loads, {n: v.times for n, v in variants.items()}, {n: v.crash for n, v in variants.items()},
                         ph.failures.get, first_request_prompt_tokens=tokens, parallel=PARALLEL,
                         restart_backoff_s=RESTART_BACKOFF_S, restore_entry=entry,
-                        cached_prompt_tokens={n: v.cached for n, v in variants.items()})
+                        cached_prompt_tokens={n: v.cached for n, v in variants.items()})}

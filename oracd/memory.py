@@ -188,11 +188,16 @@ def judge(model: str, meta: Dict[str, Any], ctx_size: int, extra_args: Sequence[
     return Verdict(model, fp, margin, room, ctx_size, ctx, CTX_STEP * max(1, parallel) if fit_ctx else None)
 
 
-def memory_verdict(cfg: "Config", model: str, meta: Dict[str, Any], room: int) -> Verdict:
-    """``judge`` with ``model``'s options from the config (its profile's, else ``[llama]``'s)."""
+def memory_verdict(cfg: "Config", model: str, meta: Dict[str, Any], room: int, swa_full: bool = False,
+                   fit_ctx: Optional[bool] = None) -> Verdict:
+    """``judge`` with ``model``'s options from the config (its profile's, else ``[llama]``'s); ``swa_full``:
+    oracd adds ``--swa-full`` (``child/swa.py``); ``fit_ctx`` None: as configured."""
     opt = lambda key: cfg.option_for(model, key)   # noqa: E731
-    return judge(model, meta, opt("ctx_size"), opt("extra_args"), opt("cache_ram_mb"),
-                 cfg.llama.memory_margin_mb * MiB, room, cfg.llama.parallel, cfg.llama.fit_ctx, opt("ubatch_size"))
+    extra = tuple(opt("extra_args"))
+    if swa_full and "--swa-full" not in extra:
+        extra += ("--swa-full",)
+    return judge(model, meta, opt("ctx_size"), extra, opt("cache_ram_mb"), cfg.llama.memory_margin_mb * MiB, room,
+                 cfg.llama.parallel, cfg.llama.fit_ctx if fit_ctx is None else fit_ctx, opt("ubatch_size"))
 
 
 def fit(footprint: Callable[[int], Footprint], wanted: int, budget: int, parallel: int) -> Optional[int]:
@@ -214,7 +219,7 @@ def fit(footprint: Callable[[int], Footprint], wanted: int, budget: int, paralle
 
 
 def context_for_start(cfg: "Config", name: str, path: Path,
-                      cgroup_dir: Optional[Path]) -> Optional[Dict[str, Any]]:
+                      cgroup_dir: Optional[Path], swa_full: bool = False) -> Optional[Dict[str, Any]]:
     """With ``fit_ctx``, at llama-server's start (the old child is gone by then): the smaller context this
     load must use to fit the memory there is now (``Verdict.as_dict``), or None for the configured one.
     Nothing fits: the load fails, named.  Blocking (reads /proc and the header): run it in a thread."""
@@ -224,7 +229,7 @@ def context_for_start(cfg: "Config", name: str, path: Path,
     meta = header(path)
     if room is None or not meta.get("valid"):
         return None
-    v = memory_verdict(cfg, name, meta, room)
+    v = memory_verdict(cfg, name, meta, room, swa_full)
     if v.ctx is None:
         raise v.refusal(source)
     if not v.shrunk:

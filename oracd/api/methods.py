@@ -24,6 +24,7 @@ from ..logs import get as get_logger
 from ..metrics import Metrics
 from ..memory import available, memory_verdict
 from ..child.command import child_env
+from ..child.swa import plan as swa_plan
 from ..models.quantize import quantize
 from ..models.quota import QuantizeLimits
 from ..models.store import ModelFile, ModelStore
@@ -104,7 +105,8 @@ class App:
         if avail is None:
             return
         freed = self.supervisor.child_rss() if replaces_child else 0
-        v = memory_verdict(cfg, path.name, meta, avail + freed)
+        swa = swa_plan(cfg, path.name, meta, avail + freed, self.supervisor.restores(path.name))
+        v = memory_verdict(cfg, path.name, meta, avail + freed, swa_full=swa is not None and swa.full)
         self.memory = v.as_dict()
         if v.ctx is None:
             raise v.refusal(source, freed)

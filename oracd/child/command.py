@@ -67,7 +67,8 @@ async def make_endpoint(cfg: Config, binary: str) -> LlamaEndpoint:
 
 def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEndpoint,
                   rpc_workers: Sequence[str] = (), slot_save_path: Optional[Path] = None,
-                  ctx_size: Optional[int] = None, *, name: Optional[str] = None) -> List[str]:
+                  ctx_size: Optional[int] = None, swa_full: bool = False, *,
+                  name: Optional[str] = None) -> List[str]:
     """The llama-server command line for one model: [llama] options, overridden by its profile's.
 
     ``model_path`` is the resolved file (``ModelFile.path``: no link left to follow, see store.py);
@@ -77,7 +78,8 @@ def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEnd
     local fallback) become ``--rpc``, placed before anything that names devices.
     With workers, n_gpu_layers 0 means "all layers": RPC workers are offload
     devices, and -ngl 0 would leave them idle.  ``ctx_size`` (from ``fit_ctx``)
-    replaces the configured context.
+    replaces the configured context.  ``swa_full`` (from ``swa.plan``): sliding-window layers keep the
+    whole context, so a restored slot holds.
     """
     l = cfg.llama
     model = name or model_path.name
@@ -111,8 +113,10 @@ def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEnd
         cmd += ["--chat-template-file", template] if "/" in template else ["--chat-template", template]
     if slot_save_path is not None:
         cmd += ["--slot-save-path", str(slot_save_path)]
-    cmd += list(opt("extra_args"))
-    return cmd
+    extra = list(opt("extra_args"))
+    if swa_full and "--swa-full" not in extra:
+        cmd.append("--swa-full")
+    return cmd + extra
 
 
 #: what a child inherits from oracd's environment, by exact name ...

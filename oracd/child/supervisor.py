@@ -50,7 +50,8 @@ from .swap_queue import SwapQueue
 from .wedge import WedgeDetector
 from .tickets import Ticket, Waiters
 from .kvstore import KVStore
-from .warmup import WarmReport, Warmer
+from .swa import plan_for_start
+from .warmup import WarmReport, Warmer, warm_target
 
 log = get_logger("oracd.supervisor")
 
@@ -212,8 +213,13 @@ class Supervisor:
         async with self.use(name, path) as child:
             meta = await anyio.to_thread.run_sync(header, path)
             self.warm = await self.warmer.warm(child.http, self.holder.cfg, path, child.binary, child.cmd, meta,
-                                               target, explicit=True, name=name)
+                                               target, explicit=True, name=name, swa=child.swa)
         return self.warm
+
+    def restores(self, name: str) -> bool:
+        """Would a load of ``name`` warm its slots from a saved cache (warm restore on, something to warm)?"""
+        return self.warmer.store is not None and \
+            warm_target(self.holder.cfg, name, self.warmer.targets.get(name)) is not None
 
     def request_restart(self, why: str) -> None:
         """Restart the warm model (same model, new load options), e.g. after a profile reload."""
@@ -389,11 +395,13 @@ class Supervisor:
             if rpc_error:
                 raise ModelLoadFailed(f"cannot load {name}: {rpc_error}", {"reason": "rpc_worker_down", "workers": [
                     self.rpc.checks[a].as_dict() for a in workers if a in self.rpc.checks]})
-            ctx_fit = await anyio.to_thread.run_sync(context_for_start, cfg, name, path, self.cgroup_dir)
+            swa = await anyio.to_thread.run_sync(plan_for_start, cfg, name, path, self.cgroup_dir, self.restores(name))
+            swa_full = swa is not None and swa.full
+            ctx_fit = await anyio.to_thread.run_sync(context_for_start, cfg, name, path, self.cgroup_dir, swa_full)
             endpoint = await make_endpoint(cfg, binary)
             store = self.warmer.store
             cmd = build_command(cfg, binary, path, endpoint, workers, store.dir if store is not None else None,
-                                ctx_size=ctx_fit["ctx_size"] if ctx_fit else None, name=name)
+                                ctx_size=ctx_fit["ctx_size"] if ctx_fit else None, swa_full=swa_full, name=name)
             proc = await ManagedProcess.spawn(cmd, env=child_env(endpoint, cfg.llama.child_env))
         except OracError as exc:
             self._load_failed(name, exc, fresh)
@@ -403,7 +411,7 @@ class Supervisor:
             return
         proc.on_line = lambda stream, line: log_child_line(proc.pid, stream, line)
         child = self.child = Child(proc, name, endpoint, cfg.llama.parallel, workers, path, binary, cmd)
-        child.ctx_fit = ctx_fit
+        child.ctx_fit, child.swa = ctx_fit, swa
         self.loads += 1
         write_pidfile(cfg, proc.pid)
         log.info("child spawned", pid=proc.pid, cmd=" ".join(cmd))
@@ -414,7 +422,7 @@ class Supervisor:
         if err is None and child.returncode is None and self._queue.current == name and not self._shutdown:
             meta = await anyio.to_thread.run_sync(header, path)
             self.warm = await self.warmer.warm(child.http, cfg, path, binary, cmd, meta,
-                                               self.warmer.targets.get(name), name=name)
+                                               self.warmer.targets.get(name), name=name, swa=swa)
             if child.returncode is not None:   # died during warm-up: a crash like any other, its waiters stay
                 self._on_child_lost(child)
                 return

@@ -12,9 +12,10 @@ or oracd restart then pays only for its own tokens.  Two ways to get there:
 - **prefill**: a zero-token completion of the prompt in each slot (``n_predict:
   0``, nothing is sampled), then slot 0 is saved for next time.
 
-Restore is skipped for models with sliding-window attention (llama.cpp cannot
-restore their cache correctly) and when ``llama.warm_restore = false``.  A
-failed warm-up is logged and never fails the load.
+Restore is skipped when ``llama.warm_restore = false``, for recurrent and hybrid
+models, and for sliding-window models running without ``--swa-full``
+(``swa.py``: llama-server reprocesses such a restored slot in full).  A failed
+warm-up is logged and never fails the load.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import anyio
 from ..config import Config
 from ..logs import get as get_logger
 from .kvstore import KVStore, classify_save_failure, entry_key, free_bytes
+from .swa import SwaPlan, memory_kind
 
 log = get_logger("oracd.warmup")
 VERIFY_SHARE = 0.9          # a restore took if at least this share of the prompt came from the cache
@@ -46,23 +48,29 @@ class WarmReport:
     restore: str = "off"                  # on | off | unsupported: <why>
     note: Optional[str] = None            # why a restore was not used this time
     save: Optional[Dict[str, Any]] = None  # the save after a prefill: {ok, reason, error, free_bytes}
+    swa: Optional[SwaPlan] = None         # sliding-window models: the cache mode in use, and why
 
     def as_dict(self, store: Optional[KVStore], counts: Dict[str, int]) -> Dict[str, Any]:
         d = {"how": self.how, "ms": self.ms, "cached_tokens": self.cached_tokens,
              "prompt_tokens": self.prompt_tokens, "restore": self.restore, "note": self.note,
-             "save": self.save, "outcomes": dict(counts)}
+             "save": self.save, "outcomes": dict(counts), "swa": self.swa.as_dict() if self.swa is not None else None}
         if store is not None:
             d["cache_dir"] = str(store.dir)
             d["cache_dir_bytes"] = store.size_bytes()
         return d
 
 
-def restore_support(cfg: Config, meta: Dict[str, Any]) -> str:
-    """'on', 'off' (configured), or 'unsupported: <why>' for this model."""
+def restore_support(cfg: Config, meta: Dict[str, Any], swa: Optional[SwaPlan] = None) -> str:
+    """'on', 'off' (configured), or 'unsupported: <why>' for this model; ``swa``: the sliding-window cache
+    it runs with (a restore holds only with ``--swa-full``)."""
     if not cfg.llama.warm_restore:
         return "off"
-    if (meta.get("sliding_window") or 0) > 0:
-        return f"unsupported: sliding-window attention ({meta.get('architecture')})"
+    kind, arch = memory_kind(meta), meta.get("architecture")
+    if kind in ("recurrent", "hybrid"):
+        return f"unsupported: {kind} model ({arch}): llama-server reprocesses a restored state"
+    if kind == "sliding-window" and not (swa is not None and swa.full):
+        return f"unsupported: sliding-window attention ({arch}) without --swa-full" + \
+            (f" ({swa.why})" if swa is not None else "")
     return "on"
 
 
@@ -124,11 +132,11 @@ class Warmer:
 
     async def warm(self, http: Any, cfg: Config, model: Path, binary: str, cmd: List[str],
                    meta: Dict[str, Any], target: Optional[Dict[str, Any]] = None,
-                   explicit: bool = False, name: Optional[str] = None) -> WarmReport:
+                   explicit: bool = False, name: Optional[str] = None, swa: Optional[SwaPlan] = None) -> WarmReport:
         """Restore or prefill ``target`` (default: ``warm_target``) in every slot; ``explicit``: asked for by
         the prewarm RPC, done even with ``warmup = false``.  ``name``: the model's name when ``model`` is a
-        link's resolved target (its profile is the link's)."""
-        report = WarmReport(restore=restore_support(cfg, meta) if self.store is not None else "off")
+        link's resolved target (its profile is the link's); ``swa``: the child's sliding-window cache mode."""
+        report = WarmReport(restore=restore_support(cfg, meta, swa) if self.store is not None else "off", swa=swa)
         what = target if explicit else warm_target(cfg, name or model.name, target)
         if what is None:
             self._count("none")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from ..safe_read import read_capped, real_path
-from .values import rpc_workers as check_rpc_workers, tensor_split as check_tensor_split
+from .values import rpc_workers as check_rpc_workers, swa_full as check_swa_full, tensor_split as check_tensor_split
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,7 +40,7 @@ BUILTIN_GRAMMARS = {"json": JSON_GRAMMAR}
 BUILTIN_SCHEMAS = {"command": COMMAND_SCHEMA}
 PROFILE_FILE_MAX_BYTES = 4 * 1024 * 1024    # a .gbnf / .json a profile names (ORAC's grammars are a few KB)
 LOAD_KEYS = ("ctx_size", "n_gpu_layers", "batch_size", "ubatch_size", "threads", "extra_args", "chat_template",
-             "rpc_workers", "tensor_split", "cache_ram_mb")
+             "rpc_workers", "tensor_split", "cache_ram_mb", "swa_full")
 
 
 class ProfileError(ValueError):
@@ -69,6 +69,7 @@ class Profile:
     rpc_workers: Optional[Tuple[str, ...]] = None   # overrides [llama] rpc_workers; [] = this model stays local
     tensor_split: Optional[Tuple[float, ...]] = None
     cache_ram_mb: Optional[int] = None      # overrides [llama] cache_ram_mb (llama-server --cache-ram)
+    swa_full: Optional[Any] = None          # overrides [llama] swa_full: "auto", true or false
     prompt_format: str = "chat"             # "raw": prompts go to /completion as they are (the caller's template)
     source: Dict[str, Any] = field(default_factory=dict, compare=False)   # as written, for status
 
@@ -121,6 +122,11 @@ def _parse(model: str, table: Any, base: Path) -> Profile:
         elif key in ("rpc_workers", "tensor_split"):
             try:
                 v = (check_rpc_workers if key == "rpc_workers" else check_tensor_split)(k, v)
+            except ValueError as exc:
+                raise ProfileError(str(exc)) from None
+        elif key == "swa_full":
+            try:
+                v = check_swa_full(k, v)
             except ValueError as exc:
                 raise ProfileError(str(exc)) from None
         elif key == "prompt_format":

@@ -23,7 +23,8 @@ else:  # pragma: no cover - Python 3.10 on the Jetson
     import tomli as tomllib
 
 
-from .values import listen_address, rpc_workers as check_rpc_workers, tensor_split as check_tensor_split  # noqa: E402
+from .values import listen_address, rpc_workers as check_rpc_workers, swa_full as swa_full_value  # noqa: E402
+from .values import tensor_split as check_tensor_split  # noqa: E402
 from .profiles import Profile, ProfileError, load_profiles_file, parse_profiles  # noqa: E402
 
 
@@ -86,6 +87,7 @@ class LlamaConfig:
     profiles_file: Optional[Path] = None   # extra [profiles."x.gguf"] tables (e.g. etc/models.toml)
     warmup: bool = True                    # prefill every slot with the profile's system prompt after a load
     warm_restore: bool = True              # restore that prefill from disk (verified) instead, when possible
+    swa_full: Any = "auto"                 # sliding-window models: --swa-full so restore holds ("auto": if it fits)
     kv_cache_dir: Path = Path("/var/cache/oracd/kv")   # saved slot KV caches (the unit's CacheDirectory)
     kv_cache_max_mb: int = 1024            # bound on that dir; least recently used entries go first
     cache_ram_mb: int = 256                # llama-server --cache-ram: its host prompt cache (its default is 8192)
@@ -216,6 +218,11 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
     if name in ("rpc_workers", "tensor_split"):
         try:
             return (check_rpc_workers if name == "rpc_workers" else check_tensor_split)(key, value)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if name == "swa_full":
+        try:
+            return swa_full_value(key, value)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     if name == "event_loop":

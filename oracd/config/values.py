@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from typing import Any, Tuple
+from typing import Any, Tuple, Union
 
 from ..workers.hello import split_address
 
@@ -39,3 +39,10 @@ def listen_address(text: str) -> Tuple[str, int]:
     if not ipaddress.ip_address(host).is_loopback:
         raise ValueError(f"metrics are served on loopback only, got {host!r}")
     return host, int(port)
+
+
+def swa_full(key: str, value: Any) -> Union[str, bool]:
+    """``"auto"``, ``true`` or ``false``: whether sliding-window models get ``--swa-full`` (``child/swa.py``)."""
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f'{key}: expected "auto", true or false, got {value!r}')

@@ -207,7 +207,7 @@ def test_warm_restore_off_and_sliding_window_models_prefill_and_say_why(shared_r
     from oracd.config import Config, LlamaConfig
     cfg = Config(llama=LlamaConfig(warm_restore=True))
     assert restore_support(cfg, {"architecture": "gemma3", "sliding_window": 512}) == \
-        "unsupported: sliding-window attention (gemma3)"
+        "unsupported: sliding-window attention (gemma3) without --swa-full"
     assert restore_support(cfg, {"architecture": "llama"}) == "on"
     profile(shared_root / "models.toml", SYSTEM_A)
     o = run(shared_root, warm_restore=False)

@@ -367,6 +367,15 @@ def test_warmup_section_of_a_phase_that_could_not_run():
         "**warm-up: not measured** (RuntimeError: oracd would not start)."]
 
 
+def test_the_gemma_warmup_section_follows_the_smollm2_one_when_it_ran():
+    from bench.report import gemma_warmup_section
+    assert gemma_warmup_section({"warmup": {}}) == []
+    lines = gemma_warmup_section({"warmup_gemma": {"model": "gemma-3-270m-q4_k_m.gguf", "failed": "boom"}})
+    assert lines[1].startswith("Warm-up on gemma-3-270m-q4_k_m.gguf (sliding-window attention; warm restore "
+                               "with --swa-full")
+    assert lines[-1] == "**warm-up: not measured** (boom)."
+
+
 def test_chart_bars_stack_the_wait_to_ready_and_the_first_answer():
     w = warm(off=[(280, 2400, 410)], on=[(4500, 400, 410)], restore=[],
              crash_restore={"ready_ms": [900.0], "first_ms": [430.0]})

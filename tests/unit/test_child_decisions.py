@@ -153,7 +153,7 @@ def test_sliding_window_models_are_detected_from_the_gguf_header(tmp_path):
     w.close()
     meta = read_gguf_header(path)
     assert meta["architecture"] == "gemma3" and meta["sliding_window"] == 512
-    assert restore_support(Config(), meta) == "unsupported: sliding-window attention (gemma3)"
+    assert restore_support(Config(), meta) == "unsupported: sliding-window attention (gemma3) without --swa-full"
 
 
 def test_oom_restarts_back_off_harder():

@@ -52,6 +52,12 @@ _SAVE_REASONS = {"no_space": "no space left", "io_error": "I/O error", "read_onl
                  "permission": "permission denied", "failed": "error"}
 
 
+def swa_line(swa: Dict[str, Any]) -> str:
+    """"full cache (--swa-full): for warm restore: fits with it (...)" / "window cache: does not fit with ..."."""
+    head = "full cache (--swa-full)" if swa.get("mode") == "full" else "window cache"
+    return f"{head}: {swa.get('why')}"
+
+
 def cmd_metrics(ctx: Ctx) -> int:
     """Prometheus text, as oracd's metrics RPC gives it (--json: the RPC result)."""
     res = ctx.call("metrics", timeout=30)
@@ -113,6 +119,8 @@ def cmd_status(ctx: Ctx) -> int:
     warm = child.get("warm")
     if isinstance(warm, dict):
         rows.append(["warm-up", warm_line(warm)])
+        if isinstance(warm.get("swa"), dict):
+            rows.append(["sliding window", swa_line(warm["swa"])])
     fit = child.get("ctx_fit")
     if isinstance(fit, dict):
         rows.append(["context", f"{fit.get('ctx_size')} tokens, shrunk from {fit.get('configured_ctx_size')} to fit "
