@@ -143,6 +143,18 @@ def log_events(o: "Oracd", event: str) -> List[Dict[str, Any]]:
     return out
 
 
+def wait_for(pred: Any, timeout: float, what: str) -> Any:
+    """Poll ``pred()`` until it returns something truthy (returned); fail naming ``what`` and the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
 #: oracd's errors as the tests see them: the shared table's classes (``.code``, ``.message``, ``.data``).
 RPCError = OracError
 
@@ -252,6 +264,16 @@ class Oracd:
 
     def child_pid(self) -> Optional[int]:
         return self.call("status")["child"]["pid"]
+
+    def crash_restart(self, timeout: float = 120) -> Dict[str, Any]:
+        """SIGKILL llama-server and return the restarted one's status once it is ready (a crash restart)."""
+        pid = self.call("status")["child"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+
+        def restarted() -> Optional[Dict[str, Any]]:
+            st = self.call("status")["child"]
+            return st if st["state"] == "ready" and st["pid"] not in (pid, None) else None
+        return wait_for(restarted, timeout, "the restarted llama-server to be ready")
 
     def wait_child_state(self, state: str, timeout: float = 60) -> Dict[str, Any]:
         deadline = time.monotonic() + timeout

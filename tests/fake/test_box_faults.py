@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import Conn, RPCError, fill, log_events, mount_tmpfs, umount_tmpfs, write_tiny_f32
+from helpers import wait_for, Conn, RPCError, fill, log_events, mount_tmpfs, umount_tmpfs, write_tiny_f32
 
 FAKE = Path(__file__).resolve().parent / "llama_server.py"
 MODEL = "fake.gguf"
@@ -49,14 +49,6 @@ def tmpfs():
         umount_tmpfs(d)
 
 
-def _wait(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not seen within {timeout}s")
 
 
 def test_a_full_log_disk_drops_lines_serves_on_and_logging_resumes_when_space_frees(healthy, tmpfs):
@@ -84,7 +76,7 @@ def test_a_full_log_disk_drops_lines_serves_on_and_logging_resumes_when_space_fr
     assert dropped and float(dropped[0].split()[1]) >= st["dropped_lines"], dropped
     filler.unlink()
     # the file is retried when a line is due and 5 s have passed: keep the daemon talking meanwhile
-    _wait(lambda: o.call("status") and log_events(o, "log file writable again"), 30, "logging resuming")
+    wait_for(lambda: o.call("status") and log_events(o, "log file writable again"), 30, "logging resuming")
     recovered = log_events(o, "log file writable again")[0]
     assert recovered["dropped_lines"] >= st["dropped_lines"] and recovered["last_error"].startswith("ENOSPC")
     o.call("generate", prompt="after", max_tokens=2)
@@ -138,7 +130,7 @@ def test_out_of_file_descriptors_oracd_pauses_accepting_and_serves_on(healthy):
             socks.append(s)
         answered = _answered(socks, set(), 30)
         assert 0 < len(answered) < 120, len(answered)       # some were served, the rest wait in the backlog
-        _wait(lambda: log_events(o, "accept paused"), 30, "accept paused in the log")
+        wait_for(lambda: log_events(o, "accept paused"), 30, "accept paused in the log")
         assert log_events(o, "accept paused")[0]["error"] == "EMFILE"
         assert o.proc.poll() is None
     finally:
@@ -223,7 +215,7 @@ def test_a_handler_that_raises_ends_only_its_own_connection(healthy, tmp_path):
 
         Path(f"{mark}.close").touch()                    # the supervisor's helper task raises
         assert other.call("unload_model", timeout=30)["state"] in ("idle", "stopped")
-        _wait(lambda: log_events(o, "closing llama-server's HTTP client failed"), 15, "helper failure logged")
+        wait_for(lambda: log_events(o, "closing llama-server's HTTP client failed"), 15, "helper failure logged")
         assert other.call("load_model", timeout=30)["state"] == "ready"
         assert other.call("generate", prompt="after", max_tokens=2)["response"] == "hello"
     assert o.proc.poll() is None

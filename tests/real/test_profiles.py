@@ -18,13 +18,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 
-from helpers import MODELS, REPO, SMOL, Oracd, RPCError, toml_value, log_events
+from helpers import wait_for, MODELS, REPO, SMOL, Oracd, RPCError, toml_value, log_events
 from llama_direct import _UnixHTTPConnection, llama_get
 
 NAME_PROMPT = "Your name is Zorblax."
@@ -82,15 +81,6 @@ def last_slot(o: Oracd) -> Dict[str, Any]:
     return max(slots(o), key=lambda s: -1 if s.get("id_task") is None else s["id_task"])
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def gen(o: Oracd, prompt: str, **kw: Any) -> Dict[str, Any]:

@@ -7,9 +7,7 @@ keeps nothing unless llama-server runs with ``--swa-full``, which oracd adds whe
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import shutil
 import subprocess
 import sys
@@ -98,17 +96,6 @@ def gemma_oracd(root: Path, **llama: Any) -> Oracd:
                                                    "ctx_size": 4096, **llama})
 
 
-def crash(o: Oracd) -> Dict[str, Any]:
-    """SIGKILL llama-server; the restarted one's status once it is ready."""
-    pid = o.call("status")["child"]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 120
-    while True:
-        st = o.call("status")["child"]
-        if st["state"] == "ready" and st["pid"] not in (pid, None):
-            return st
-        assert time.monotonic() < deadline, st
-        time.sleep(0.05)
 
 
 def test_gemma_crash_restart_restores_the_system_prompt_and_answers_the_same(root):
@@ -120,7 +107,7 @@ def test_gemma_crash_restart_restores_the_system_prompt_and_answers_the_same(roo
         assert first["warm"]["how"] == "prefilled" and first["warm"]["restore"] == "on", first["warm"]
         assert first["warm"]["swa"]["mode"] == "full" and "--swa-full" in cmdline(first["pid"])
         before = o.call("generate", prompt=ASK, timeout=120)
-        st = crash(o)
+        st = o.crash_restart()
         w = st["warm"]
         assert w["how"] == "restored" and w["restore"] == "on" and w["swa"]["mode"] == "full", w
         total = w["prompt_tokens"]
@@ -171,9 +158,9 @@ def test_gemma_that_does_not_fit_with_swa_full_keeps_the_window_prefills_and_say
         shown = subprocess.run([sys.executable, "-m", "oracd_client.cli", "--socket", str(o.socket), "status"],
                                capture_output=True, text=True, timeout=60).stdout
         assert "window cache: does not fit with --swa-full" in shown, shown
-        assert crash(o)["warm"]["how"] == "prefilled"                   # every load prefills
+        assert o.crash_restart()["warm"]["how"] == "prefilled"                   # every load prefills
         (cg / "memory.max").write_text(f"{used + need_full}\n")        # now it fits: the next start adds it
-        st = crash(o)
+        st = o.crash_restart()
         assert st["warm"]["swa"]["mode"] == "full" and "--swa-full" in cmdline(st["pid"]), st["warm"]
         assert st["warm"]["restore"] == "on" and st["warm"]["how"] == "prefilled", st["warm"]
         assert len(list((root / "kv").glob("*.kv"))) == 1

@@ -162,9 +162,15 @@ class Machine:
                 except OSError:
                     pass
             time.sleep(0.1)
-        left = max(5.0, deadline - time.monotonic())
-        out = self.sh(f"timeout {int(left)} systemctl is-system-running --wait", check=False, timeout=left + 10)
-        state = out.stdout.strip()
+        while True:
+            # systemd's bus socket appears a moment after PID 1 does (later on a loaded box): until it is
+            # there, `is-system-running --wait` fails at once instead of waiting, so ask again
+            left = max(5.0, deadline - time.monotonic())
+            out = self.sh(f"timeout {int(left)} systemctl is-system-running --wait", check=False, timeout=left + 10)
+            state = out.stdout.strip()
+            if state or "Failed to connect to bus" not in out.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if state not in ("running", "degraded"):
             raise RuntimeError(f"machine not up: {state!r} {out.stderr}\n{self.console_tail()}")
         if state == "degraded":

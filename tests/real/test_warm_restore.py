@@ -2,10 +2,8 @@
 verified, at every load; anything that does not fit falls back to prefill and replaces the entry."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -38,17 +36,6 @@ def warm(o: Oracd) -> Dict:
     return o.call("status")["child"]["warm"]
 
 
-def restart_child(o: Oracd) -> Dict:
-    """SIGKILL llama-server and wait for the restarted one to be ready: a crash restart."""
-    pid = o.call("status")["child"]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while True:
-        st = o.call("status")["child"]
-        if st["state"] == "ready" and st["pid"] not in (pid, None):
-            return st
-        assert time.monotonic() < deadline, st
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -74,7 +61,7 @@ def test_crash_restart_restores_and_answers_exactly_like_after_the_first_warm_up
         assert len(entries(shared_root / "kv")) == 1 and first["cache_dir_bytes"] > 1_000_000
         assert oct((shared_root / "kv").stat().st_mode & 0o777) == "0o700"
         answer = o.call("generate", prompt=PROMPT)["response"]
-        st = restart_child(o)
+        st = o.crash_restart(60)
         again = st["warm"]
         assert again["how"] == "restored", again
         total = again["prompt_tokens"]
@@ -136,14 +123,14 @@ def test_corrupt_or_truncated_entry_is_detected_prefilled_and_replaced(shared_ro
             at = len(good) * 3 // 4
             bad = good[:at] + bytes(b ^ 0xFF for b in good[at:at + 16]) + good[at + 16:]
         path.write_bytes(bad)
-        st = restart_child(o)
+        st = o.crash_restart(60)
         w = st["warm"]
         assert w["how"] == "prefilled" and w["outcomes"]["restore_failed"] == 1, w
         # a truncated file is refused by llama-server; flipped KV bytes only the checksum sees
         assert ("checksum" in w["note"]) == (damage == "flip-kv-bytes"), w["note"]
         assert entries(shared_root / "kv") == [key] and path.read_bytes() != bad              # saved anew
         assert len(path.read_bytes()) == len(good)
-        assert restart_child(o)["warm"]["how"] == "restored"
+        assert o.crash_restart(60)["warm"]["how"] == "restored"
         assert o.call("generate", prompt=PROMPT)["usage"]["completion_tokens"] > 0
     finally:
         o.cleanup()
@@ -164,7 +151,7 @@ def test_a_restore_that_does_not_verify_falls_back_to_prefill(shared_root):
         wrong = (kv / f"{key_a}.kv").read_bytes()
         for suffix in (".kv", ".sha256"):
             shutil.copyfile(kv / f"{key_a}{suffix}", kv / f"{key_b}{suffix}")
-        w = restart_child(o)["warm"]
+        w = o.crash_restart(60)["warm"]
         assert w["how"] == "prefilled" and w["outcomes"]["verify_failed"] == 1, w
         # the slots verify concurrently: whichever fails first is named; it reused almost nothing
         m = re.fullmatch(r"restore did not verify: slot [01] reused (\d+) of (\d+) prompt tokens", w["note"])
@@ -172,7 +159,7 @@ def test_a_restore_that_does_not_verify_falls_back_to_prefill(shared_root):
         # the wrong state was replaced by a new save (KV bytes of two prefills need not be identical:
         # batching changes the float rounding), and that one restores and verifies
         assert (kv / f"{key_b}.kv").read_bytes() != wrong
-        assert restart_child(o)["warm"]["how"] == "restored"
+        assert o.crash_restart(60)["warm"]["how"] == "restored"
     finally:
         o.cleanup()
 
