@@ -148,20 +148,25 @@ async def _ask(http: Any, body: Dict[str, Any], cfg: Config, on_delta: OnDelta) 
     return await (http.completion_stream(body, on_delta) if raw else http.chat_stream(body, on_delta))
 
 
+Ask = Callable[[Any], Awaitable[Any]]     # given the child's LlamaHTTP, ask llama-server (the HTTP APIs)
+
+
 async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg: Config,
-                on_delta: OnDelta = None) -> Dict[str, Any]:
+                on_delta: OnDelta = None, ask: Optional[Ask] = None) -> Any:
     """POST the chat completion; if llama-server died under us, retry once on the restarted one.
 
     A generation has no side effects, so one transparent retry after a crash, or
     after the 5xx answer that showed the child is wedged (``child/wedge.py``), is
     safe; a second failure is GenerationFailed.  Not retried: a generation cut
     off by a lost RPC worker (the next llama-server needs the workers again).
-    The caller's deadline bounds all of it.
+    The caller's deadline bounds all of it.  ``ask`` replaces the JSON-RPC request
+    to llama-server (``_ask``) with the caller's own (``oracd/http/``: full message lists,
+    tool calls, its own streaming); it is retried the same way.
     """
     for attempt in (1, 2):
         async with supervisor.use(path.name, path) as child:
             try:
-                data = await _ask(child.http, body, cfg, on_delta)
+                data = await (ask(child.http) if ask is not None else _ask(child.http, body, cfg, on_delta))
                 supervisor.generation_result(child, True)
                 return data
             except LlamaHTTPError as exc:

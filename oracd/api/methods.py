@@ -57,6 +57,7 @@ class App:
         self.supervisor.on_ready = self.prom.load_seconds.observe
         self.connections: Any = None         # set by serve(): the Connections registry (counts)
         self.dispatcher: Any = None          # set by serve(): the Dispatcher (served/errors)
+        self.http: Any = None                # set by serve(): the HTTP front door (oracd/http/), if [http] listen
 
     @property
     def cfg(self) -> config.Config:

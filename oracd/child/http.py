@@ -202,6 +202,12 @@ class LlamaHTTP:
             await self._drop_session()
             raise
 
+    def events(self, path: str, body: Dict[str, Any]) -> AsyncIterator[Dict[str, Any]]:
+        """Each server-sent event's JSON of a streamed POST, as llama-server sends it (tool-call and
+        reasoning deltas included): for the HTTP APIs, which translate every field.  Close it with
+        ``aclosing``: that closes the connection and stops the generation."""
+        return self._events(path, dict(body, stream=True))
+
     async def completion(self, body: Dict[str, Any]) -> Dict[str, Any]:
         """POST /completion (a raw prompt, the caller's own template), not streamed: like ``chat``.
         Returns {content, finish_reason, usage, timings}."""

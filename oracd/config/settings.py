@@ -22,7 +22,7 @@ else:  # pragma: no cover - Python 3.10 on the Jetson
     import tomli as tomllib
 
 
-from .values import listen_address, rpc_workers as check_rpc_workers, tensor_split as check_tensor_split  # noqa: E402
+from .values import address_is_local, http_address, listen_address, rpc_workers as check_rpc_workers, tensor_split as check_tensor_split  # noqa: E402
 from .profiles import Profile, ProfileError, load_profiles_file, parse_profiles  # noqa: E402
 
 
@@ -106,9 +106,23 @@ class LlamaConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP front door (Ollama's and OpenAI's APIs, ``oracd/http/``); off while ``listen`` is empty."""
+    listen: Tuple[str, ...] = ()      # "127.0.0.1:11434", "[::1]:11434", "unix:/run/oracd/http.sock"
+    api_key: str = ""                 # required as "Authorization: Bearer <key>" when set
+    api_key_file: Optional[Path] = None   # the key from a file (systemd LoadCredential=); wins over api_key
+    max_body_bytes: int = 4 * 1024 * 1024  # a larger request body gets 413
+    max_requests: int = 256           # requests served at once (like server.max_connections); more get 503
+    read_timeout: float = 30.0        # a request's headers and body must arrive within this (slow clients)
+    idle_timeout: float = 75.0        # an idle kept-alive connection is closed after this
+    request_timeout: float = 300.0    # one generation's deadline (HTTP clients send none of their own)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     llama: LlamaConfig = field(default_factory=LlamaConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     path: Optional[Path] = None
     profiles: Dict[str, Profile] = field(default_factory=dict)   # model file name -> profile
 
@@ -134,9 +148,9 @@ class Config:
         return self.server.log_dir / "orac.log"
 
 
-_SECTIONS = {"server": ServerConfig, "llama": LlamaConfig}
+_SECTIONS = {"server": ServerConfig, "llama": LlamaConfig, "http": HttpConfig}
 _PATH_KEYS = {"socket", "runtime_dir", "log_dir", "models_dir", "extra_models_dirs", "profiles_file", "kv_cache_dir",
-              "cgroup_dir"}
+              "cgroup_dir", "api_key_file"}
 _ZERO_IS_OFF = {"return_to_default_after"}     # seconds where 0 means "off"
 _BIN_KEYS = {"server_bin", "quantize_bin"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
@@ -197,6 +211,16 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
             return (check_rpc_workers if name == "rpc_workers" else check_tensor_split)(key, value)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    if key == "http.listen":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _fail(key, 'expected a list of "host:port" or "unix:/path" strings', value)
+        try:
+            addrs = [http_address(v) for v in value]
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        if len(set(addrs)) != len(addrs):
+            raise _fail(key, "lists an address twice", value)
+        return tuple(value)
     if name == "event_loop":
         if value not in ("auto", "uvloop", "asyncio"):
             raise _fail(key, "expected one of ['asyncio', 'auto', 'uvloop']", value)
@@ -267,7 +291,8 @@ def from_dict(data: Dict[str, Any], base: Path) -> Config:
 # (key, minimum): integer settings whose type check (>= 0) is not enough
 _MINIMUMS = (("server.log_backups", 1), ("server.log_max_bytes", 1024), ("server.max_line_bytes", 1024),
              ("server.max_pending_per_connection", 1), ("server.max_connections", 1), ("llama.wedge_threshold", 1),
-             ("llama.parallel", 1), ("llama.default_max_tokens", 1))
+             ("llama.parallel", 1), ("llama.default_max_tokens", 1), ("http.max_body_bytes", 1024),
+             ("http.max_requests", 1))
 
 
 def _check(cfg: Config) -> None:
@@ -283,6 +308,7 @@ def _check(cfg: Config) -> None:
             listen_address(s.metrics_listen)
         except ValueError as exc:
             raise ConfigError(f"server.metrics_listen: {exc}") from None
+    _check_http(cfg)
     if l.default_model and not l.default_model.endswith(".gguf"):
         raise _fail("llama.default_model", "expected a model file name ending in .gguf", l.default_model)
     if l.preload and not l.default_model:
@@ -295,6 +321,21 @@ def _check(cfg: Config) -> None:
                         "and would exceed ~100 bytes; use a shorter path or set server.runtime_dir",
                         str(s.socket))
         raise _fail("server.runtime_dir", "path too long for a Unix socket (max ~100 bytes)", str(cfg.runtime_dir))
+
+
+def _check_http(cfg: Config) -> None:
+    """An HTTP listener off loopback must require a key: a LAN must not get a free, unauthenticated model."""
+    h = cfg.http
+    if h.api_key_file is not None and h.api_key:
+        raise ConfigError("http.api_key_file: set api_key or api_key_file, not both")
+    if h.api_key and (len(h.api_key) < 8 or h.api_key != h.api_key.strip()):
+        raise _fail("http.api_key", "expected at least 8 characters without surrounding spaces", "<hidden>")
+    if not (h.api_key or h.api_key_file):
+        remote = [a for a in h.listen if not address_is_local(http_address(a))]
+        if remote:
+            raise ConfigError(f"http.listen: {', '.join(remote)} is not a loopback address, and no api_key or "
+                              f"api_key_file is set; refusing to serve models to the network without a key "
+                              f"(set [http] api_key_file, or listen on 127.0.0.1 / a unix: socket)")
 
 
 def load(path: Path) -> Config:

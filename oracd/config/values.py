@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from typing import Any, Tuple
+from typing import Any, Tuple, Union
 
 from ..workers.hello import split_address
 
@@ -39,3 +39,36 @@ def listen_address(text: str) -> Tuple[str, int]:
     if not ipaddress.ip_address(host).is_loopback:
         raise ValueError(f"metrics are served on loopback only, got {host!r}")
     return host, int(port)
+
+
+HttpAddress = Union[Tuple[str, int], str]
+
+
+def http_address(text: str) -> HttpAddress:
+    """An ``[http] listen`` entry: ("host", port) for "host:port" / "[v6]:port", or the path of "unix:/path"."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"expected \"host:port\" or \"unix:/path\", got {text!r}")
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path.startswith("/") or "\0" in path or len(path) > 104:
+            raise ValueError(f"expected unix:/absolute/path (at most 104 bytes), got {text!r}")
+        return path
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port or unix:/path, got {text!r}")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"expected an IP address (or localhost) as host, got {text!r}") from None
+    return host, int(port)
+
+
+def address_is_local(addr: HttpAddress) -> bool:
+    """A Unix socket or a loopback host: only this machine can connect."""
+    if isinstance(addr, str):
+        return True
+    host = addr[0]
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback

@@ -1,0 +1,114 @@
+"""One HTTP generation, through the same path as JSON-RPC ``generate``.
+
+The model name resolves through the store; the model's profile fills in what
+the request leaves out (``core.llama_body``); the memory check
+(``App.check_loadable``), one deadline (``api/deadline.py``), the swap and the
+crash/wedge retry (``api/generate.fetch``) are the JSON-RPC ones.  Only the
+question put to llama-server differs: the full message list, tools and
+formats, and -- when streamed -- every event handed to the API's writer.
+
+A stream is retried after a crash only while nothing of the answer has reached
+the client; after that a retry would repeat text, so the stream ends with an
+error instead (``GenerationFailed``, ``data.reason = "stream_interrupted"``).
+A client that hangs up cancels the request (aiohttp's handler cancellation),
+which closes the connection to llama-server and so stops the generation.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import aclosing
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Tuple
+
+import aiohttp
+
+from oracd_protocol.errors import GenerationFailed, GenerationTimeout, InvalidParams, ModelNotFound, ShuttingDown
+
+from ..api.deadline import Deadline
+from ..api.generate import fetch
+from ..child.http import LlamaHTTPError
+from ..config import Profile
+from . import core
+
+if TYPE_CHECKING:
+    from ..api.methods import App
+
+OnEvent = Callable[[Dict[str, Any]], Awaitable[None]]
+
+
+class ClientGone(Exception):
+    """Writing to the HTTP client failed: it hung up.  Not llama-server's fault, never retried."""
+
+
+def resolve(app: "App", name: Optional[str]) -> Path:
+    """A model name as a client sends it (the file name, ``.gguf`` optional) -> its file."""
+    wanted = name or app.active_default
+    if not wanted:
+        raise InvalidParams("model is required (no llama.default_model is configured)", "model")
+    try:
+        return app.store.resolve(wanted)
+    except ModelNotFound:       # named as the client named it: an HTTP client is not told oracd's paths
+        raise ModelNotFound(f"model {wanted!r} not found; GET /v1/models or /api/tags lists the models oracd serves",
+                            {"model": wanted}) from None
+
+
+def carries_output(obj: Dict[str, Any]) -> bool:
+    """Does this streamed event carry any of the answer (text, reasoning, a tool call)?"""
+    if obj.get("content") or obj.get("text"):
+        return True
+    for choice in obj.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls") or choice.get("text"):
+            return True
+    return False
+
+
+async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
+              on_event: Optional[OnEvent] = None, api: str = "http") -> Tuple[Path, Any]:
+    """Generate; returns (model file, llama-server's JSON answer), or (file, None) once a stream has ended.
+
+    ``llama_path``: /v1/chat/completions or /v1/completions.  With ``on_event`` the
+    answer is streamed and every event goes to it as llama-server sent it.
+    """
+    t0 = time.perf_counter()
+    if not app.accepting:
+        raise ShuttingDown()
+    path = resolve(app, model)
+    cfg = app.cfg
+    prof = cfg.profile_for(path.name) or Profile(model=path.name)
+    body = core.llama_body(gen, prof, cfg)
+    deadline = Deadline(cfg.http.request_timeout,
+                        lambda s: GenerationTimeout(f"Generation timed out after {s:g} seconds", {"timeout": s}))
+    app.check_loadable(path)
+    sent = False
+
+    async def ask(http: Any) -> Any:
+        nonlocal sent
+        if on_event is None:
+            return await http.post(llama_path, dict(body, stream=False))
+        events = http.events(llama_path, body)
+        try:
+            async with aclosing(events):
+                async for obj in events:
+                    try:
+                        await on_event(obj)
+                    except (OSError, aiohttp.ClientError) as exc:     # the client's side, not llama-server's
+                        raise ClientGone(str(exc)) from None
+                    sent = sent or carries_output(obj)
+        except (LlamaHTTPError, aiohttp.ClientError, OSError) as exc:
+            if sent:
+                raise GenerationFailed("llama-server failed in the middle of a streamed answer; not retried, "
+                                       "since the text already sent would be repeated",
+                                       {"reason": "stream_interrupted", "retryable": True}) from exc
+            raise
+        return None
+
+    app.requests_in_flight += 1
+    try:
+        with deadline.scope():
+            data = await fetch(app.supervisor, path, body, cfg, ask=ask)
+    finally:
+        app.requests_in_flight -= 1
+    app.generations += 1
+    app.prom.observe_http_generation(api, time.perf_counter() - t0)
+    return path, data
