@@ -49,6 +49,7 @@ def status_dict(app: "App") -> Dict[str, Any]:
         "requests": {"served": d.served if d else 0, "errors": d.errors if d else 0,
                      "in_flight": app.requests_in_flight, "generations": app.generations},
         "connections": app.connections.open if app.connections else 0,
+        "http": app.http.info() if app.http is not None else None,      # [http] listen: the HTTP APIs
         "http_servers": [s.info() for s in app.extra_servers.servers.values() if s.returncode is None],
         "socket": static["socket"],
         "log_file": static["log_file"],

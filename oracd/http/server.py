@@ -108,6 +108,14 @@ class HttpFront:
         self.idle = anyio.Event()
         self.idle.set()
 
+    def info(self) -> Dict[str, Any]:
+        """For ``status``: where it listens, whether a key is required, requests by API and HTTP status."""
+        by_api: Dict[str, Dict[str, int]] = {}
+        for (api, status), n in sorted(self.served.items()):
+            by_api.setdefault(api, {})[str(status)] = n
+        return {"listen": list(self.listening), "auth": self.key is not None, "in_flight": self.in_flight,
+                "requests": by_api}
+
     # ------------------------------------------------------------ the application
     def web_app(self) -> web.Application:
         wa = web.Application(middlewares=[self.middleware], client_max_size=self.app.cfg.http.max_body_bytes)
