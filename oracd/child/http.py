@@ -253,6 +253,14 @@ class LlamaHTTP:
             raise LlamaHTTPError(status, raw[:200].decode("utf-8", "replace"))
         return raw.decode("utf-8", "replace")
 
+    async def props(self) -> Dict[str, Any]:
+        """GET /props on the probe session: the loaded model's settings (``default_generation_settings.n_ctx``
+        is the context one request gets), for the HTTP APIs' /api/ps."""
+        status, raw = await self._probe("/props")
+        if status >= 400:
+            raise LlamaHTTPError(status, raw[:200].decode("utf-8", "replace"))
+        return json.loads(raw)
+
     async def health(self) -> int:
         """HTTP status of GET /health (200 ready, 503 loading)."""
         return (await self._probe("/health"))[0]

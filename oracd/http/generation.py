@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import time
 from contextlib import aclosing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional
 
 import aiohttp
 
@@ -34,6 +35,14 @@ if TYPE_CHECKING:
     from ..api.methods import App
 
 OnEvent = Callable[[Dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class Outcome:
+    path: Path                  # the model file that answered
+    data: Any                   # llama-server's JSON answer (None once a stream has ended)
+    waited_s: float             # until llama-server was asked: the swap or load, if any (Ollama's load_duration)
+    total_s: float
 
 
 class ClientGone(Exception):
@@ -64,8 +73,9 @@ def carries_output(obj: Dict[str, Any]) -> bool:
 
 
 async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
-              on_event: Optional[OnEvent] = None, api: str = "http") -> Tuple[Path, Any]:
-    """Generate; returns (model file, llama-server's JSON answer), or (file, None) once a stream has ended.
+              on_event: Optional[OnEvent] = None, api: str = "http",
+              keep_alive: Optional[float] = None) -> Outcome:
+    """Generate; returns llama-server's JSON answer (None once a stream has ended) and the timings.
 
     ``llama_path``: /v1/chat/completions or /v1/completions.  With ``on_event`` the
     answer is streamed and every event goes to it as llama-server sent it.
@@ -81,9 +91,11 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
                         lambda s: GenerationTimeout(f"Generation timed out after {s:g} seconds", {"timeout": s}))
     app.check_loadable(path)
     sent = False
+    asked: list = []
 
     async def ask(http: Any) -> Any:
         nonlocal sent
+        asked.append(time.perf_counter())
         if on_event is None:
             return await http.post(llama_path, dict(body, stream=False))
         events = http.events(llama_path, body)
@@ -109,6 +121,9 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
             data = await fetch(app.supervisor, path, body, cfg, ask=ask)
     finally:
         app.requests_in_flight -= 1
+        if keep_alive is not None:       # after the request: "0" returns to the default right away
+            app.supervisor.set_keep_alive(path.name, keep_alive)
     app.generations += 1
-    app.prom.observe_http_generation(api, time.perf_counter() - t0)
-    return path, data
+    total = time.perf_counter() - t0
+    app.prom.observe_http_generation(api, total)
+    return Outcome(path, data, (asked[0] if asked else t0) - t0, total)
