@@ -129,6 +129,13 @@ class Config:
     def profile_for(self, model: Optional[str]) -> Optional[Profile]:
         return self.profiles.get(model) if model else None
 
+    def alias_target(self, name: str) -> Optional[str]:
+        """The model file a profile's alias names (None: not an alias)."""
+        for model, prof in self.profiles.items():
+            if name in prof.aliases:
+                return model
+        return None
+
     def option_for(self, model: Optional[str], name: str) -> Any:
         """A load option for ``model``: its profile's value if set (even to []), else [llama]'s."""
         prof = self.profile_for(model)
@@ -309,6 +316,7 @@ def _check(cfg: Config) -> None:
         except ValueError as exc:
             raise ConfigError(f"server.metrics_listen: {exc}") from None
     _check_http(cfg)
+    _check_aliases(cfg)
     if l.default_model and not l.default_model.endswith(".gguf"):
         raise _fail("llama.default_model", "expected a model file name ending in .gguf", l.default_model)
     if l.preload and not l.default_model:
@@ -321,6 +329,18 @@ def _check(cfg: Config) -> None:
                         "and would exceed ~100 bytes; use a shorter path or set server.runtime_dir",
                         str(s.socket))
         raise _fail("server.runtime_dir", "path too long for a Unix socket (max ~100 bytes)", str(cfg.runtime_dir))
+
+
+def _check_aliases(cfg: Config) -> None:
+    """An alias names one model, and never shadows another profile's model file name or stem."""
+    owner: Dict[str, str] = {}
+    files = {m for m in cfg.profiles} | {m[:-5] for m in cfg.profiles}
+    for model, prof in cfg.profiles.items():
+        for alias in prof.aliases:
+            if alias in owner or alias in files:
+                raise ConfigError(f'profiles."{model}".aliases: {alias!r} already names '
+                                  f"{owner.get(alias) or 'a model file'}")
+            owner[alias] = model
 
 
 def _check_http(cfg: Config) -> None:

@@ -50,12 +50,20 @@ class ClientGone(Exception):
 
 
 def resolve(app: "App", name: Optional[str]) -> Path:
-    """A model name as a client sends it (the file name, ``.gguf`` optional) -> its file."""
+    """A model name as a client sends it -> its file: the file name, its stem, a profile's alias; Ollama's
+    implicit ``:latest`` tag is dropped when the name with it is nothing."""
     wanted = name or app.active_default
     if not wanted:
         raise InvalidParams("model is required (no llama.default_model is configured)", "model")
+    cfg = app.cfg
+    names = [wanted] + ([wanted[:-len(":latest")]] if wanted.endswith(":latest") else [])
     try:
-        return app.store.resolve(wanted)
+        for name_ in names[:-1]:
+            try:
+                return app.store.resolve(cfg.alias_target(name_) or name_)
+            except ModelNotFound:
+                continue
+        return app.store.resolve(cfg.alias_target(names[-1]) or names[-1])
     except ModelNotFound:       # named as the client named it: an HTTP client is not told oracd's paths
         raise ModelNotFound(f"model {wanted!r} not found; GET /v1/models or /api/tags lists the models oracd serves",
                             {"model": wanted}) from None

@@ -238,9 +238,13 @@ class HttpFront:
             raise InvalidParams(f"the request body is not valid JSON: {exc}", "body") from None
 
     # ------------------------------------------------------------ OpenAI
+    def _aliases(self) -> Dict[str, List[str]]:
+        return {model: list(p.aliases) for model, p in self.app.cfg.profiles.items() if p.aliases}
+
     async def _model_names(self) -> List[Any]:
         items = await anyio.to_thread.run_sync(self.app.store.list, self.app.supervisor.model)
-        return [(it["name"], _mtime(it.get("modified"))) for it in items]
+        aliases = self._aliases()
+        return [(name, _mtime(it.get("modified"))) for it in items for name in [it["name"], *aliases.get(it["name"], [])]]
 
     async def openai_models(self, request: web.Request) -> web.Response:
         return web.json_response(oai.models_list(await self._model_names()), dumps=json.dumps)
@@ -295,7 +299,7 @@ class HttpFront:
         return await anyio.to_thread.run_sync(self.app.store.list, self.app.supervisor.model)
 
     async def ollama_tags(self, request: web.Request) -> web.Response:
-        return web.json_response(ol.tags(await self._items(), {}), dumps=json.dumps)
+        return web.json_response(ol.tags(await self._items(), self._aliases()), dumps=json.dumps)
 
     async def ollama_ps(self, request: web.Request) -> web.Response:
         sup, cfg = self.app.supervisor, self.app.cfg
@@ -342,7 +346,7 @@ class HttpFront:
         name = self._ollama_model(body)
         stream = ol.core.boolean("stream", body.get("stream"), default=True)
         try:
-            self.app.store.resolve(name)
+            resolve(self.app, name)
         except ModelNotFound:
             dirs = ", ".join(str(d) for d in self.app.store.dirs)
             raise ModelNotFound(f"oracd does not download models: {name} is not in the models dir ({dirs}); "

@@ -265,3 +265,18 @@ def test_what_counts_as_output_already_sent():
     assert carries_output({"choices": [{"delta": {"reasoning_content": "hmm"}}]})
     assert carries_output({"choices": [{"delta": {"tool_calls": [{"index": 0}]}}]})
     assert carries_output({"choices": [{"text": "a"}]})
+
+
+# ---------------------------------------------------------------- aliases
+def test_profile_aliases_name_one_model_each():
+    c = from_dict({"profiles": {"Qwen3-0.6B-Q4_K_M.gguf": {"aliases": ["qwen3:0.6b", "qwen3"]}}}, BASE)
+    assert c.alias_target("qwen3:0.6b") == "Qwen3-0.6B-Q4_K_M.gguf" and c.alias_target("other") is None
+    for bad, words in (
+            ({"a.gguf": {"aliases": ["x"]}, "b.gguf": {"aliases": ["x"]}}, "already names a.gguf"),
+            ({"a.gguf": {"aliases": ["b"]}, "b.gguf": {}}, "already names a model file"),
+            ({"a.gguf": {"aliases": ["x/y"]}}, "expected a list of names"),
+            ({"a.gguf": {"aliases": ["x.gguf"]}}, "expected a list of names"),
+            ({"a.gguf": {"aliases": "x"}}, "expected a list of names")):
+        with pytest.raises(ConfigError) as err:
+            from_dict({"profiles": bad}, BASE)
+        assert "aliases" in str(err.value) and words in str(err.value), str(err.value)
