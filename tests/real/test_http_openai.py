@@ -282,3 +282,13 @@ def test_status_shows_the_listeners_and_request_counts(o):
     text = o.call("metrics")["text"]
     assert 'oracd_http_requests_total{api="openai",route="/v1/chat/completions",status="200"}' in text
     assert 'oracd_http_generate_seconds_count{api="openai"}' in text
+
+
+def test_oracctl_status_shows_the_http_listeners(o):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "oracd_client.cli", "--socket", str(o.socket), "status"],
+                         capture_output=True, text=True, timeout=60)
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("http apis")]
+    assert out.returncode == 0 and line, out.stdout
+    assert o.http_url.split("//")[1] in line[0] and "key required" in line[0] and "x 200" in line[0]
