@@ -269,7 +269,7 @@ class HttpFront:
             done = await run(self.app, model, gen, llama_path, api="openai")
             return web.json_response(oai.answer(done.data, model or done.path.name), dumps=json.dumps)
         include_usage = bool(gen.extra.get("stream_options", {}).get("include_usage"))
-        stream = SSE(request)
+        stream = SSE(request, self.app.cfg.server.send_timeout)
         named = [model]
 
         async def on_event(obj: Dict[str, Any]) -> None:
@@ -279,12 +279,17 @@ class HttpFront:
 
         try:
             await run(self.app, model, gen, llama_path, on_event, api="openai")
+        except ClientGone:
+            return stream.drop()
         except OracError as exc:
             if not stream.started:
                 raise
             await stream.send_error(self.error_response("openai", exc))
             return stream.resp
-        await stream.finish()
+        try:
+            await stream.finish()
+        except OSError:
+            return stream.drop()
         return stream.resp
 
 
@@ -353,7 +358,7 @@ class HttpFront:
                                 f"copy its GGUF file there and it is listed at once", {"model": name}) from None
         if not stream:
             return web.json_response({"status": "success"}, dumps=json.dumps)
-        nd = NDJSON(request)
+        nd = NDJSON(request, self.app.cfg.server.send_timeout)
         await nd.send({"status": "pulling manifest"})
         await nd.send({"status": "success"})
         await nd.finish()
@@ -387,7 +392,7 @@ class HttpFront:
             done = await run(self.app, name, gen, llama_path, api="ollama", keep_alive=keep_alive)
             return web.json_response(ol.answer(done.data, name, chat, done.waited_s, done.total_s), dumps=json.dumps)
         st = ol.Stream(name, chat)
-        nd = NDJSON(request)
+        nd = NDJSON(request, self.app.cfg.server.send_timeout)
 
         async def on_event(obj: Dict[str, Any]) -> None:
             for piece in st.feed(obj):
@@ -395,14 +400,19 @@ class HttpFront:
 
         try:
             done = await run(self.app, name, gen, llama_path, on_event, api="ollama", keep_alive=keep_alive)
+        except ClientGone:
+            return nd.drop()
         except OracError as exc:
             if not nd.started:
                 raise
             await nd.send_error(exc.message)
             return nd.resp
-        for piece in st.tail(done.waited_s, done.total_s):
-            await nd.send(piece)
-        await nd.finish()
+        try:
+            for piece in st.tail(done.waited_s, done.total_s):
+                await nd.send(piece)
+            await nd.finish()
+        except OSError:               # gone after the generation: nothing left to tell it
+            return nd.drop()
         return nd.resp
 
     async def _load(self, name: str, keep_alive: Optional[float]) -> None:
@@ -419,19 +429,40 @@ class HttpFront:
             self.app.supervisor.set_keep_alive(path.name, keep_alive)
 
 
-class NDJSON:
-    """A newline-delimited JSON response (Ollama's streaming), started on its first line."""
+class Streamed:
+    """A streamed response, started on its first piece (an error before it is a plain HTTP error).  A client
+    that does not read for ``server.send_timeout`` counts as gone, like one on the JSON-RPC socket."""
+    content_type = ""
 
-    def __init__(self, request: web.Request):
+    def __init__(self, request: web.Request, send_timeout: float):
         self.request = request
-        self.resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        self.send_timeout = send_timeout
+        self.resp = web.StreamResponse(headers={"Content-Type": self.content_type, "Cache-Control": "no-cache"})
         self.started = False
 
-    async def send(self, obj: Any) -> None:
+    async def write(self, data: bytes) -> None:
         if not self.started:
             self.started = True
             await self.resp.prepare(self.request)
-        await self.resp.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        try:
+            with anyio.fail_after(self.send_timeout):
+                await self.resp.write(data)
+        except TimeoutError:
+            raise ConnectionResetError(f"the client read nothing for {self.send_timeout:g} s") from None
+
+    def drop(self) -> web.StreamResponse:
+        """The client is gone (or not reading): close the connection, nothing more to send."""
+        if self.request.transport is not None:
+            self.request.transport.close()
+        return self.resp
+
+
+class NDJSON(Streamed):
+    """A newline-delimited JSON response (Ollama's streaming)."""
+    content_type = "application/x-ndjson"
+
+    async def send(self, obj: Any) -> None:
+        await self.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
 
     async def send_error(self, message: str) -> None:
         """An error after the stream began: Ollama's {"error": ...} as the last line."""
@@ -448,19 +479,12 @@ class NDJSON:
         await self.resp.write_eof()
 
 
-class SSE:
-    """A server-sent-events response, started on its first event (so an error before it is a plain HTTP error)."""
-
-    def __init__(self, request: web.Request):
-        self.request = request
-        self.resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        self.started = False
+class SSE(Streamed):
+    """A server-sent-events response (OpenAI's streaming)."""
+    content_type = "text/event-stream"
 
     async def send(self, obj: Any) -> None:
-        if not self.started:
-            self.started = True
-            await self.resp.prepare(self.request)
-        await self.resp.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
+        await self.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
 
     async def send_error(self, error: web.Response) -> None:
         """An error after the stream began: one last event with the error object, then the end."""

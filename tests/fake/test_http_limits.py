@@ -97,3 +97,4 @@ def test_a_lan_address_without_a_key_refuses_to_start(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "0.0.0.0:11434 is not a loopback address, and no api_key or api_key_file is set" in out.stderr
+

@@ -112,8 +112,8 @@ def test_chat_not_streamed_with_options(client):
                              "repeat_penalty": 1.1, "stop": ["\n\n"]})
     assert r.done and r.done_reason == "length" and r.eval_count == 4 and r.message.content
     r = client.chat(model=SMOL, messages=[{"role": "user", "content": "Is the sky blue?"}], stream=False,
-                    options={"grammar": 'root ::= "yes" | "no"'})
-    assert r.message.content in ("yes", "no")
+                    options={"grammar": 'root ::= "yes" | "no"', "num_predict": -1})     # -1: no limit
+    assert r.message.content in ("yes", "no") and r.done_reason == "stop"
     r = client.chat(model=SMOL, messages=[{"role": "user", "content": "A colour?"}], stream=False, format="json",
                     options={"num_predict": 30})
     assert r.message.content.lstrip().startswith("{")
