@@ -231,7 +231,7 @@ class HttpFront:
         except UnicodeDecodeError as exc:
             raise InvalidParams(f"the request body is not valid UTF-8 (byte {exc.start})", "body") from None
         try:
-            return json.loads(text)
+            return json.loads(text, parse_constant=_not_json)
         except RecursionError:
             raise InvalidParams("the request body nests too deeply", "body") from None
         except ValueError as exc:
@@ -500,6 +500,11 @@ class SSE(Streamed):
             await self.resp.prepare(self.request)
         await self.resp.write(b"data: [DONE]\n\n")
         await self.resp.write_eof()
+
+
+def _not_json(name: str) -> Any:
+    """NaN and Infinity are not JSON (Python's parser takes them): refused, never passed on."""
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _param_of(exc: OracError) -> Optional[str]:

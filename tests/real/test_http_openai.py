@@ -198,6 +198,9 @@ def test_bad_bodies_get_400_and_nothing_breaks_for_other_clients(o, client):
         b'[1, 2, 3]': "expected a JSON object",
         b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "ten"}': "max_tokens",
         b'[' * 100_00 + b']' * 100_00: "nests too deeply",
+        b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}': "NaN is not a JSON number",
+        b'{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": '
+        b'{"name": "f", "parameters": {"maximum": Infinity}}}]}': "Infinity is not a JSON number",
     }
     for body, words in cases.items():
         status, reply = raw_post(o, "/v1/chat/completions", body)
@@ -292,3 +295,32 @@ def test_oracctl_status_shows_the_http_listeners(o):
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("http apis")]
     assert out.returncode == 0 and line, out.stdout
     assert o.http_url.split("//")[1] in line[0] and "key required" in line[0] and "x 200" in line[0]
+
+
+def test_sigterm_lets_an_http_stream_finish_then_closes_the_listener(fresh_oracd):
+    """SIGTERM with a stream in flight: the stream ends normally ([DONE], usage), oracd exits 0, and the
+    port no longer accepts connections."""
+    import signal
+    import threading
+    port = free_port()
+    d = fresh_oracd(http={"listen": [f"127.0.0.1:{port}"]}).start()
+    c = openai.OpenAI(base_url=d.http_url + "/v1", api_key="none", max_retries=0, timeout=120)
+    chunks: list = []
+    started = threading.Event()
+
+    def stream() -> None:
+        for ch in c.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "Tell a story."}],
+                                            max_tokens=60, temperature=0.8, stream=True,
+                                            stream_options={"include_usage": True}):
+            chunks.append(ch)
+            started.set()
+
+    t = threading.Thread(target=stream)
+    t.start()
+    assert started.wait(60)
+    d.proc.send_signal(signal.SIGTERM)
+    t.join(60)
+    assert not t.is_alive() and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    assert d.proc.wait(60) == 0
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
