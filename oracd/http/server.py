@@ -143,8 +143,10 @@ class HttpFront:
         api = api_of(request.path)
         route = request.match_info.route.resource.canonical if request.match_info.route.resource else "other"
         status = 500
+        t0 = time.perf_counter()
+        peer: Dict[str, Any] = {}
         try:
-            self._check_peer(request)
+            peer = self._check_peer(request)
             if self.key is not None and not key_matches(request.headers.get("Authorization"), self.key):
                 raise unauthorized()
             if self.in_flight >= self.app.cfg.http.max_requests:
@@ -181,13 +183,19 @@ class HttpFront:
         finally:
             self.served[(api, status)] += 1
             self.app.prom.http_request(api, route, status)
+            # one line per request, like JSON-RPC's "request" line (no body, no key: just who, what, how)
+            log.info("http request", api=api, method=request.method, route=route, status=status,
+                     ms=round((time.perf_counter() - t0) * 1000, 3), **peer)
 
-    def _check_peer(self, request: web.Request) -> None:
+    def _check_peer(self, request: web.Request) -> Dict[str, Any]:
+        """Who is asking, for the log; on a Unix listener, refused unless the allow-lists admit them."""
         sock = request.transport.get_extra_info("socket") if request.transport else None
         if sock is not None and sock.family == socket.AF_UNIX:
             peer = peer_of(sock)
             if not allowed(self.app.cfg, peer):
                 raise AccessDenied(f"uid {peer.uid} is not allowed (server.allowed_uids / allowed_gids)")
+            return {"peer_pid": peer.pid, "peer_uid": peer.uid}
+        return {"peer": request.remote}
 
     def error_response(self, api: str, exc: OracError) -> web.Response:
         status = exc.status if isinstance(exc, HttpError) else (401 if is_unauthorized(exc)

@@ -98,3 +98,18 @@ def test_a_lan_address_without_a_key_refuses_to_start(tmp_path):
     assert out.returncode == 2
     assert "0.0.0.0:11434 is not a loopback address, and no api_key or api_key_file is set" in out.stderr
 
+
+
+def test_every_http_request_is_one_log_line_without_the_key(stand_in, tmp_path):
+    from helpers import log_events
+    o = stand_in(api_key="log-key-0123456789")
+    assert get(o, "/api/tags", key="log-key-0123456789")[0] == 200
+    assert get(o, "/v1/models")[0] == 401
+    deadline = time.monotonic() + 10
+    while len(lines := log_events(o, "http request")) < 2:
+        assert time.monotonic() < deadline, lines
+        time.sleep(0.05)
+    assert [(e["api"], e["route"], e["status"]) for e in lines[-2:]] == [("ollama", "/api/tags", 200),
+                                                                         ("openai", "/v1/models", 401)]
+    assert lines[-1]["peer"] == "127.0.0.1" and "ms" in lines[-1]
+    assert "log-key-0123456789" not in o.log_file.read_text()
