@@ -28,16 +28,16 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
 import anyio
 from aiohttp import web
 
-from oracd_protocol.errors import (AccessDenied, Busy, InternalError, InvalidParams, InvalidRequest, LoadTimeout,
-                                   ModelNotFound, OracError, RequestTooLarge, ShuttingDown)
+from oracd_protocol.errors import AccessDenied, Busy, InternalError, InvalidParams, OracError, RequestTooLarge
 
-from ..api.deadline import Deadline
 from ..api.listener import StartupError, allowed, peer_of, socket_gid
 from ..config.values import http_address
 from ..logs import get as get_logger
-from . import ollama as ol
 from . import openai as oai
-from .generation import ClientGone, resolve, run
+from .generation import ClientGone
+from .ollama_routes import OllamaRoutes
+from .openai_routes import OpenAIRoutes
+from .responses import HttpError
 
 if TYPE_CHECKING:
     from ..api.methods import App
@@ -46,8 +46,9 @@ log = get_logger("oracd.http")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # oracd's error codes -> HTTP status
-STATUS = {-32004: 500, -32011: 409, -32012: 500, -32015: 504, -32601: 404, -32700: 400, -32600: 400, -32602: 400, -32008: 400, -32001: 404, -32013: 403, -32005: 503, -32006: 503,
-          -32009: 503, -32003: 504, -32014: 504, -32010: 413, -32002: 500, -32007: 502, -32603: 500}
+STATUS = {-32700: 400, -32600: 400, -32601: 404, -32602: 400, -32603: 500, -32001: 404, -32002: 500, -32003: 504,
+          -32004: 500, -32005: 503, -32006: 503, -32007: 502, -32008: 400, -32009: 503, -32010: 413, -32011: 409,
+          -32012: 500, -32013: 403, -32014: 504, -32015: 504}
 CODE_NAMES = {-32602: "invalid_params", -32001: "model_not_found", -32008: "invalid_path", -32013: "access_denied",
               -32005: "busy", -32006: "server_unavailable", -32009: "shutting_down", -32003: "timeout",
               -32010: "request_too_large", -32002: "model_load_failed", -32007: "generation_failed",
@@ -61,14 +62,6 @@ def unauthorized() -> AccessDenied:
 
 def is_unauthorized(exc: OracError) -> bool:
     return isinstance(exc, AccessDenied) and isinstance(exc.data, dict) and exc.data.get("reason") == "api_key"
-
-
-class HttpError(InvalidRequest):
-    """An HTTP-level refusal (unknown route, wrong method, slow body) with its own status (-32600 on the wire)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def api_of(path: str) -> str:
@@ -97,7 +90,7 @@ def key_matches(header: Optional[str], key: bytes) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode("utf-8", "replace"), key)
 
 
-class HttpFront:
+class HttpFront(OpenAIRoutes, OllamaRoutes):
     """The listeners, their counters, and the routes of both APIs."""
 
     def __init__(self, app: "App"):
@@ -245,271 +238,6 @@ class HttpFront:
         except ValueError as exc:
             raise InvalidParams(f"the request body is not valid JSON: {exc}", "body") from None
 
-    # ------------------------------------------------------------ OpenAI
-    def _aliases(self) -> Dict[str, List[str]]:
-        return {model: list(p.aliases) for model, p in self.app.cfg.profiles.items() if p.aliases}
-
-    async def _model_names(self) -> List[Any]:
-        items = await anyio.to_thread.run_sync(self.app.store.list, self.app.supervisor.model)
-        aliases = self._aliases()
-        return [(name, _mtime(it.get("modified"))) for it in items for name in [it["name"], *aliases.get(it["name"], [])]]
-
-    async def openai_models(self, request: web.Request) -> web.Response:
-        return web.json_response(oai.models_list(await self._model_names()), dumps=json.dumps)
-
-    async def openai_model(self, request: web.Request) -> web.Response:
-        path = resolve(self.app, request.match_info["model"])
-        listed = dict(await self._model_names())
-        return web.json_response(oai.models_list([(request.match_info["model"], listed.get(path.name, 0))])["data"][0],
-                                 dumps=json.dumps)
-
-    async def openai_chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._openai(request, oai.chat_request, "/v1/chat/completions")
-
-    async def openai_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._openai(request, oai.completion_request, "/v1/completions")
-
-    async def _openai(self, request: web.Request, parse: Callable[[Any], Any], llama_path: str) -> web.StreamResponse:
-        body = await self.read_json(request)
-        gen = parse(body)
-        model = oai.model_of(body)
-        if not gen.stream:
-            done = await run(self.app, model, gen, llama_path, api="openai")
-            return web.json_response(oai.answer(done.data, model or done.path.name), dumps=json.dumps)
-        include_usage = bool(gen.extra.get("stream_options", {}).get("include_usage"))
-        stream = SSE(request, self.app.cfg.server.send_timeout)
-        named = [model]
-
-        async def on_event(obj: Dict[str, Any]) -> None:
-            out = oai.chunk(obj, named[0] or str(obj.get("model", "")).rsplit("/", 1)[-1], include_usage)
-            if out is not None:
-                await stream.send(out)
-
-        try:
-            await run(self.app, model, gen, llama_path, on_event, api="openai")
-        except ClientGone:
-            return stream.drop()
-        except OracError as exc:
-            if not stream.started:
-                raise
-            await stream.send_error(self.error_response("openai", exc))
-            return stream.resp
-        try:
-            await stream.finish()
-        except OSError:
-            return stream.drop()
-        return stream.resp
-
-
-    # ------------------------------------------------------------ Ollama
-    async def ollama_root(self, request: web.Request) -> web.Response:
-        return web.Response(text="Ollama is running", headers={"Server": "oracd"})
-
-    async def ollama_version(self, request: web.Request) -> web.Response:
-        return web.json_response({"version": ol.VERSION}, dumps=json.dumps)
-
-    async def _items(self) -> List[Dict[str, Any]]:
-        return await anyio.to_thread.run_sync(self.app.store.list, self.app.supervisor.model)
-
-    async def ollama_tags(self, request: web.Request) -> web.Response:
-        return web.json_response(ol.tags(await self._items(), self._aliases()), dumps=json.dumps)
-
-    async def ollama_ps(self, request: web.Request) -> web.Response:
-        sup, cfg = self.app.supervisor, self.app.cfg
-        child = sup.child
-        if child is None or sup.model is None or sup.state.value != "ready":
-            return web.json_response({"models": []}, dumps=json.dumps)
-        path = self.app.store.resolve(sup.model)
-        item = await anyio.to_thread.run_sync(self.app.store.describe, path, sup.model)
-        ctx = (child.ctx_fit or {}).get("ctx_size") or cfg.option_for(sup.model, "ctx_size")
-        try:           # what one request really gets: llama-server's per-slot context
-            with anyio.fail_after(cfg.llama.health_timeout):
-                ctx = int((await child.http.props())["default_generation_settings"]["n_ctx"]) or ctx
-        except Exception as exc:          # /api/ps still answers, with the configured size
-            log.debug("llama-server /props unavailable", error=str(exc))
-        back_at = sup.return_to_default_at(child)
-        expires = ol.PINNED_UNTIL if back_at is None else ol._iso(time.time() + max(0.0, back_at - time.monotonic()))
-        entry = ol.ps_entry(item, sup.model, expires, int(ctx), cfg.option_for(sup.model, "n_gpu_layers") > 0)
-        return web.json_response({"models": [entry]}, dumps=json.dumps)
-
-    def _ollama_model(self, body: Any) -> str:
-        if not isinstance(body, dict):
-            raise InvalidParams("body: expected a JSON object", "body")
-        name = body.get("model") if body.get("model") is not None else body.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidParams("model is required: a model file name (GET /api/tags lists them)", "model")
-        return name
-
-    async def ollama_show(self, request: web.Request) -> web.Response:
-        name = self._ollama_model(await self.read_json(request))
-        path = resolve(self.app, name)
-        item = await anyio.to_thread.run_sync(self.app.store.describe, path, self.app.supervisor.model)
-        if not item.get("valid"):
-            raise InvalidParams(f"{name} is not a loadable GGUF model: {item.get('error')}", "model")
-        prof = self.app.cfg.profile_for(path.name)
-        params = {k: v for k, v in (("temperature", getattr(prof, "temperature", None)),
-                                    ("top_p", getattr(prof, "top_p", None)), ("top_k", getattr(prof, "top_k", None)),
-                                    ("num_predict", getattr(prof, "max_tokens", None)),
-                                    ("num_ctx", self.app.cfg.option_for(path.name, "ctx_size"))) if v is not None}
-        # choice: every model gets "tools" (llama-server's generic tool-call format works with any template)
-        return web.json_response(ol.show(item, ["completion", "tools"], params), dumps=json.dumps)
-
-    async def ollama_pull(self, request: web.Request) -> web.StreamResponse:
-        body = await self.read_json(request)
-        name = self._ollama_model(body)
-        stream = ol.core.boolean("stream", body.get("stream"), default=True)
-        try:
-            resolve(self.app, name)
-        except ModelNotFound:
-            dirs = ", ".join(str(d) for d in self.app.store.dirs)
-            raise ModelNotFound(f"oracd does not download models: {name} is not in the models dir ({dirs}); "
-                                f"copy its GGUF file there and it is listed at once", {"model": name}) from None
-        if not stream:
-            return web.json_response({"status": "success"}, dumps=json.dumps)
-        nd = NDJSON(request, self.app.cfg.server.send_timeout)
-        await nd.send({"status": "pulling manifest"})
-        await nd.send({"status": "success"})
-        await nd.finish()
-        return nd.resp
-
-    async def ollama_unsupported(self, request: web.Request) -> web.Response:
-        raise HttpError(501 if request.path.startswith("/api/") else 404,
-                        f"{request.method} {request.path} is not supported by oracd (it serves /api/chat, "
-                        f"/api/generate, /api/tags, /api/show, /api/ps, /api/pull, /api/version and OpenAI's /v1)")
-
-    async def ollama_chat(self, request: web.Request) -> web.StreamResponse:
-        body = await self.read_json(request)
-        name = self._ollama_model(body)
-        gen, ka, num_ctx = ol.chat_request(body)
-        return await self._ollama(request, name, gen, ka, chat=True)
-
-    async def ollama_generate(self, request: web.Request) -> web.StreamResponse:
-        body = await self.read_json(request)
-        name = self._ollama_model(body)
-        gen, ka, num_ctx = ol.generate_request(body)
-        return await self._ollama(request, name, gen, ka, chat=False)
-
-    async def _ollama(self, request: web.Request, name: str, gen: Any, keep_alive: Optional[float],
-                      chat: bool) -> web.StreamResponse:
-        if gen.messages is None and gen.prompt is None:       # Ollama's "load" (and "unload": keep_alive 0)
-            await self._load(name, keep_alive)
-            return web.json_response(ol.loaded(name, chat, "unload" if keep_alive == 0 else "load"),
-                                     dumps=json.dumps)
-        llama_path = "/v1/completions" if gen.prompt is not None else "/v1/chat/completions"
-        if not gen.stream:
-            done = await run(self.app, name, gen, llama_path, api="ollama", keep_alive=keep_alive)
-            return web.json_response(ol.answer(done.data, name, chat, done.waited_s, done.total_s), dumps=json.dumps)
-        st = ol.Stream(name, chat)
-        nd = NDJSON(request, self.app.cfg.server.send_timeout)
-
-        async def on_event(obj: Dict[str, Any]) -> None:
-            for piece in st.feed(obj):
-                await nd.send(piece)
-
-        try:
-            done = await run(self.app, name, gen, llama_path, on_event, api="ollama", keep_alive=keep_alive)
-        except ClientGone:
-            return nd.drop()
-        except OracError as exc:
-            if not nd.started:
-                raise
-            await nd.send_error(exc.message)
-            return nd.resp
-        try:
-            for piece in st.tail(done.waited_s, done.total_s):
-                await nd.send(piece)
-            await nd.finish()
-        except OSError:               # gone after the generation: nothing left to tell it
-            return nd.drop()
-        return nd.resp
-
-    async def _load(self, name: str, keep_alive: Optional[float]) -> None:
-        """Load a model now, as JSON-RPC load_model does (memory check, deadline, swap)."""
-        if not self.app.accepting:
-            raise ShuttingDown()
-        path = resolve(self.app, name)
-        self.app.check_loadable(path)
-        deadline = Deadline(self.app.cfg.llama.load_timeout,
-                            lambda s: LoadTimeout(f"load of {path.name} timed out after {s:g} seconds"))
-        with deadline.scope():
-            await self.app.supervisor.load(path.name, path)
-        if keep_alive is not None:
-            self.app.supervisor.set_keep_alive(path.name, keep_alive)
-
-
-class Streamed:
-    """A streamed response, started on its first piece (an error before it is a plain HTTP error).  A client
-    that does not read for ``server.send_timeout`` counts as gone, like one on the JSON-RPC socket."""
-    content_type = ""
-
-    def __init__(self, request: web.Request, send_timeout: float):
-        self.request = request
-        self.send_timeout = send_timeout
-        self.resp = web.StreamResponse(headers={"Content-Type": self.content_type, "Cache-Control": "no-cache"})
-        self.started = False
-
-    async def write(self, data: bytes) -> None:
-        if not self.started:
-            self.started = True
-            await self.resp.prepare(self.request)
-        try:
-            with anyio.fail_after(self.send_timeout):
-                await self.resp.write(data)
-        except TimeoutError:
-            raise ConnectionResetError(f"the client read nothing for {self.send_timeout:g} s") from None
-
-    def drop(self) -> web.StreamResponse:
-        """The client is gone (or not reading): close the connection, nothing more to send."""
-        if self.request.transport is not None:
-            self.request.transport.close()
-        return self.resp
-
-
-class NDJSON(Streamed):
-    """A newline-delimited JSON response (Ollama's streaming)."""
-    content_type = "application/x-ndjson"
-
-    async def send(self, obj: Any) -> None:
-        await self.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
-
-    async def send_error(self, message: str) -> None:
-        """An error after the stream began: Ollama's {"error": ...} as the last line."""
-        try:
-            await self.resp.write(json.dumps({"error": message}).encode() + b"\n")
-            await self.resp.write_eof()
-        except (OSError, RuntimeError):
-            pass
-
-    async def finish(self) -> None:
-        if not self.started:
-            self.started = True
-            await self.resp.prepare(self.request)
-        await self.resp.write_eof()
-
-
-class SSE(Streamed):
-    """A server-sent-events response (OpenAI's streaming)."""
-    content_type = "text/event-stream"
-
-    async def send(self, obj: Any) -> None:
-        await self.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
-
-    async def send_error(self, error: web.Response) -> None:
-        """An error after the stream began: one last event with the error object, then the end."""
-        try:
-            await self.resp.write(b"data: " + bytes(error.body) + b"\n\n")
-            await self.resp.write_eof()
-        except (OSError, RuntimeError):
-            pass
-
-    async def finish(self) -> None:
-        if not self.started:
-            self.started = True
-            await self.resp.prepare(self.request)
-        await self.resp.write(b"data: [DONE]\n\n")
-        await self.resp.write_eof()
-
-
 def _not_json(name: str) -> Any:
     """NaN and Infinity are not JSON (Python's parser takes them): refused, never passed on."""
     raise ValueError(f"{name} is not a JSON number")
@@ -518,16 +246,6 @@ def _not_json(name: str) -> Any:
 def _param_of(exc: OracError) -> Optional[str]:
     """The field an InvalidParams names (its data), for OpenAI's ``param``."""
     return exc.data if isinstance(exc, InvalidParams) and isinstance(exc.data, str) and " " not in exc.data else None
-
-
-def _mtime(v: Any) -> float:
-    if isinstance(v, (int, float)):
-        return float(v)
-    try:
-        from datetime import datetime
-        return datetime.fromisoformat(str(v)).timestamp()
-    except ValueError:
-        return 0.0
 
 
 # ---------------------------------------------------------------- listeners
