@@ -83,17 +83,21 @@ def test_openai_tool_calls_streamed_and_not(scripted_http):
     r = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice="required")
     call = r.choices[0].message.tool_calls[0]
     assert r.choices[0].finish_reason == "tool_calls" and call.id == "call_1"
+    assert r.choices[0].message.model_extra["reasoning_content"] == "The user wants the light on."   # as sent
     assert call.function.name == "HassTurnOn" and json.loads(call.function.arguments) == CALL
     assert o.last_body()["tool_choice"] == "required"
-    args, names = "", ""
+    args, names, reasoning = "", "", ""
     finish = None
     for chunk in client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, stream=True):
+        if chunk.choices:
+            reasoning += (chunk.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
         for tc in (chunk.choices[0].delta.tool_calls or ()) if chunk.choices else ():
             names += tc.function.name or ""
             args += tc.function.arguments or ""
         if chunk.choices and chunk.choices[0].finish_reason:
             finish = chunk.choices[0].finish_reason
     assert names == "HassTurnOn" and json.loads(args) == CALL and finish == "tool_calls"
+    assert reasoning == "The user wants the light on."
 
 
 def test_a_crash_after_text_was_streamed_ends_the_stream_with_an_error_instead_of_repeating_it(scripted_http):
