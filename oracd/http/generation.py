@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Optional
 
 import aiohttp
+import anyio
 
 from oracd_protocol.errors import GenerationFailed, GenerationTimeout, InvalidParams, ModelNotFound, ShuttingDown
 
@@ -97,7 +98,8 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
     body = core.llama_body(gen, prof, cfg)
     deadline = Deadline(cfg.http.request_timeout,
                         lambda s: GenerationTimeout(f"Generation timed out after {s:g} seconds", {"timeout": s}))
-    app.check_loadable(path)
+    # the header read and the memory figures are file and /proc reads: off the event loop (cached after the first)
+    await anyio.to_thread.run_sync(app.check_loadable, path)
     sent = False
     asked: list = []
 

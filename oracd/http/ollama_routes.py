@@ -159,7 +159,7 @@ class OllamaRoutes:
         if not self.app.accepting:
             raise ShuttingDown()
         path = resolve(self.app, name)
-        self.app.check_loadable(path)
+        await anyio.to_thread.run_sync(self.app.check_loadable, path)
         deadline = Deadline(self.app.cfg.llama.load_timeout,
                             lambda s: LoadTimeout(f"load of {path.name} timed out after {s:g} seconds"))
         with deadline.scope():
