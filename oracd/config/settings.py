@@ -116,6 +116,7 @@ class HttpConfig:
     read_timeout: float = 30.0        # a request's headers and body must arrive within this (slow clients)
     idle_timeout: float = 75.0        # an idle kept-alive connection is closed after this
     request_timeout: float = 300.0    # one generation's deadline (HTTP clients send none of their own)
+    apply_num_ctx: bool = False       # Ollama's num_ctx may restart the model with a larger context (opt-in)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from ..api.generate import fetch
 from ..child.http import LlamaHTTPError
 from ..config import Profile
 from . import core
+from .num_ctx import apply as apply_num_ctx
 
 if TYPE_CHECKING:
     from ..api.methods import App
@@ -83,7 +84,7 @@ def carries_output(obj: Dict[str, Any]) -> bool:
 
 async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
               on_event: Optional[OnEvent] = None, api: str = "http",
-              keep_alive: Optional[float] = None) -> Outcome:
+              keep_alive: Optional[float] = None, num_ctx: Optional[int] = None) -> Outcome:
     """Generate; returns llama-server's JSON answer (None once a stream has ended) and the timings.
 
     ``llama_path``: /v1/chat/completions or /v1/completions.  With ``on_event`` the
@@ -128,6 +129,7 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
     app.requests_in_flight += 1
     try:
         with deadline.scope():
+            await apply_num_ctx(app, path, num_ctx)          # off unless [http] apply_num_ctx
             data = await fetch(app.supervisor, path, body, cfg, ask=ask)
     finally:
         app.requests_in_flight -= 1

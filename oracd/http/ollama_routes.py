@@ -112,23 +112,23 @@ class OllamaRoutes:
         body = await self.read_json(request)
         name = self._ollama_model(body)
         gen, ka, num_ctx = ol.chat_request(body)
-        return await self._ollama(request, name, gen, ka, chat=True)
+        return await self._ollama(request, name, gen, ka, num_ctx, chat=True)
 
     async def ollama_generate(self, request: web.Request) -> web.StreamResponse:
         body = await self.read_json(request)
         name = self._ollama_model(body)
         gen, ka, num_ctx = ol.generate_request(body)
-        return await self._ollama(request, name, gen, ka, chat=False)
+        return await self._ollama(request, name, gen, ka, num_ctx, chat=False)
 
     async def _ollama(self, request: web.Request, name: str, gen: Any, keep_alive: Optional[float],
-                      chat: bool) -> web.StreamResponse:
+                      num_ctx: Optional[int], chat: bool) -> web.StreamResponse:
         if gen.messages is None and gen.prompt is None:       # Ollama's "load" (and "unload": keep_alive 0)
             await self._load(name, keep_alive)
             return web.json_response(ol.loaded(name, chat, "unload" if keep_alive == 0 else "load"),
                                      dumps=json.dumps)
         llama_path = "/v1/completions" if gen.prompt is not None else "/v1/chat/completions"
         if not gen.stream:
-            done = await run(self.app, name, gen, llama_path, api="ollama", keep_alive=keep_alive)
+            done = await run(self.app, name, gen, llama_path, api="ollama", keep_alive=keep_alive, num_ctx=num_ctx)
             return web.json_response(ol.answer(done.data, name, chat, done.waited_s, done.total_s), dumps=json.dumps)
         st = ol.Stream(name, chat)
         nd = NDJSON(request, self.app.cfg.server.send_timeout)
@@ -138,7 +138,8 @@ class OllamaRoutes:
                 await nd.send(piece)
 
         try:
-            done = await run(self.app, name, gen, llama_path, on_event, api="ollama", keep_alive=keep_alive)
+            done = await run(self.app, name, gen, llama_path, on_event, api="ollama", keep_alive=keep_alive,
+                             num_ctx=num_ctx)
         except ClientGone:
             return nd.drop()
         except OracError as exc:

@@ -205,3 +205,19 @@ def test_keep_alive_maps_onto_return_to_default(o, client):
     assert m.model == SMOL and m.expires_at.year == 2318
     assert client.generate(model=GEMMA, keep_alive=0).done_reason == "unload"     # load, then straight back
     _wait_model(o, SMOL)
+
+
+def test_num_ctx_restarts_the_model_only_when_the_operator_opted_in(fresh_oracd):
+    """[http] apply_num_ctx = true: a larger num_ctx restarts the model with it (a new pid, /api/ps shows the
+    context), a smaller one changes nothing; the module's oracd (off, the default) never restarts for it."""
+    d = fresh_oracd(http={"listen": [f"127.0.0.1:{free_port()}"], "apply_num_ctx": True}).start()
+    c = ollama.Client(host=d.http_url, timeout=120)
+    before = c.ps().models[0].context_length
+    pid = d.child_pid()
+    msgs = [{"role": "user", "content": "hi"}]
+    r = c.chat(model=SMOL, messages=msgs, stream=False, options={"num_ctx": before * 2, "num_predict": 2})
+    assert r.done and d.child_pid() != pid
+    assert c.ps().models[0].context_length == before * 2
+    pid = d.child_pid()
+    c.chat(model=SMOL, messages=msgs, stream=False, options={"num_ctx": before, "num_predict": 2})
+    assert d.child_pid() == pid and c.ps().models[0].context_length == before * 2

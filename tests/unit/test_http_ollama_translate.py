@@ -134,3 +134,15 @@ def test_tags_show_and_ps_from_the_gguf_header():
     assert show["parameters"] == "temperature 0.1\nnum_ctx 4096"
     ps = ol.ps_entry(item, "qwen3:0.6b", ol.PINNED_UNTIL, 2048, vram=True)
     assert ps["context_length"] == 2048 and ps["size_vram"] == 100 and ps["expires_at"] == ol.PINNED_UNTIL
+
+
+@pytest.mark.parametrize("num_ctx, parallel, configured, trained, size", [
+    (8192, 2, 4096, 40960, 16384),      # Home Assistant's 8192 per request on 2 slots
+    (1024, 2, 2048, 8192, None),        # already 1024 per slot: nothing to do
+    (512, 2, 2048, 8192, None),         # smaller: it only grows
+    (65536, 2, 2048, 8192, 16384),      # never beyond the model's trained context per slot
+    (4096, 1, 0, 8192, None),           # ctx_size 0 is the model's own (8192)
+])
+def test_num_ctx_only_grows_the_context_within_the_models_own(num_ctx, parallel, configured, trained, size):
+    from oracd.http.num_ctx import wanted_ctx_size
+    assert wanted_ctx_size(num_ctx, parallel, configured, trained) == size
