@@ -13,6 +13,7 @@ vision projector), so a ``file://`` or remote URL never reaches llama-server.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
@@ -172,7 +173,6 @@ def no_vision(where: str) -> InvalidParams:
 
 def _tool_call(where: str, call: Any) -> Dict[str, Any]:
     """An assistant's earlier tool call; ``arguments`` as a JSON string (OpenAI) or an object (Ollama)."""
-    import json
     fn = obj(f"{where}.function", call.get("function") if isinstance(call, dict) else None)
     if not isinstance(call, dict) or fn is None:
         raise bad(where, 'a tool call like {"function": {"name": ..., "arguments": ...}}', call)

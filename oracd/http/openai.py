@@ -9,7 +9,6 @@ LiteLLM send many), and never forwarded to llama-server.
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from oracd_protocol.errors import InvalidParams
@@ -138,6 +137,3 @@ def error(status: int, message: str, *, param: Optional[str] = None, code: Optio
         err["oracd"] = oracd
     return {"error": err}
 
-
-def now() -> int:
-    return int(time.time())

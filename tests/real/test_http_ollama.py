@@ -72,6 +72,7 @@ def test_show_reads_the_gguf_header(client):
     assert s.modelinfo["llama.context_length"] == 8192 and s.modelinfo["general.architecture"] == "llama"
     assert "completion" in s.capabilities and "tools" in s.capabilities
     assert client.show(GEMMA).modelinfo["gemma3.context_length"] == 32768
+    assert client.show(SMOL[:-5] + ":latest").details.family == "llama"     # Ollama's implicit tag
     with pytest.raises(ollama.ResponseError) as err:
         client.show("llama3.2")
     assert err.value.status_code == 404
