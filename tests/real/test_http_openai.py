@@ -324,3 +324,18 @@ def test_sigterm_lets_an_http_stream_finish_then_closes_the_listener(fresh_oracd
     assert d.proc.wait(60) == 0
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_a_model_that_cannot_load_is_refused_and_the_warm_model_keeps_serving(o, client):
+    bad = o.models_dir / "broken.gguf"
+    bad.write_bytes(b"this is not a model file at all")
+    pid = o.child_pid()
+    try:
+        with pytest.raises(openai.InternalServerError) as err:
+            client.chat.completions.create(model="broken", messages=USER, max_tokens=2)
+        assert err.value.status_code == 500 and err.value.body["code"] == "not_gguf"
+        assert "not a loadable GGUF model" in err.value.body["message"]
+        assert client.chat.completions.create(model=SMOL, messages=USER, max_tokens=2).choices[0].message.content
+        assert o.child_pid() == pid
+    finally:
+        bad.unlink()
