@@ -311,3 +311,50 @@ def llama_body(gen: Gen, prof: Profile, cfg: Config) -> Dict[str, Any]:
         if isinstance(think, str):
             body["reasoning_effort"] = think
     return {**body, **gen.extra}
+
+
+def assemble(events: List[Dict[str, Any]], chat: bool) -> Dict[str, Any]:
+    """One non-streamed answer (OpenAI's shape, as llama-server gives it) from its streamed events.
+
+    Why: a long generation is fetched streamed even when the client wants one answer, as JSON-RPC's
+    ``generate`` does above ``stream_above_tokens``: llama-server stops a streamed generation the
+    moment the connection closes, so a client that hangs up or a deadline frees the slot at once.
+    """
+    out: Dict[str, Any] = {}
+    text: List[str] = []
+    reasoning: List[str] = []
+    calls: Dict[int, Dict[str, Any]] = {}
+    finish = None
+    for e in events:
+        for key in ("id", "created", "model", "system_fingerprint"):
+            if key in e:
+                out.setdefault(key, e[key])
+        for key in ("usage", "timings"):
+            if e.get(key):
+                out[key] = e[key]
+        for choice in e.get("choices") or ():
+            finish = choice.get("finish_reason") or finish
+            if not chat:
+                text.append(choice.get("text") or "")
+                continue
+            delta = choice.get("delta") or {}
+            text.append(delta.get("content") or "")
+            reasoning.append(delta.get("reasoning_content") or "")
+            for frag in delta.get("tool_calls") or ():
+                call = calls.setdefault(int(frag.get("index") or 0),
+                                        {"type": "function", "function": {"name": "", "arguments": ""}})
+                if frag.get("id"):
+                    call["id"] = frag["id"]
+                fn = frag.get("function") or {}
+                call["function"]["name"] += fn.get("name") or ""
+                call["function"]["arguments"] += fn.get("arguments") or ""
+    if not chat:
+        out.update(object="text_completion", choices=[{"index": 0, "text": "".join(text), "finish_reason": finish}])
+        return out
+    message: Dict[str, Any] = {"role": "assistant", "content": "".join(text) or (None if calls else "")}
+    if "".join(reasoning):
+        message["reasoning_content"] = "".join(reasoning)
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    out.update(object="chat.completion", choices=[{"index": 0, "message": message, "finish_reason": finish}])
+    return out

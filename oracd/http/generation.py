@@ -103,12 +103,21 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
     await anyio.to_thread.run_sync(app.check_loadable, path)
     sent = False
     asked: list = []
+    n = body.get("max_tokens")
+    collect = on_event is None and (n is None or n < 0 or n > cfg.llama.stream_above_tokens)
 
     async def ask(http: Any) -> Any:
         nonlocal sent
         asked.append(time.perf_counter())
-        if on_event is None:
+        if on_event is None and not collect:      # short: one response, the fastest path
             return await http.post(llama_path, dict(body, stream=False))
+        if collect:                               # long: streamed from llama-server, answered whole
+            got: list = []
+            events = http.events(llama_path, dict(body, stream_options={"include_usage": True}))
+            async with aclosing(events):
+                async for obj in events:
+                    got.append(obj)
+            return core.assemble(got, chat="messages" in body)
         events = http.events(llama_path, body)
         try:
             async with aclosing(events):

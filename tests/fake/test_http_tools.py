@@ -86,6 +86,10 @@ def test_openai_tool_calls_streamed_and_not(scripted_http):
     assert r.choices[0].message.model_extra["reasoning_content"] == "The user wants the light on."   # as sent
     assert call.function.name == "HassTurnOn" and json.loads(call.function.arguments) == CALL
     assert o.last_body()["tool_choice"] == "required"
+    long = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, max_tokens=4000)
+    assert o.last_body()["stream"] is True            # above stream_above_tokens: fetched streamed, answered whole
+    assert long.choices[0].message.tool_calls[0].function.arguments == call.function.arguments
+    assert long.choices[0].message.content == "Turning it on." and long.usage.completion_tokens == 6
     args, names, reasoning = "", "", ""
     finish = None
     for chunk in client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, stream=True):

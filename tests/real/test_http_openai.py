@@ -70,6 +70,21 @@ def test_chat_not_streamed_answers_with_usage_and_the_model_as_named(client):
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
+def test_a_long_non_streamed_answer_is_fetched_streamed_and_answered_whole(client):
+    """max_tokens above llama.stream_above_tokens: oracd streams from llama-server (so a hang-up stops it at
+    once) and answers in one piece, the same answer as a streamed request gets."""
+    kw = dict(model=SMOL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=600, temperature=0,
+              seed=9)
+    whole = client.chat.completions.create(**kw)
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kw)
+                       if c.choices)
+    assert whole.choices[0].message.content == streamed and streamed
+    assert whole.object == "chat.completion" and whole.model == SMOL and whole.usage.completion_tokens > 0
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    raw = client.completions.create(model=SMOL, prompt="1, 2, 3,", max_tokens=600, temperature=0, stop=[" 6"])
+    assert raw.choices[0].text.startswith(" 4") and raw.object == "text_completion" and raw.usage.total_tokens
+
+
 def test_max_tokens_and_max_completion_tokens_bound_the_answer(client):
     long = [{"role": "user", "content": "Write a long story about a dragon."}]
     r = client.chat.completions.create(model=SMOL, messages=long, max_tokens=3, temperature=0)

@@ -278,3 +278,23 @@ def test_profile_aliases_name_one_model_each():
         with pytest.raises(ConfigError) as err:
             from_dict({"profiles": bad}, BASE)
         assert "aliases" in str(err.value) and words in str(err.value), str(err.value)
+
+
+def test_a_long_answer_fetched_streamed_is_assembled_as_llama_server_would_answer_it():
+    events = [
+        {"id": "c1", "created": 5, "model": "m", "choices": [{"delta": {"role": "assistant", "content": None}}]},
+        {"choices": [{"delta": {"reasoning_content": "hm"}}]}, {"choices": [{"delta": {"content": "Hi"}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "t", "function": {"name": "f", "arguments": "{"}}]}}]},
+        {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "}"}}]}}]},
+        {"choices": [{"delta": {}, "finish_reason": "tool_calls"}]},
+        {"choices": [], "usage": {"completion_tokens": 4}, "timings": {"predicted_ms": 1.0}}]
+    out = core.assemble(events, chat=True)
+    assert out["id"] == "c1" and out["object"] == "chat.completion" and out["usage"] == {"completion_tokens": 4}
+    assert out["choices"] == [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": "Hi", "reasoning_content": "hm",
+        "tool_calls": [{"type": "function", "id": "t", "function": {"name": "f", "arguments": "{}"}}]}}]
+    text = core.assemble([{"choices": [{"text": "a"}]}, {"choices": [{"text": "b", "finish_reason": "length"}]}],
+                         chat=False)
+    assert text["choices"] == [{"index": 0, "text": "ab", "finish_reason": "length"}]
+    assert core.assemble([{"choices": [{"delta": {}, "finish_reason": "stop"}]}], chat=True)[
+        "choices"][0]["message"]["content"] == ""
