@@ -113,3 +113,18 @@ def test_every_http_request_is_one_log_line_without_the_key(stand_in, tmp_path):
                                                                          ("openai", "/v1/models", 401)]
     assert lines[-1]["peer"] == "127.0.0.1" and "ms" in lines[-1]
     assert "log-key-0123456789" not in o.log_file.read_text()
+
+
+def test_a_port_in_use_stops_oracd_with_a_message(stand_in):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        o = stand_in(start=False)
+        o.config.write_text(o.config.read_text().replace(f"127.0.0.1:{o.port}", f"127.0.0.1:{port}"))
+        o.start(wait=False)
+        assert o.proc.wait(60) == 1
+        assert f"http.listen: cannot listen on 127.0.0.1:{port}" in o.stderr_tail()
+    finally:
+        taken.close()
