@@ -32,13 +32,14 @@ from .daemons import GEMMA, REPO, SMOL, SharedOracd
 from .figures import check_targets, pop_raw
 from .generate import bench_generate
 from .harness import Progress, Timeouts
+from .http import bench_http, http_rounds, targets as http_targets
 from .memory import bench_memory
 from .report import STDLIB_PHASE, gemma_warmup_section, to_markdown, warmup_section
 from .rpc_floor import bench_rpc_floor, bench_stdlib_loop, floor_calls
 from .warmup import bench_warmup, warmup_units
 
 QUICK = {"runs": 4, "cli_runs": 2, "rpc_calls": 200, "memory_requests": 500, "cold_runs": 1, "levels": [1, 2],
-         "conc_rounds": 2, "conc_per_client": 1, "warmup_loads": 1}
+         "conc_rounds": 2, "conc_per_client": 1, "warmup_loads": 1, "http_runs": 4, "http_rounds": 2}
 
 
 def now() -> str:
@@ -71,6 +72,14 @@ async def run_all(args: argparse.Namespace, progress: Progress, t: Timeouts) -> 
         "concurrency", concurrency_rounds(args.levels, args.conc_rounds), "round",
         f"oracd vs direct, {' '.join(map(str, args.levels))} clients").run(
         lambda ph: bench_concurrency(ph, t, args.levels, args.conc_rounds, args.conc_per_client))
+    if args.http_runs:
+        res["http"] = await progress.phase(
+            "HTTP APIs", http_rounds(args.http_runs, args.http_rounds), "run",
+            "openai SDK on oracd /v1 vs llama-server /v1 interleaved; Ollama path; 8 clients").run(
+            lambda ph: bench_http(ph, t, args.http_runs, args.http_rounds, 2))
+        res["http"].pop("_raw", None)
+        if "failed" not in res["http"]:
+            res["http"]["targets"] = http_targets(res["http"])
     if args.warmup_loads:
         res["warmup"] = await run_warmup(progress, t, args.warmup_loads)
         if args.warmup_gemma:
@@ -102,6 +111,9 @@ def parse_args() -> argparse.Namespace:
                          "warm-up variant in the warm-up phase (0: skip the phase)")
     ap.add_argument("--warmup-gemma", action=argparse.BooleanOptionalAction, default=True,
                     help="run the warm-up phase for Gemma 3 270M too (sliding window: restored with --swa-full)")
+    ap.add_argument("--http-runs", type=int, default=40,
+                    help="interleaved samples per variant in the HTTP phase (0: skip the phase)")
+    ap.add_argument("--http-rounds", type=int, default=4, help="throughput rounds per side, 8 HTTP clients")
     ap.add_argument("--only-warmup", "--only-warm-restore", dest="only_warmup", action="store_true",
                     help="run only the warm-up phase (no warm-up vs prefill vs restore, crash restarts)")
     ap.add_argument("--quick", action="store_true",

@@ -141,6 +141,22 @@ def concurrency_markdown(c: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def http_markdown(h: Dict[str, Any]) -> List[str]:
+    """The HTTP phase: the openai SDK on oracd's /v1 and llama-server's own, the Ollama path, 8 clients."""
+    lines = ["| HTTP (openai SDK, Unix sockets) | p50 ms | p95 ms |", "|---|---|---|"]
+    for k in ("direct /v1", "oracd /v1", "direct /v1 first token", "oracd /v1 first token", "oracd /api/chat"):
+        lines.append(f"| {k} | {num(h[k]['p50'])} | {num(h[k]['p95'])} |")
+    added = h["added_ms_p50"]
+    tput = h["throughput tokens/s (8 clients)"]
+    lines += ["", f"Added at p50: non-streamed {num(added['non-streamed'])} ms, first token "
+                  f"{num(added['first token'])} ms; the Ollama path vs the OpenAI path {num(added['ollama vs openai path'])} ms. "
+                  f"8 clients: oracd {num(tput.get('oracd'))} tok/s, direct {num(tput.get('direct'))} tok/s "
+                  f"(ratio {num(h['throughput_ratio'])})."]
+    if h.get("targets"):
+        lines += [""] + targets_table("HTTP target", h["targets"])
+    return lines
+
+
 def table(head: str, parts: Dict[str, Dict[str, Any]], with_p99: bool = False) -> List[str]:
     """One two-column table from several phases' rows; a failed phase becomes a note under it."""
     body: List[str] = []
@@ -164,6 +180,8 @@ def to_markdown(res: Dict[str, Any]) -> str:
                    with_p99=True) + [""]
     lines += section("concurrency", res["concurrency"], concurrency_markdown) + [""]
     lines += table("| cold start / memory | value |", {"cold start": res["cold_start"], "memory": res["memory"]})
+    if "http" in res:
+        lines += [""] + section("HTTP APIs", res["http"], http_markdown)
     if "warmup" in res:
         lines += [""] + warmup_section(res["warmup"]) + gemma_warmup_section(res)
     lines += [""] + targets_table("target", res["targets"])

@@ -41,6 +41,11 @@ class Metrics:
                                           buckets=LATENCY_BUCKETS, registry=self.registry)
         self.load_seconds = Histogram("oracd_load_seconds", "llama-server start to ready, warm-up included",
                                       buckets=LOAD_BUCKETS, registry=self.registry)
+        self.http_requests = Counter("oracd_http_requests", "HTTP API requests by API, route and status",
+                                     ["api", "route", "status"], registry=self.registry)
+        self.http_generate_seconds = Histogram("oracd_http_generate_seconds",
+                                               "HTTP API generation latency (successful requests) by API", ["api"],
+                                               buckets=LATENCY_BUCKETS, registry=self.registry)
         self._state: Optional[_StateCollector] = None
         self._llama = _LlamaCollector()
         self.registry.register(self._llama)
@@ -54,6 +59,13 @@ class Metrics:
         # unknown method names (fuzzers, typos) share one label: no unbounded label values
         self.requests.labels(method if method in self.known_methods else "other",
                              "ok" if code is None else str(code)).inc()
+
+    def observe_http_generation(self, api: str, seconds: float) -> None:
+        self.http_generate_seconds.labels(api).observe(seconds)
+
+    def http_request(self, api: str, route: str, status: int) -> None:
+        # route is the matched route's pattern (or "other"): no unbounded label values
+        self.http_requests.labels(api, route, str(status)).inc()
 
     async def render(self, app: "App") -> Tuple[bytes, str]:
         """The whole exposition, llama-server's series included (fetched now, bounded by health_timeout)."""

@@ -32,6 +32,7 @@ from .child.states import ChildState
 from .config import Config, ConfigHolder
 from oracd_protocol.errors import LoadTimeout
 from . import fdbudget
+from .http.server import HttpFront, serve_http_api, stop_accepting as stop_http
 from .logs import get as get_logger
 from .metrics import serve_http
 from .notify import Notifier
@@ -89,6 +90,12 @@ async def serve(cfg: Config) -> int:
                                 log_rate=srv.request_log_rate, log_burst=srv.request_log_burst)
     app.connections = conns = Connections(app.holder, app.dispatcher)
     app.fds = fds
+    try:
+        app.http = HttpFront(app) if cfg.http.listen else None     # reads http.api_key_file
+    except StartupError as exc:
+        log.error("startup failed", error=str(exc))
+        _unbind(cfg, bound)
+        return 1
     notifier = Notifier()
     exit_code = 0
     try:
@@ -130,6 +137,8 @@ async def _startup(app: App, tg: anyio.abc.TaskGroup) -> None:
     await tg.start(app.extra_servers.run)
     if app.cfg.server.metrics_listen:
         await tg.start(serve_http, app, app.prom, app.cfg.server.metrics_listen)
+    if app.http is not None:
+        await tg.start(serve_http_api, app.http)      # Ollama's and OpenAI's APIs ([http] listen)
     if app.cfg.llama.preload and app.cfg.llama.default_model:
         await _preload(app)
     if app.active_default:
@@ -156,10 +165,13 @@ async def _stop_accepting(app: App, notifier: Notifier, bound: Bound, listener: 
     app.accepting = False
     bound.accept_scope.cancel()
     await listener.aclose()
+    t0 = time.monotonic()
     with anyio.move_on_after(app.cfg.server.shutdown_grace):
         await conns.idle.wait()
     if conns.tasks:
         log.warning("shutdown grace over, abandoning requests", pending=conns.tasks)
+    if app.http is not None:      # the HTTP listeners close; their requests share the same grace
+        await stop_http(app.http, max(0.0, app.cfg.server.shutdown_grace - (time.monotonic() - t0)))
 
 
 async def _stop_child(app: App) -> None:

@@ -36,9 +36,12 @@ def toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
-def write_config(path: Path, server: Dict[str, Any], llama: Dict[str, Any]) -> Path:
+def write_config(path: Path, server: Dict[str, Any], llama: Dict[str, Any],
+                 http: Optional[Dict[str, Any]] = None) -> Path:
     lines = ["[server]"] + [f"{k} = {toml_value(v)}" for k, v in server.items()]
     lines += ["", "[llama]"] + [f"{k} = {toml_value(v)}" for k, v in llama.items()]
+    if http:
+        lines += ["", "[http]"] + [f"{k} = {toml_value(v)}" for k, v in http.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -177,10 +180,11 @@ class Oracd:
 
     def __init__(self, root: Optional[Path] = None, server: Optional[Dict[str, Any]] = None,
                  llama: Optional[Dict[str, Any]] = None, models: List[str] = (SMOL,),
-                 env: Optional[Dict[str, str]] = None, bootstrap: str = "", nofile: Any = None):
+                 env: Optional[Dict[str, str]] = None, bootstrap: str = "", nofile: Any = None,
+                 http: Optional[Dict[str, Any]] = None):
         """``bootstrap``: Python run in the oracd process before oracd's main (a fault test's monkeypatch:
         nothing test-only lives in the daemon).  ``nofile``: RLIMIT_NOFILE for oracd, soft and hard (an int)
-        or ``(soft, hard)``."""
+        or ``(soft, hard)``.  ``http``: an ``[http]`` section (the HTTP APIs)."""
         # short path: Unix socket paths must stay under ~104 bytes
         self.root = root or Path(tempfile.mkdtemp(prefix="oracd-t-", dir="/tmp"))
         self.models_dir = self.root / "models"
@@ -200,7 +204,10 @@ class Oracd:
                "threads": 1,
                "restart_backoff_initial": 0.2}
         lla.update(llama or {})
-        self.config = write_config(self.root / "oracd.toml", srv, lla)
+        self.config = write_config(self.root / "oracd.toml", srv, lla, http)
+        # the first [http] listen address as a base URL (tests of the HTTP APIs)
+        first = (http or {}).get("listen", [None])[0]
+        self.http_url = f"http://{first}" if first and not first.startswith("unix:") else None
         self.env = dict(os.environ, **(env or {}))
         self.bootstrap = bootstrap
         self.nofile = nofile

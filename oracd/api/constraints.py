@@ -34,47 +34,48 @@ def _no_path(param: str) -> InvalidParams:
                 "text inline, or a built-in name, or set a file in the model's profile", "path_not_allowed")
 
 
-def request_grammar(value: Any, max_bytes: int) -> str:
-    """GBNF text for llama-server from a request's ``grammar``: a built-in name ("json") or inline GBNF."""
+def request_grammar(value: Any, max_bytes: int, param: str = "grammar") -> str:
+    """GBNF text for llama-server from a request's ``grammar``: a built-in name ("json") or inline GBNF.
+    ``param``: the field's name in the request (the HTTP APIs call it ``options.grammar``...)."""
     if not isinstance(value, str) or not value.strip():
-        raise _bad("grammar", "expected a built-in name (json) or GBNF text", "bad_type")
+        raise _bad(param, "expected a built-in name (json) or GBNF text", "bad_type")
     if "\x00" in value:
-        raise _bad("grammar", "contains a NUL byte", "nul_byte")
+        raise _bad(param, "contains a NUL byte", "nul_byte")
     if value in BUILTIN_GRAMMARS:
         return BUILTIN_GRAMMARS[value]
     if value in BUILTIN_SCHEMAS:
-        raise _bad("grammar", f"{value!r} is a built-in json_schema; send json_schema: {value!r}", "schema_name")
+        raise _bad(param, f"{value!r} is a built-in json_schema; send json_schema: {value!r}", "schema_name")
     if "::=" not in value:
         if looks_like_path(value):
-            raise _no_path("grammar")
-        raise _bad("grammar", f"not a built-in grammar ({', '.join(BUILTIN_GRAMMARS)}) or GBNF text "
+            raise _no_path(param)
+        raise _bad(param, f"not a built-in grammar ({', '.join(BUILTIN_GRAMMARS)}) or GBNF text "
                    "(no rule with ::=)", "not_gbnf")
     if "\n" not in value.strip() and value.strip().endswith(_PATH_HINTS):    # "x::=y.gbnf": still a file name
-        raise _no_path("grammar")
+        raise _no_path(param)
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > max_bytes:
-        raise _bad("grammar", f"{size} bytes is more than server.max_grammar_bytes ({max_bytes})", "too_large",
+        raise _bad(param, f"{size} bytes is more than server.max_grammar_bytes ({max_bytes})", "too_large",
                    limit=max_bytes)
     return value
 
 
-def request_schema(value: Any, max_bytes: int) -> Dict[str, Any]:
+def request_schema(value: Any, max_bytes: int, param: str = "json_schema") -> Dict[str, Any]:
     """A JSON schema for llama-server from a request's ``json_schema``: a built-in name ("command") or an
-    inline object."""
+    inline object.  ``param``: the field's name in the request (``format``, ``response_format...``)."""
     if isinstance(value, str):
         if value in BUILTIN_SCHEMAS:
             return BUILTIN_SCHEMAS[value]
         if "\x00" in value:
-            raise _bad("json_schema", "contains a NUL byte", "nul_byte")
+            raise _bad(param, "contains a NUL byte", "nul_byte")
         if looks_like_path(value):
-            raise _no_path("json_schema")
-        raise _bad("json_schema", f"not a built-in schema ({', '.join(BUILTIN_SCHEMAS)}); send the schema as an "
+            raise _no_path(param)
+        raise _bad(param, f"not a built-in schema ({', '.join(BUILTIN_SCHEMAS)}); send the schema as an "
                    "object", "not_schema")
     if not isinstance(value, dict):
-        raise _bad("json_schema", "expected a built-in name (command) or a schema object", "bad_type")
+        raise _bad(param, "expected a built-in name (command) or a schema object", "bad_type")
     size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass"))
     if size > max_bytes:
-        raise _bad("json_schema", f"{size} bytes is more than server.max_grammar_bytes ({max_bytes})", "too_large",
+        raise _bad(param, f"{size} bytes is more than server.max_grammar_bytes ({max_bytes})", "too_large",
                    limit=max_bytes)
     return value
 

@@ -143,8 +143,11 @@ async def _ask(http: Any, body: Dict[str, Any], cfg: Config, on_delta: OnDelta) 
     return await (http.completion_stream(body, on_delta) if raw else http.chat_stream(body, on_delta))
 
 
+Ask = Callable[[Any], Awaitable[Any]]     # given the child's LlamaHTTP, ask llama-server (the HTTP APIs)
+
+
 async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg: Config,
-                on_delta: OnDelta = None) -> Dict[str, Any]:
+                on_delta: OnDelta = None, ask: Optional[Ask] = None) -> Any:
     """POST the chat completion; if llama-server died under us, retry once on the restarted one.
 
     A generation has no side effects, so one transparent retry after a crash, or
@@ -153,6 +156,8 @@ async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg:
     off by a lost RPC worker (the next llama-server needs the workers again).
     Not retried either: a stream that has already sent text to its client (the retry
     would send the answer again from its start).  The caller's deadline bounds all of it.
+    ``ask`` replaces the JSON-RPC request to llama-server (``_ask``) with the caller's own
+    (``oracd/http/``: full message lists, tool calls, its own streaming); it is retried the same way.
     """
     streamed = 0
 
@@ -164,7 +169,8 @@ async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg:
     for attempt in (1, 2):
         async with supervisor.use(path.name, path) as child:
             try:
-                data = await _ask(child.http, body, cfg, relay if on_delta is not None else None)
+                data = await (ask(child.http) if ask is not None else
+                              _ask(child.http, body, cfg, relay if on_delta is not None else None))
                 supervisor.generation_result(child, True)
                 return data
             except LlamaHTTPError as exc:

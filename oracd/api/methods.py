@@ -64,6 +64,7 @@ class App:
         self.acceptor: Any = None            # set by serve(): the accept loop (status.accept)
         self.fds: Optional[Dict[str, Any]] = None   # set by serve(): RLIMIT_NOFILE vs the budget (status.fds)
         self.dispatcher: Any = None          # set by serve(): the Dispatcher (served/errors)
+        self.http: Any = None                # set by serve(): the HTTP front door (oracd/http/), if [http] listen
 
     @property
     def cfg(self) -> config.Config:

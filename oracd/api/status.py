@@ -52,6 +52,7 @@ def status_dict(app: "App") -> Dict[str, Any]:
         "logging": logs.state(),
         "accept": app.acceptor.state() if app.acceptor else None,
         "fds": app.fds,
+        "http": app.http.info() if app.http is not None else None,      # [http] listen: the HTTP APIs
         "http_servers": [s.info() for s in app.extra_servers.servers.values() if s.returncode is None],
         "socket": static["socket"],
         "log_file": static["log_file"],

@@ -222,6 +222,12 @@ class LlamaHTTP:
                 await self._drop_session()
                 raise
 
+    def events(self, path: str, body: Dict[str, Any]) -> AsyncIterator[Dict[str, Any]]:
+        """Each server-sent event's JSON of a streamed POST, as llama-server sends it (tool-call and
+        reasoning deltas included): for the HTTP APIs, which translate every field.  Close it with
+        ``aclosing``: that closes the connection and stops the generation."""
+        return self._events(path, dict(body, stream=True))
+
     async def completion(self, body: Dict[str, Any]) -> Dict[str, Any]:
         """POST /completion (a raw prompt, the caller's own template), not streamed: like ``chat``.
         Returns {content, finish_reason, usage, timings}."""
@@ -266,6 +272,14 @@ class LlamaHTTP:
         if status >= 400:
             raise LlamaHTTPError(status, raw[:200].decode("utf-8", "replace"))
         return raw.decode("utf-8", "replace")
+
+    async def props(self) -> Dict[str, Any]:
+        """GET /props on the probe session: the loaded model's settings (``default_generation_settings.n_ctx``
+        is the context one request gets), for the HTTP APIs' /api/ps."""
+        status, raw = await self._probe("/props")
+        if status >= 400:
+            raise LlamaHTTPError(status, raw[:200].decode("utf-8", "replace"))
+        return json.loads(raw)
 
     async def health(self) -> int:
         """HTTP status of GET /health (200 ready, 503 loading)."""

@@ -87,6 +87,7 @@ class Supervisor:
         self._kill_request: Optional[Tuple[Child, str, str]] = None   # (child, reason, why): the owner kills it
         self.default: Optional[Tuple[str, Path]] = None                # the active default model (return to it)
         self.last_busy = time.monotonic()                              # when a request last held or wanted the child
+        self.keep_alive: Dict[str, float] = {}   # model -> idle seconds before the default returns (HTTP keep_alive)
         self.cgroup_dir = cfg.llama.cgroup_dir or own_cgroup_dir()
         self.on_ready: Optional[Callable[[float], None]] = None      # load seconds, for the metrics
         self._shutdown = False
@@ -572,10 +573,25 @@ class Supervisor:
         """The model to return to after ``return_to_default_after`` idle seconds on another one."""
         self.default = (name, Path(os.fspath(path)))
 
+    def set_keep_alive(self, name: str, seconds: float) -> None:
+        """An HTTP client's keep_alive for a model other than the default: idle seconds before the default
+        returns (0: right after the request; inf: pinned until a request wants another model).  The default
+        model ignores it: it stays warm whatever a client asks."""
+        if self.default is not None and name == self.default[0]:
+            return
+        self.keep_alive[name] = seconds
+        self._kick.set()                 # the watchdog recomputes when to return
+
     def return_to_default_at(self, child: Child) -> Optional[float]:
         """When the idle child should give way to the default model (None: never)."""
-        after = self.holder.cfg.llama.return_to_default_after
-        if not after or self.default is None or child.model == self.default[0]:
+        if self.default is None or child.model == self.default[0]:
+            return None
+        after = self.keep_alive.get(child.model)
+        if after is None:
+            after = self.holder.cfg.llama.return_to_default_after
+            if not after:
+                return None
+        if after == math.inf:
             return None
         return self.last_busy + after
 

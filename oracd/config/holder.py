@@ -34,7 +34,7 @@ def plan_reload(current: Config, new: Config) -> Tuple[Config, List[str]]:
     Returns the config to swap in and the sections whose other changes are
     ignored until a restart of oracd (listed to the caller, not silently dropped).
     """
-    ignored = [name for name in ("server",) if getattr(new, name) != getattr(current, name)]
+    ignored = [name for name in ("server", "http") if getattr(new, name) != getattr(current, name)]
     if dataclasses.replace(new.llama, fallback_models=current.llama.fallback_models) != current.llama:
         ignored.append("llama")
     applied = dataclasses.replace(current, profiles=new.profiles,

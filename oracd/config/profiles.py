@@ -71,6 +71,7 @@ class Profile:
     cache_ram_mb: Optional[int] = None      # overrides [llama] cache_ram_mb (llama-server --cache-ram)
     swa_full: Optional[Any] = None          # overrides [llama] swa_full: "auto", true or false
     prompt_format: str = "chat"             # "raw": prompts go to /completion as they are (the caller's template)
+    aliases: Tuple[str, ...] = ()           # more names for the model on the HTTP APIs (e.g. "qwen3:0.6b")
     source: Dict[str, Any] = field(default_factory=dict, compare=False)   # as written, for status
 
     def load_options(self) -> Tuple[Any, ...]:
@@ -129,6 +130,12 @@ def _parse(model: str, table: Any, base: Path) -> Profile:
                 v = check_swa_full(k, v)
             except ValueError as exc:
                 raise ProfileError(str(exc)) from None
+        elif key == "aliases":
+            if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() and "/" not in x and "\0" not in x
+                                                  and not x.endswith(".gguf") for x in v):
+                raise ProfileError(f'{k}: expected a list of names like "qwen3:0.6b" (no "/", not ending in .gguf), '
+                                   f"got {v!r}")
+            v = tuple(v)
         elif key == "prompt_format":
             if v not in ("chat", "raw"):
                 raise ProfileError(f'{k}: expected "chat" or "raw", got {v!r}')

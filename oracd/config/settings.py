@@ -23,8 +23,8 @@ else:  # pragma: no cover - Python 3.10 on the Jetson
     import tomli as tomllib
 
 
-from .values import listen_address, rpc_workers as check_rpc_workers, swa_full as swa_full_value  # noqa: E402
-from .values import tensor_split as check_tensor_split  # noqa: E402
+from .values import address_is_local, http_address, listen_address, rpc_workers as check_rpc_workers  # noqa: E402
+from .values import swa_full as swa_full_value, tensor_split as check_tensor_split  # noqa: E402
 from .profiles import Profile, ProfileError, load_profiles_file, parse_profiles  # noqa: E402
 
 
@@ -122,14 +122,36 @@ class LlamaConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP front door (Ollama's and OpenAI's APIs, ``oracd/http/``); off while ``listen`` is empty."""
+    listen: Tuple[str, ...] = ()      # "127.0.0.1:11434", "[::1]:11434", "unix:/run/oracd/http.sock"
+    api_key: str = ""                 # required as "Authorization: Bearer <key>" when set
+    api_key_file: Optional[Path] = None   # the key from a file (systemd LoadCredential=); wins over api_key
+    max_body_bytes: int = 4 * 1024 * 1024  # a larger request body gets 413
+    max_requests: int = 256           # requests served at once (like server.max_connections); more get 503
+    read_timeout: float = 30.0        # a request's headers and body must arrive within this (slow clients)
+    idle_timeout: float = 75.0        # an idle kept-alive connection is closed after this
+    request_timeout: float = 300.0    # one generation's deadline (HTTP clients send none of their own)
+    apply_num_ctx: bool = False       # Ollama's num_ctx may restart the model with a larger context (opt-in)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     llama: LlamaConfig = field(default_factory=LlamaConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
     path: Optional[Path] = None
     profiles: Dict[str, Profile] = field(default_factory=dict)   # model file name -> profile
 
     def profile_for(self, model: Optional[str]) -> Optional[Profile]:
         return self.profiles.get(model) if model else None
+
+    def alias_target(self, name: str) -> Optional[str]:
+        """The model file a profile's alias names (None: not an alias)."""
+        for model, prof in self.profiles.items():
+            if name in prof.aliases:
+                return model
+        return None
 
     def option_for(self, model: Optional[str], name: str) -> Any:
         """A load option for ``model``: its profile's value if set (even to []), else [llama]'s."""
@@ -150,9 +172,9 @@ class Config:
         return self.server.log_dir / "orac.log"
 
 
-_SECTIONS = {"server": ServerConfig, "llama": LlamaConfig}
+_SECTIONS = {"server": ServerConfig, "llama": LlamaConfig, "http": HttpConfig}
 _PATH_KEYS = {"socket", "runtime_dir", "log_dir", "models_dir", "extra_models_dirs", "profiles_file", "kv_cache_dir",
-              "cgroup_dir"}
+              "cgroup_dir", "api_key_file"}
 _ZERO_IS_OFF = {"return_to_default_after"}     # seconds where 0 means "off"
 _BIN_KEYS = {"server_bin", "quantize_bin"}
 _LOG_LEVELS = {"debug", "info", "warning", "error"}
@@ -225,6 +247,16 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
             return swa_full_value(key, value)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    if key == "http.listen":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _fail(key, 'expected a list of "host:port" or "unix:/path" strings', value)
+        try:
+            addrs = [http_address(v) for v in value]
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        if len(set(addrs)) != len(addrs):
+            raise _fail(key, "lists an address twice", value)
+        return tuple(value)
     if name == "event_loop":
         if value not in ("auto", "uvloop", "asyncio"):
             raise _fail(key, "expected one of ['asyncio', 'auto', 'uvloop']", value)
@@ -297,7 +329,8 @@ _MINIMUMS = (("server.log_backups", 1), ("server.log_max_bytes", 1024), ("server
              ("server.max_pending_per_connection", 1), ("server.max_connections", 1),
              ("server.max_batch_items", 1), ("server.max_connections_per_uid", 1), ("server.max_grammar_bytes", 1024),
              ("server.request_log_burst", 1), ("llama.wedge_threshold", 1),
-             ("llama.parallel", 1), ("llama.default_max_tokens", 1))
+             ("llama.parallel", 1), ("llama.default_max_tokens", 1), ("http.max_body_bytes", 1024),
+             ("http.max_requests", 1))
 
 
 def _check(cfg: Config) -> None:
@@ -313,6 +346,8 @@ def _check(cfg: Config) -> None:
             listen_address(s.metrics_listen)
         except ValueError as exc:
             raise ConfigError(f"server.metrics_listen: {exc}") from None
+    _check_http(cfg)
+    _check_aliases(cfg)
     if l.default_model and not l.default_model.endswith(".gguf"):
         raise _fail("llama.default_model", "expected a model file name ending in .gguf", l.default_model)
     if l.preload and not l.default_model:
@@ -325,6 +360,33 @@ def _check(cfg: Config) -> None:
                         "and would exceed ~100 bytes; use a shorter path or set server.runtime_dir",
                         str(s.socket))
         raise _fail("server.runtime_dir", "path too long for a Unix socket (max ~100 bytes)", str(cfg.runtime_dir))
+
+
+def _check_aliases(cfg: Config) -> None:
+    """An alias names one model, and never shadows another profile's model file name or stem."""
+    owner: Dict[str, str] = {}
+    files = {m for m in cfg.profiles} | {m[:-5] for m in cfg.profiles}
+    for model, prof in cfg.profiles.items():
+        for alias in prof.aliases:
+            if alias in owner or alias in files:
+                raise ConfigError(f'profiles."{model}".aliases: {alias!r} already names '
+                                  f"{owner.get(alias) or 'a model file'}")
+            owner[alias] = model
+
+
+def _check_http(cfg: Config) -> None:
+    """An HTTP listener off loopback must require a key: a LAN must not get a free, unauthenticated model."""
+    h = cfg.http
+    if h.api_key_file is not None and h.api_key:
+        raise ConfigError("http.api_key_file: set api_key or api_key_file, not both")
+    if h.api_key and (len(h.api_key) < 8 or h.api_key != h.api_key.strip()):
+        raise _fail("http.api_key", "expected at least 8 characters without surrounding spaces", "<hidden>")
+    if not (h.api_key or h.api_key_file):
+        remote = [a for a in h.listen if not address_is_local(http_address(a))]
+        if remote:
+            raise ConfigError(f"http.listen: {', '.join(remote)} is not a loopback address, and no api_key or "
+                              f"api_key_file is set; refusing to serve models to the network without a key "
+                              f"(set [http] api_key_file, or listen on 127.0.0.1 / a unix: socket)")
 
 
 def load(path: Path) -> Config:

@@ -46,3 +46,36 @@ def swa_full(key: str, value: Any) -> Union[str, bool]:
     if value == "auto" or isinstance(value, bool):
         return value
     raise ValueError(f'{key}: expected "auto", true or false, got {value!r}')
+
+
+HttpAddress = Union[Tuple[str, int], str]
+
+
+def http_address(text: str) -> HttpAddress:
+    """An ``[http] listen`` entry: ("host", port) for "host:port" / "[v6]:port", or the path of "unix:/path"."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"expected \"host:port\" or \"unix:/path\", got {text!r}")
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path.startswith("/") or "\0" in path or len(path) > 104:
+            raise ValueError(f"expected unix:/absolute/path (at most 104 bytes), got {text!r}")
+        return path
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port or unix:/path, got {text!r}")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"expected an IP address (or localhost) as host, got {text!r}") from None
+    return host, int(port)
+
+
+def address_is_local(addr: HttpAddress) -> bool:
+    """A Unix socket or a loopback host: only this machine can connect."""
+    if isinstance(addr, str):
+        return True
+    host = addr[0]
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback

@@ -15,6 +15,11 @@
 - ``slow-load``: /health answers 503 "Loading model" for 3 s, then it is healthy ("hello").
 - ``refuses-broken``: a model whose file name contains "broken" fails to load the way llama-server says
   so (an unknown architecture: exit 1); every other model is healthy and answers "hello".
+- ``tool-calls``: a model that calls tools (the embedded real ones do not): every chat completion
+  answers with some reasoning, a little text and a ``HassTurnOn`` tool call, streamed in fragments
+  the way llama-server streams them, or whole; each request's body is saved as ``<state>/last-body.json``.
+- ``crash-mid-stream``: the first process (per ``--state`` dir) sends two pieces of a streamed answer and
+  dies; every later one is healthy and answers "hello", streamed or not.
 
 Everything else in the suite runs the real llama-server.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -29,6 +35,15 @@ import time
 
 from aiohttp import web
 
+# a model thinking, saying a little and calling a tool, in fragments as llama-server streams them
+TOOL_EVENTS = [
+    {"reasoning_content": "The user wants "}, {"reasoning_content": "the light on."},
+    {"content": "Turning it on."},
+    {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                     "function": {"name": "HassTurnOn", "arguments": ""}}]},
+    {"tool_calls": [{"index": 0, "function": {"arguments": '{"name": "kitchen'}}]},
+    {"tool_calls": [{"index": 0, "function": {"arguments": ' light", "domain": ["light"]}'}}]},
+]
 HELP = "usage: llama-server [options]\n  --host HOST   ip address or unix socket path ending in .sock\n"
 
 
@@ -39,7 +54,7 @@ def main(argv: list) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fault", required=True,
                     choices=["hang-decode", "http-500", "wedged-once", "http-400", "crash-on-load", "healthy",
-                             "slow-load", "refuses-broken"])
+                             "slow-load", "refuses-broken", "tool-calls", "crash-mid-stream"])
     ap.add_argument("--state", default=None, help="dir that remembers earlier processes (wedged-once)")
     ap.add_argument("--host", required=True)
     ap.add_argument("-m", dest="model", default="")
@@ -56,6 +71,10 @@ def main(argv: list) -> int:
     if fault == "wedged-once":
         marker = os.path.join(args.state, "wedged-once")
         fault = "healthy" if os.path.exists(marker) else "http-500"
+        open(marker, "a").close()
+    if fault == "crash-mid-stream":
+        marker = os.path.join(args.state, "crashed-once")
+        fault = "healthy" if os.path.exists(marker) else "crash-mid-stream"
         open(marker, "a").close()
     if fault == "crash-on-load":
         print("load_tensors: loading model tensors, this can take a while...", flush=True)
@@ -75,7 +94,16 @@ def main(argv: list) -> int:
             await asyncio.Event().wait()     # the main loop never picks the task up
         return web.json_response([{"id": 0, "is_processing": False}])
 
-    async def completions(_: web.Request) -> web.Response:
+    async def completions(request: web.Request) -> web.StreamResponse:
+        if fault in ("tool-calls", "crash-mid-stream", "healthy") and request.method == "POST":
+            body = await request.json()
+            if fault == "tool-calls":
+                with open(os.path.join(args.state, "last-body.json"), "w") as fh:
+                    json.dump(body, fh)
+                return await answer(request, body, TOOL_EVENTS)
+            if fault == "crash-mid-stream":
+                return await answer(request, body, [{"content": "Hel"}, {"content": "lo"}], die_after=2)
+            return await answer(request, body, [{"content": "hel"}, {"content": "lo"}])
         if fault == "http-500":
             return web.json_response({"error": {"code": 500, "message": "Compute error.", "type": "server_error"}},
                                      status=500)
@@ -88,6 +116,42 @@ def main(argv: list) -> int:
         stuck.set()
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
+
+    async def answer(request: web.Request, body: dict, deltas: list, die_after: int = 0) -> web.StreamResponse:
+        """The deltas as one answer (stream: false) or as llama-server's SSE chunks, usage last."""
+        usage = {"prompt_tokens": 12, "completion_tokens": len(deltas), "total_tokens": 12 + len(deltas)}
+        finish = "tool_calls" if any("tool_calls" in d for d in deltas) else "stop"
+        if not body.get("stream"):
+            if die_after:
+                os._exit(1)
+            msg = {"role": "assistant", "content": "".join(d.get("content", "") for d in deltas) or None}
+            thinking = "".join(d.get("reasoning_content", "") for d in deltas)
+            if thinking:
+                msg["reasoning_content"] = thinking
+            calls = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+            if calls:
+                msg["tool_calls"] = [{"type": "function", "id": calls[0]["id"], "function": {
+                    "name": calls[0]["function"]["name"],
+                    "arguments": "".join(c["function"].get("arguments", "") for c in calls)}}]
+            return web.json_response({"choices": [{"index": 0, "message": msg, "finish_reason": finish}],
+                                      "model": "fake", "object": "chat.completion", "usage": usage})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+
+        async def event(obj: dict) -> None:
+            await resp.write(b"data: " + json.dumps({"object": "chat.completion.chunk", "model": "fake",
+                                                     **obj}).encode() + b"\n\n")
+
+        await event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": None}}]})
+        for i, d in enumerate(deltas, 1):
+            await event({"choices": [{"index": 0, "delta": d, "finish_reason": None}]})
+            if die_after and i == die_after:
+                await asyncio.sleep(0.05)
+                os._exit(1)
+        await event({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        await event({"choices": [], "usage": usage, "timings": {"prompt_ms": 1.5, "predicted_ms": 2.5}})
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
 
     app = web.Application()
     app.add_routes([web.get("/health", health), web.get("/slots", slots),

@@ -428,3 +428,17 @@ def test_floor_conn_times_a_round_trip_raises_oracd_errors_and_reconnects_after_
     conn.round_trip_ms("status")
     assert state["connections"] == 2
     conn.close()
+
+
+def test_the_http_phase_figures_and_targets():
+    from bench.http import figures, targets
+    times = {"direct /v1": [100.0, 102.0, 104.0], "oracd /v1": [100.5, 102.5, 104.5],
+             "direct /v1 first token": [20.0, 21.0, 22.0], "oracd /v1 first token": [21.5, 22.5, 23.5],
+             "oracd /api/chat": [103.0, 104.0, 105.0]}
+    res = figures(times, {"oracd": [95.0, 96.0], "direct": [100.0, 100.0]}, {})
+    assert res["added_ms_p50"] == {"non-streamed": 0.5, "first token": 1.5, "ollama vs openai path": 1.5}
+    assert res["throughput_ratio"] == 0.955
+    met = {k: v["met"] for k, v in targets(res).items()}
+    assert list(met.values()) == [True, False, True]
+    empty = figures({k: [] for k in times}, {"oracd": [], "direct": []}, {})
+    assert all(v["met"] is False and v["value"] == "not measured" for v in targets(empty).values())

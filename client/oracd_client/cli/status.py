@@ -88,6 +88,14 @@ def server_line(child: Dict[str, Any]) -> str:
     return server
 
 
+def http_line(http: Dict[str, Any]) -> str:
+    """The HTTP listeners (Ollama's and OpenAI's APIs) and their requests by API and status."""
+    counts = "; ".join(f"{api} " + ", ".join(f"{n} x {status}" for status, n in sorted(by.items()))
+                       for api, by in sorted((http.get("requests") or {}).items())) or "no requests yet"
+    return (f"{', '.join(http.get('listen') or []) or '-'} ({'key required' if http.get('auth') else 'no key'}), "
+            f"{http.get('in_flight', 0)} in flight; {counts}")
+
+
 def last_exit_line(last_exit: Dict[str, Any]) -> str:
     """``llama-server crashed (SIGSEGV), 2m 03s ago: <its last output line>``."""
     line = str(last_exit.get("message") or f"code {last_exit.get('returncode')}")
@@ -148,6 +156,9 @@ def cmd_status(ctx: Ctx) -> int:
     if rpc.get("fallback_local"):
         rows.append(["rpc fallback", fmt.paint(f"running locally: {rpc['fallback_local'].get('reason')}",
                                                "yellow", ctx.colour_out)])
+    http = st.get("http")
+    if isinstance(http, dict):
+        rows.append(["http apis", http_line(http)])
     for s in st.get("http_servers") or []:
         rows.append(["http server", f"pid {s.get('pid')} {s.get('model')} on {s.get('host')}:{s.get('port')}"])
     rows.append(["default model", st.get("default_model") or "-"])
@@ -155,7 +166,7 @@ def cmd_status(ctx: Ctx) -> int:
     rows.append(["log", st.get("log_file")])
     rows.append(["config", st.get("config") or "-"])
     rows.append(["models dirs", ", ".join(st.get("models_dirs") or []) or "-"])
-    known = {"version", "pid", "uptime_s", "rss_bytes", "child", "requests", "connections", "http_servers",
+    known = {"version", "pid", "uptime_s", "rss_bytes", "child", "requests", "connections", "http_servers", "http",
              "socket", "log_file", "models_dirs", "default_model", "config", "memory"}
     for k, v in st.items():                  # anything a newer oracd adds
         if k not in known and v not in (None, [], {}):

@@ -1,0 +1,97 @@
+"""What the HTTP APIs send besides plain JSON: streamed responses (Ollama's NDJSON, OpenAI's SSE) and
+HTTP-level refusals with their own status.
+
+A stream starts with its first piece, so an error before it is a plain HTTP error with its status;
+after it, the error is the stream's last piece.  A client that reads nothing for
+``server.send_timeout`` counts as gone, as on the JSON-RPC socket.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+from aiohttp import web
+
+from oracd_protocol.errors import InvalidRequest
+
+
+class HttpError(InvalidRequest):
+    """An HTTP-level refusal (unknown route, wrong method, slow body) with its own status (-32600 on the wire)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Streamed:
+    """A streamed response, started on its first piece (an error before it is a plain HTTP error).  A client
+    that does not read for ``server.send_timeout`` counts as gone, like one on the JSON-RPC socket."""
+    content_type = ""
+
+    def __init__(self, request: web.Request, send_timeout: float):
+        self.request = request
+        self.send_timeout = send_timeout
+        self.resp = web.StreamResponse(headers={"Content-Type": self.content_type, "Cache-Control": "no-cache"})
+        self.started = False
+
+    async def write(self, data: bytes) -> None:
+        if not self.started:
+            self.started = True
+            await self.resp.prepare(self.request)
+        try:
+            with anyio.fail_after(self.send_timeout):
+                await self.resp.write(data)
+        except TimeoutError:
+            raise ConnectionResetError(f"the client read nothing for {self.send_timeout:g} s") from None
+
+    def drop(self) -> web.StreamResponse:
+        """The client is gone (or not reading): close the connection, nothing more to send."""
+        if self.request.transport is not None:
+            self.request.transport.close()
+        return self.resp
+
+
+class NDJSON(Streamed):
+    """A newline-delimited JSON response (Ollama's streaming)."""
+    content_type = "application/x-ndjson"
+
+    async def send(self, obj: Any) -> None:
+        await self.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+
+    async def send_error(self, message: str) -> None:
+        """An error after the stream began: Ollama's {"error": ...} as the last line."""
+        try:
+            await self.resp.write(json.dumps({"error": message}).encode() + b"\n")
+            await self.resp.write_eof()
+        except (OSError, RuntimeError):
+            pass
+
+    async def finish(self) -> None:
+        if not self.started:
+            self.started = True
+            await self.resp.prepare(self.request)
+        await self.resp.write_eof()
+
+
+class SSE(Streamed):
+    """A server-sent-events response (OpenAI's streaming)."""
+    content_type = "text/event-stream"
+
+    async def send(self, obj: Any) -> None:
+        await self.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
+
+    async def send_error(self, error: web.Response) -> None:
+        """An error after the stream began: one last event with the error object, then the end."""
+        try:
+            await self.resp.write(b"data: " + bytes(error.body) + b"\n\n")
+            await self.resp.write_eof()
+        except (OSError, RuntimeError):
+            pass
+
+    async def finish(self) -> None:
+        if not self.started:
+            self.started = True
+            await self.resp.prepare(self.request)
+        await self.resp.write(b"data: [DONE]\n\n")
+        await self.resp.write_eof()
