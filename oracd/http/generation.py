@@ -100,7 +100,7 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
     deadline = Deadline(cfg.http.request_timeout,
                         lambda s: GenerationTimeout(f"Generation timed out after {s:g} seconds", {"timeout": s}))
     # the header read and the memory figures are file and /proc reads: off the event loop (cached after the first)
-    await anyio.to_thread.run_sync(app.check_loadable, path)
+    await app.check_loadable(path)
     sent = False
     asked: list = []
     n = body.get("max_tokens")

@@ -160,7 +160,7 @@ class OllamaRoutes:
         if not self.app.accepting:
             raise ShuttingDown()
         path = resolve(self.app, name)
-        await anyio.to_thread.run_sync(self.app.check_loadable, path)
+        await self.app.check_loadable(path)
         deadline = Deadline(self.app.cfg.llama.load_timeout,
                             lambda s: LoadTimeout(f"load of {path.name} timed out after {s:g} seconds"))
         with deadline.scope():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from oracd_protocol.errors import InvalidParams, InvalidPath, ModelNotFound
 from .gguf import header
@@ -126,13 +126,15 @@ class ModelStore:
                 seen.add(p.name)
                 yield p
 
-    def describe(self, path: Path, loaded: Optional[str]) -> Dict[str, Any]:
-        st = path.stat()
+    def describe(self, path: Union[Path, "ModelFile"], loaded: Optional[str]) -> Dict[str, Any]:
+        """A listing item: a file in a models dir, or a resolved ``ModelFile`` (its name, its target's data)."""
+        real = Path(os.fspath(path))
+        st = real.stat()
         item: Dict[str, Any] = {
             "name": path.name, "size": st.st_size, "modified": st.st_mtime,
-            "backend": "llama_cpp", "loaded": path.name == loaded, "path": str(path),
+            "backend": "llama_cpp", "loaded": path.name == loaded, "path": str(real),
         }
-        item.update(self.metadata(path, st))
+        item.update(self.metadata(real, st))
         return item
 
     def list(self, loaded: Optional[str]) -> List[Dict[str, Any]]:
@@ -144,5 +146,5 @@ class ModelStore:
                 continue
         return out
 
-    def metadata(self, path: Path, st: Optional[os.stat_result] = None) -> Dict[str, Any]:
-        return header(path, st)
+    def metadata(self, path: Union[Path, "ModelFile"], st: Optional[os.stat_result] = None) -> Dict[str, Any]:
+        return header(Path(os.fspath(path)), st)

@@ -148,7 +148,7 @@ def test_an_inline_grammar_per_request_and_never_a_file(client):
     assert r.choices[0].message.content in ("yes", "no")
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=SMOL, messages=USER, extra_body={"grammar": "/etc/passwd"})
-    assert err.value.body["param"] == "grammar" and "file names are not accepted" in err.value.body["message"]
+    assert err.value.body["param"] == "grammar" and "file paths are not accepted" in err.value.body["message"]
 
 
 def test_tools_and_tool_choice_are_accepted(client):
