@@ -25,7 +25,7 @@ def slug(heading: str) -> str:
     text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading)      # links keep their text
     text = re.sub(r"<[^>]+>", "", text).replace("`", "")
     text = text.strip().lower()
-    return "".join(c for c in text if c in "-_ " or unicodedata.category(c)[0] in "LN").replace(" ", "-")
+    return "".join(c for c in text if c in "-_ " or unicodedata.category(c)[0] in "LMN").replace(" ", "-")
 
 
 def prose(text: str) -> str:
@@ -74,13 +74,18 @@ def test_every_relative_link_and_anchor_resolves(page):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):          # http:, https:, mailto:
             continue
         path, _, anchor = target.partition("#")
-        dest = (page.parent / path).resolve() if path else page
-        if not dest.exists():
+        if not path:
+            dest = page
+        elif path.startswith("/"):                                     # GitHub: from the repository root
+            dest = (REPO / path.lstrip("/")).resolve()
+        else:
+            dest = (page.parent / path).resolve()
+        if not dest.is_relative_to(REPO):
+            broken.append(f"{target}: outside the repository")
+        elif not dest.exists():
             broken.append(f"{target}: no such file")
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             broken.append(f"{target}: no heading with that anchor in {dest.relative_to(REPO)}")
-        elif dest.resolve().is_relative_to(REPO) is False:
-            broken.append(f"{target}: outside the repository")
     assert not broken, f"{page.relative_to(REPO)}:\n  " + "\n  ".join(broken)
 
 
