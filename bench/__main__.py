@@ -2,7 +2,7 @@
 
 Prints a markdown table and writes bench/results/<timestamp>.json, .md and .png.
 Variants are interleaved run by run so machine noise hits them alike.  Nothing
-here asserts: the figures are for people (README, closing notes).  Progress goes
+here asserts: the figures are for people (bench/README.md, closing notes).  Progress goes
 to stderr; a failed request is recorded (and left out of the figures) rather than
 ending the run, and a phase that cannot run at all is recorded as failed while the
 others still run (exit status 1 then, after the results are written).

@@ -1,6 +1,6 @@
 """The results as markdown: one table per phase, failures and unmeasured phases said under their table.
 
-Why apart from the measuring: the text is what people paste into README and closing notes, and it is
+Why apart from the measuring: the text is what people paste into bench/README.md and closing notes, and it is
 pure (results dict in, lines out), so a change of wording never touches a measurement.
 """
 from __future__ import annotations

@@ -49,7 +49,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def loop_options(choice: str) -> dict:
     """uvloop when asked or, for "auto", when installed (a dependency on Linux): it takes a
-    measurable share off every round trip (README, Benchmarks).  Everything works on both."""
+    measurable share off every round trip (bench/README.md).  Everything works on both."""
     if choice == "asyncio":
         return {}
     try:

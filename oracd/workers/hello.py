@@ -5,7 +5,7 @@ payload``, reply ``size:u64 | payload``.  HELLO (cmd 14) must be the first
 command on a connection: payload 24 zero bytes (no RDMA), reply 28 bytes
 (major, minor, patch, pad, 24 caps bytes).  This llama.cpp speaks 7.0.0.
 
-Two traps, both measured here (README "Several machines"):
+Two traps, both measured here (docs/rpc-workers.md):
 - rpc-server serves ONE client at a time.  While llama-server is attached, a
   probe's connect succeeds (kernel backlog) but HELLO is never answered, so
   oracd never probes a worker its llama-server is using; it looks at
