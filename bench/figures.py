@@ -81,7 +81,7 @@ def _ratio_text(a: float, b: float) -> str:
 
 
 def warm_targets(w: Dict[str, Any]) -> Dict[str, Any]:
-    """Issue 15's goals for warm restore, from the p50s: restore's load close to no warm-up's, its first
+    """The goals for warm restore, from the p50s: restore's load close to no warm-up's, its first
     request close to the steady state, and the two together close to "load with nothing + a warm request".
     The steady state is the second generate after a load, of the same daemon (restore's own for the
     first-request goal, no warm-up's for the last one)."""

@@ -1,7 +1,7 @@
 """The memory budget: what a model needs (from its GGUF header) against what the box can give, and OOM kills.
 
-Why check before a load: a model that cannot fit used to stop the warm model
-first, then fail, leaving nothing serving.  Now a load that cannot fit is refused
+Why check before a load: a model that cannot fit would stop the warm model
+first, then fail, leaving nothing serving.  So a load that cannot fit is refused
 up front with both numbers, and the warm model keeps serving.
 
 What a load needs (``estimate``, pure): the weights (every tensor the header

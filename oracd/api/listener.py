@@ -5,7 +5,7 @@ steals a live oracd's socket, replaces a stale one, and binds atomically with
 ``socket_mode`` and ``socket_group`` (or takes the socket systemd passed by
 socket activation: it must be an AF_UNIX stream socket).  Each connection's peer
 is read with SO_PEERCRED and its supplementary groups with SO_PEERGROUPS (the
-shipped unit's ProtectProc=invisible hides /proc/<pid>/status, the old source);
+shipped unit's ProtectProc=invisible hides /proc/<pid>/status, so it cannot be the source);
 with ``allowed_uids``/``allowed_gids`` set, only those peers are served, and a
 peer whose credentials cannot be read is not.
 """
