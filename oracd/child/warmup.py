@@ -83,7 +83,7 @@ def warm_target(cfg: Config, model: str, registered: Optional[Dict[str, Any]] = 
         return registered
     prof = cfg.profile_for(model)
     system = prof.effective_system_prompt() if prof is not None else None
-    if not system or not cfg.llama.warmup:
+    if not system:
         return None
     return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "ok"}],
             "template_kwargs": None if prof.think else {"enable_thinking": False}}

@@ -25,7 +25,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 # ORAC's command JSON (shared with the eval, so it lives in the protocol package).
-from oracd_protocol.schemas import COMMAND_ACTIONS, COMMAND_MAX_STRING, COMMAND_SCHEMA  # noqa: E402,F401
+from oracd_protocol.schemas import COMMAND_SCHEMA  # noqa: E402
 
 # Any JSON value whose top level is an object (llama.cpp's own json.gbnf, condensed).
 JSON_GRAMMAR = r'''root   ::= object
