@@ -13,13 +13,13 @@ Rules (llama-swap's scheduler is the model):
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Dict, List, Optional
+from typing import Deque, Dict, Optional
 
 
 class SwapQueue:
     def __init__(self) -> None:
         self.current: Optional[str] = None      # the model the child should run now (None: nothing)
-        self.fresh = True                       # True until ``current`` has been ready once
+        self.fresh = True                 # True until ``current`` has been ready once
         self.previous: Optional[str] = None     # the model that was serving when ``current`` replaced it
         self._order: Deque[str] = deque()       # other models asked for, in arrival order
         self._waiting: Dict[str, int] = {}      # model -> requests waiting for it
@@ -39,9 +39,6 @@ class SwapQueue:
             self._waiting[model] = left
         else:
             self._waiting.pop(model, None)
-
-    def waiting(self, model: Optional[str]) -> int:
-        return self._waiting.get(model, 0) if model else 0
 
     def unload(self) -> None:
         """Run nothing (until a request arrives or a queued model is next)."""
@@ -67,9 +64,6 @@ class SwapQueue:
         """Would ``advance`` move to another model now?"""
         return not self._waiting.get(self.current) and any(self._waiting.get(m) for m in self._order
                                                              if m != self.current)
-
-    def queued(self) -> List[str]:
-        return list(self._order)
 
     def served(self) -> None:
         """The current model became ready."""

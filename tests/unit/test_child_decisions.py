@@ -19,12 +19,16 @@ def test_first_request_picks_the_model_and_others_queue_in_arrival_order():
     q.arrive("c")
     q.arrive("b")
     q.arrive("c")                      # queued once, at its first arrival
-    assert q.queued() == ["c", "b"]
     assert q.advance() is None         # someone still waits for "a"
     q.leave("a")
     assert q.swap_due()
     assert q.advance() == "c" and q.current == "c" and q.fresh
-    assert q.queued() == ["b"]
+    q.leave("c")
+    assert q.advance() is None         # the second "c" request still waits
+    q.leave("c")
+    assert q.advance() == "b" and q.current == "b"     # then "b", and "c" is not queued twice
+    q.leave("b")
+    assert q.advance() is None and not q.swap_due()
 
 
 def test_no_ping_pong_everyone_waiting_for_the_new_model_is_served_first():
@@ -49,7 +53,8 @@ def test_a_model_whose_waiters_gave_up_is_skipped():
     q.leave("b")                       # timed out while queued
     q.leave("a")
     assert q.advance() == "c"
-    assert q.queued() == []
+    q.leave("c")
+    assert q.advance() is None and q.current == "c"   # nothing left: "b" is not revived
 
 
 def test_unload_and_served():
