@@ -158,7 +158,7 @@ class ExtraServers:
         return {**srv.info(), "api_key": api_key}
 
     async def _watch(self, srv: ExtraServer) -> None:
-        rc = await srv.proc.watch()
+        rc = await srv.proc.wait_and_drain()
         log.info("extra llama-server exited", pid=srv.proc.pid, message=exits.describe(rc), **exits.exit_info(rc))
 
     async def stop(self, pid: int, force: bool = False) -> Dict[str, Any]:

@@ -120,7 +120,7 @@ async def quantize(store: ModelStore, quantize_bin: Path, input_model: str, outp
     proc = await ManagedProcess.spawn(cmd, on_line=on_line, merge_stderr=True, tail=20, env=env)
     try:
         with anyio.fail_after(timeout):
-            rc = await proc.watch()
+            rc = await proc.wait_and_drain()
         if rc != 0:
             budget = f" (the output may not exceed {limit} bytes: {binding})" if binding else ""
             raise QuantizeFailed(f"Quantization error: {exits.describe(rc, 'llama-quantize')}: "

@@ -15,14 +15,14 @@ from oracd.child.swap_queue import SwapQueue
 def test_first_request_picks_the_model_and_others_queue_in_arrival_order():
     q = SwapQueue()
     q.arrive("a")
-    assert q.current == "a" and q.fresh
+    assert q.current == "a" and q.never_ready
     q.arrive("c")
     q.arrive("b")
     q.arrive("c")                      # queued once, at its first arrival
     assert q.advance() is None         # someone still waits for "a"
     q.leave("a")
     assert q.swap_due()
-    assert q.advance() == "c" and q.current == "c" and q.fresh
+    assert q.advance() == "c" and q.current == "c" and q.never_ready
     q.leave("c")
     assert q.advance() is None         # the second "c" request still waits
     q.leave("c")
@@ -61,12 +61,12 @@ def test_unload_and_served():
     q = SwapQueue()
     q.arrive("a")
     q.served()
-    assert not q.fresh
+    assert not q.never_ready
     q.unload()
     assert q.current is None and not q.swap_due()
     q.leave("a")
     q.arrive("a")
-    assert q.current == "a" and q.fresh   # the same model after an unload is a fresh load again
+    assert q.current == "a" and q.never_ready   # the same model after an unload is a fresh load again
 
 
 # ---------------------------------------------------------------------- backoff
