@@ -45,6 +45,7 @@ from .failures import classify_load_failure, load_retry_due, telling_line, worke
 from .instance import Child, log_child_line
 from .pidfile import prepare_runtime_dir, reap_orphan, remove_pidfile, write_pidfile
 from .process import ManagedProcess
+from .readiness import TIMED_OUT, wait_healthy
 from .states import ChildState, check_transition
 from .swap_queue import SwapQueue
 from .wedge import WedgeDetector
@@ -54,6 +55,7 @@ from .swa import plan_for_start
 from .warmup import WarmReport, Warmer, warm_target
 
 log = get_logger("oracd.supervisor")
+ABANDONED = "abandoned"     # a health wait ended because another model is wanted now, or oracd stops
 
 
 class Supervisor:
@@ -456,27 +458,22 @@ class Supervisor:
     async def _wait_healthy(self, child: Child) -> Optional[OracError]:
         """None when /health says 200 (or the start was abandoned); the error when the load failed."""
         l = self.holder.cfg.llama
-        deadline = time.monotonic() + l.load_timeout
-        delay = 0.02
-        while time.monotonic() < deadline:
+
+        def stop() -> Optional[Any]:
             if child.returncode is not None:
                 tail = list(child.tail)[-15:]
                 return ModelLoadFailed(
                     f"{exits.describe(child.returncode)} while loading {child.model}: {telling_line(tail)}",
                     {"reason": classify_load_failure(tail), **exits.exit_info(child.returncode), "stderr_tail": tail})
             self.apply_inbox()
-            if self._queue.current != child.model or self._shutdown:
-                return None
-            with anyio.move_on_after(min(l.health_timeout, max(0.01, deadline - time.monotonic()))):
-                try:
-                    if await child.http.health() == 200:
-                        return None
-                except Exception:
-                    pass
-            await self.wait_kick(delay)
-            delay = min(delay * 1.5, 0.25)
-        return ModelLoadFailed(f"llama-server did not become ready within {l.load_timeout:.0f}s loading {child.model}",
-                               {"reason": "load_timeout", "stderr_tail": list(child.tail)[-15:]})
+            return ABANDONED if self._queue.current != child.model or self._shutdown else None
+
+        outcome = await wait_healthy(child.http, time.monotonic() + l.load_timeout, l.health_timeout, stop,
+                                     self.wait_kick, first_pause=0.02, max_pause=0.25)
+        if outcome == TIMED_OUT:
+            return ModelLoadFailed(f"llama-server did not become ready within {l.load_timeout:.0f}s loading "
+                                   f"{child.model}", {"reason": "load_timeout", "stderr_tail": list(child.tail)[-15:]})
+        return outcome if isinstance(outcome, OracError) else None      # healthy, or abandoned
 
     def _load_failed(self, name: str, err: OracError, fresh: bool) -> None:
         restored = self._restore_previous(name, err) if fresh else None
