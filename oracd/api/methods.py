@@ -109,8 +109,7 @@ class App:
         swa = swa_plan(cfg, path.name, meta, avail + freed, self.supervisor.restores(path.name))
         v = memory_verdict(cfg, path.name, meta, avail + freed, swa_full=swa is not None and swa.full)
         self.memory = v.as_dict()
-        if v.ctx is None:
-            raise v.refusal(source, freed)
+        v.fits_or_raise(source, freed)
 
     # ------------------------------------------------------------------ generate
     async def generate(self, ctx: CallContext, *, prompt: str, model: Optional[str] = None,
