@@ -112,7 +112,7 @@ def target(value: Callable[[], Any], ok: Callable[[Any], Any], show: Callable[[A
 
 
 def check_targets(res: Dict[str, Any]) -> Dict[str, Any]:
-    """The issue's goals for the full run, met or missed, from this run's figures (the warm-up phase
+    """The project's performance goals for the full run, met or missed, from this run's figures (the warm-up phase
     carries its own, ``res["warmup"]["targets"]``)."""
     g, mem = res["generate"], res["memory"]
     return {
