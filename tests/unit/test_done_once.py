@@ -140,3 +140,36 @@ def test_the_tomllib_version_guard_is_written_once():
     guarded = [p.relative_to(REPO).as_posix() for p in sorted((REPO / "oracd").rglob("*.py"))
                if re.search(r"import tomli as tomllib", p.read_text())]
     assert guarded == ["oracd/config/toml.py"]
+
+
+# ---------------------------------------------------------------------- the Unix listener
+def test_both_unix_listeners_are_made_one_way_stale_replaced_live_and_non_sockets_refused(tmp_path):
+    import os
+    import socket
+    import stat
+
+    from oracd.api.listener import StartupError, bind_unix_listener
+    from oracd.config.settings import with_overrides
+    from oracd.http.server import bind_unix
+    cfg = with_overrides(Config(), server={"socket_mode": 0o600, "socket_group": ""})
+    path = tmp_path / "run" / "http.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path.parent.mkdir()
+    stale.bind(str(path))
+    stale.close()                                       # a socket file nobody listens on
+    live = bind_unix(str(path), cfg)                    # the HTTP API's door to the shared one
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 and stat.S_ISSOCK(path.stat().st_mode)
+        assert [p.name for p in path.parent.iterdir()] == ["http.sock"]      # no temp name left
+        with pytest.raises(StartupError, match=r"^http.listen: another process is already serving"):
+            bind_unix(str(path), cfg)
+        with pytest.raises(StartupError, match=r"^another process is already serving"):
+            bind_unix_listener(path, cfg)
+    finally:
+        live.close()
+    plain = tmp_path / "run" / "file"
+    plain.write_text("keep me")
+    with pytest.raises(StartupError, match="exists and is not a socket"):
+        bind_unix(str(plain), cfg)
+    assert plain.read_text() == "keep me"
+    os.unlink(path)
