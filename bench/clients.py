@@ -1,7 +1,7 @@
 """How the benchmark talks to what it measures: oracd through the shared clients, llama-server over HTTP.
 
 Why here and not in each phase: every phase needs the same deadlines (bench.harness.Timeouts) on the
-same clients, and the wire itself is never written again in bench/ (issue 14): JSON-RPC goes through
+same clients, and the wire is written in one place only (a second copy drifts): JSON-RPC goes through
 ``oracd_client.transport.OracdClient`` (asyncio) or ``oracd_protocol.blocking.BlockingClient``
 (the blocking RPC floor).  Only the direct llama-server baseline speaks HTTP, with aiohttp.
 """

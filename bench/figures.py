@@ -81,7 +81,7 @@ def _ratio_text(a: float, b: float) -> str:
 
 
 def warm_targets(w: Dict[str, Any]) -> Dict[str, Any]:
-    """Issue 15's goals for warm restore, from the p50s: restore's load close to no warm-up's, its first
+    """The goals for warm restore, from the p50s: restore's load close to no warm-up's, its first
     request close to the steady state, and the two together close to "load with nothing + a warm request".
     The steady state is the second generate after a load, of the same daemon (restore's own for the
     first-request goal, no warm-up's for the last one)."""
@@ -112,7 +112,7 @@ def target(value: Callable[[], Any], ok: Callable[[Any], Any], show: Callable[[A
 
 
 def check_targets(res: Dict[str, Any]) -> Dict[str, Any]:
-    """The issue's goals for the full run, met or missed, from this run's figures (the warm-up phase
+    """The project's performance goals for the full run, met or missed, from this run's figures (the warm-up phase
     carries its own, ``res["warmup"]["targets"]``)."""
     g, mem = res["generate"], res["memory"]
     return {

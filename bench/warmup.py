@@ -1,7 +1,7 @@
 """The warm-up phase: the first request after a load with no warm-up, a prefill warm-up and a warm restore.
 
 Why: a long few-shot system prompt costs a small model seconds of prefill on a CPU.  Warm-up pays it
-before ``ready`` (prefill), or loads the saved KV cache from disk instead (restore, issue 15); this
+before ``ready`` (prefill), or loads the saved KV cache from disk instead (restore); this
 measures what each costs at the load and saves on the first request.  Three oracd run side by side on
 the same model and profile (``WARM_SETTINGS``); each round unloads and loads the model on each (the
 order rotating) and times the load, the first generate after it and a second one (the steady state).

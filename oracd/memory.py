@@ -1,7 +1,7 @@
 """The memory budget: what a model needs (from its GGUF header) against what the box can give, and OOM kills.
 
-Why check before a load: a model that cannot fit used to stop the warm model
-first, then fail, leaving nothing serving.  Now a load that cannot fit is refused
+Why check before a load: a model that cannot fit would stop the warm model
+first, then fail, leaving nothing serving.  So a load that cannot fit is refused
 up front with both numbers, and the warm model keeps serving.
 
 What a load needs (``estimate``, pure): the weights (every tensor the header
@@ -152,6 +152,13 @@ class Verdict:
     def shrunk(self) -> bool:
         return self.ctx is not None and self.ctx != self.configured_ctx
 
+    def fits_or_raise(self, source: str, freed: int = 0) -> "Verdict":
+        """This verdict when the load fits; else raises the refusal every load path shares (``source``: where
+        the free-memory figure came from; ``freed``: bytes of it that the replaced child frees)."""
+        if self.ctx is None:
+            raise self.refusal(source, freed)
+        return self
+
     def refusal(self, source: str, freed: int = 0) -> ModelLoadFailed:
         """The one error for a load that cannot fit: both numbers, where they come from, and why."""
         fp = self.footprint
@@ -229,9 +236,7 @@ def context_for_start(cfg: "Config", name: str, path: Path,
     meta = header(path)
     if room is None or not meta.get("valid"):
         return None
-    v = memory_verdict(cfg, name, meta, room, swa_full)
-    if v.ctx is None:
-        raise v.refusal(source)
+    v = memory_verdict(cfg, name, meta, room, swa_full).fits_or_raise(source)
     if not v.shrunk:
         return None
     log.warning("context shrunk to fit memory", model=name, ctx_size=v.ctx, configured=v.configured_ctx,

@@ -2,7 +2,7 @@
 
 Why: one ``open()`` of a FIFO blocks until a writer shows up, and a read of a
 huge file stalls every client for seconds; on the event loop either one freezes
-the whole daemon (issue 21).  Every file oracd reads while serving a request goes
+the whole daemon.  Every file oracd reads while serving a request goes
 through here: opened with ``O_NOFOLLOW|O_NONBLOCK|O_CLOEXEC`` (a FIFO, a device or a
 link swapped in is never waited on), ``fstat`` must say "regular file", and the
 read stops at ``max_bytes``.  The ``a*`` forms run in a worker thread.

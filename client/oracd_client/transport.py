@@ -22,8 +22,8 @@ every method (nothing was sent yet).
 Notifications about a request in flight (``generate.chunk``, ``quantize.progress``,
 ``load.progress``: JSON-RPC notifications whose ``params.id`` is the request's id)
 go to the ``on_notify(method, params)`` callback given to that call; without one
-they are dropped as before.  The lookup happens only for id-less messages, so
-plain responses take the same path as ever.
+they are dropped.  The lookup happens only for id-less messages, so plain
+responses never pay for it.
 
 Framing: answers are read with asyncio's ``StreamReader.readline`` (limit
 ``LINE_LIMIT``) rather than ``oracd_protocol.framing.NewlineFramer``.  The reader
@@ -31,7 +31,7 @@ already buffers in a ``bytearray`` and resumes its newline search where it
 stopped, so the framer would save nothing here, and switching would mean
 replacing the streams (reconnect checks, ``drain``, ``GenerateStream``'s
 hang-up) with a hand-written ``asyncio.Protocol``.  An answer line over the limit
-ends the connection (its calls fail with ``ConnectionLost``), as before.
+ends the connection (its calls fail with ``ConnectionLost``).
 Requests are written with the protocol's ``encode``; errors are rebuilt with
 its ``from_wire``.
 """

@@ -18,9 +18,10 @@ LOAD_PROGRESS = "load.progress"          #: ``{id, model, state, elapsed_ms}``
 # ---------------------------------------------------------------------- socket discovery
 #: The socket of a system-wide oracd (systemd unit, ``/etc/oracd/oracd.toml``).
 SYSTEM_SOCKET = "/run/oracd/oracd.sock"
-#: The checkout this package lives in (the parent of ``client/``); the dev config puts its socket there.
-CHECKOUT = Path(__file__).resolve().parent.parent.parent
-DEV_SOCKET = str(CHECKOUT / "run" / "oracd.sock")
+#: The directory above the one this package sits in: a checkout's root when run from one (the dev config puts
+#: its socket there), somewhere under the Python prefix once installed; only a fallback to try.
+PACKAGE_PARENT_PARENT = Path(__file__).resolve().parent.parent.parent
+DEV_SOCKET = str(PACKAGE_PARENT_PARENT / "run" / "oracd.sock")
 SOCKET_ENV = "ORACD_SOCKET"
 #: ORAC's models dir override (the old client's; oracd checks it is a dir it serves).
 MODELS_PATH_ENV = "ORAC_MODELS_PATH"

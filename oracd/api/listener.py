@@ -5,7 +5,7 @@ steals a live oracd's socket, replaces a stale one, and binds atomically with
 ``socket_mode`` and ``socket_group`` (or takes the socket systemd passed by
 socket activation: it must be an AF_UNIX stream socket).  Each connection's peer
 is read with SO_PEERCRED and its supplementary groups with SO_PEERGROUPS (the
-shipped unit's ProtectProc=invisible hides /proc/<pid>/status, the old source);
+shipped unit's ProtectProc=invisible hides /proc/<pid>/status, so it cannot be the source);
 with ``allowed_uids``/``allowed_gids`` set, only those peers are served, and a
 peer whose credentials cannot be read is not.
 """
@@ -107,8 +107,15 @@ def socket_gid(cfg: Config) -> Optional[int]:
 
 
 def bind_socket(cfg: Config) -> socket.socket:
-    """Create the listening socket with socket_mode (and socket_group), atomically in place."""
-    path = cfg.server.socket
+    """Create the JSON-RPC listening socket with socket_mode (and socket_group), atomically in place."""
+    return bind_unix_listener(cfg.server.socket, cfg)
+
+
+def bind_unix_listener(path: Path, cfg: Config, setting: str = "") -> socket.socket:
+    """A listening Unix socket at ``path`` with ``[server]`` socket_mode and socket_group, renamed into place
+    only when complete.  Never steals a live one or replaces a file that is not a socket; a stale one (nobody
+    listening) is replaced.  ``setting``: the config key that named ``path``, for the errors."""
+    where = f"{setting}: " if setting else ""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         st = path.lstat()
@@ -116,9 +123,9 @@ def bind_socket(cfg: Config) -> socket.socket:
         st = None
     if st is not None:
         if not stat.S_ISSOCK(st.st_mode):
-            raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+            raise StartupError(f"{where}{path} exists and is not a socket; refusing to replace it")
         if _socket_alive(path):
-            raise StartupError(f"another process is already serving {path}")
+            raise StartupError(f"{where}another process is already serving {path}")
         log.warning("removing stale socket", path=str(path))
         path.unlink()
     gid = socket_gid(cfg)

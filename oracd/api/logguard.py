@@ -1,7 +1,7 @@
 """Keeping clients from flooding the log: client-supplied fields clipped, request lines rate-limited per peer.
 
 Why: the log is the operator's history.  A method name of 1 MB written in full,
-32 times, rotated every log file away in seconds (issue 21).  Every field a
+32 times, would rotate every log file away in seconds.  Every field a
 client chose is clipped to ``CLIP`` characters with a marker giving its real
 length, and each peer gets a token bucket of request lines; the lines it would
 have cost beyond that are counted and reported in one summary line later.

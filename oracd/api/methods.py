@@ -25,6 +25,7 @@ from ..metrics import Metrics
 from ..memory import available, memory_verdict
 from ..child.command import child_env
 from ..child.swa import plan as swa_plan
+from ..child.warmup import chat_target
 from ..models.quantize import quantize
 from ..models.quota import QuantizeLimits
 from ..models.store import ModelFile, ModelStore
@@ -109,8 +110,7 @@ class App:
         swa = swa_plan(cfg, path.name, meta, avail + freed, self.supervisor.restores(path.name))
         v = memory_verdict(cfg, path.name, meta, avail + freed, swa_full=swa is not None and swa.full)
         self.memory = v.as_dict()
-        if v.ctx is None:
-            raise v.refusal(source, freed)
+        v.fits_or_raise(source, freed)
 
     # ------------------------------------------------------------------ generate
     async def generate(self, ctx: CallContext, *, prompt: str, model: Optional[str] = None,
@@ -294,8 +294,7 @@ class App:
             if not system:
                 raise InvalidParams("nothing to warm: give prefix or system_prompt (the model has no profile "
                                     "system prompt)", "prefix")
-            target = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "ok"}],
-                      "template_kwargs": None if prof.think else {"enable_thinking": False}}
+            target = chat_target(system, prof.think)
         deadline = Deadline(timeout or self.cfg.llama.load_timeout,
                             lambda s: LoadTimeout(f"prewarm of {path.name} timed out after {s:g} seconds"))
         await self.check_loadable(path)

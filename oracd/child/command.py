@@ -33,6 +33,17 @@ def find_binary(path: Path) -> str:
 
 
 
+HELP_TIMEOUT = 30.0      # seconds: a first --help on a Jetson pays for CUDA init
+
+
+def help_text(binary: str) -> str:
+    """What a llama.cpp tool prints for ``--help`` (stdout and stderr), run with the children's environment:
+    what a build supports is read from there.  Blocking (a process run): call it from a worker thread.
+    Raises OSError or subprocess.TimeoutExpired when the tool cannot be run."""
+    out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=HELP_TIMEOUT, env=child_env())
+    return out.stdout + out.stderr
+
+
 @lru_cache(maxsize=8)
 def supports_unix_socket(binary: str) -> bool:
     """Does this llama-server accept ``--host path.sock``?  (Read once from its --help.)
@@ -40,10 +51,9 @@ def supports_unix_socket(binary: str) -> bool:
     Blocking (a process run): call it from a worker thread (``make_endpoint`` does), never on the loop.
     """
     try:
-        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30, env=child_env())
+        return ".sock" in help_text(binary)
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return ".sock" in (out.stdout + out.stderr)
 
 
 def free_port() -> int:

@@ -27,8 +27,11 @@ from . import exits
 from .command import build_command, child_env, find_binary
 from .http import LlamaEndpoint, LlamaHTTP
 from .process import ManagedProcess
+from .readiness import TIMED_OUT, wait_healthy
 
 log = get_logger("oracd.extra_servers")
+PROBE_TIMEOUT = 2.0     # seconds one /health probe may take while a server starts
+EXITED = "exited"       # the server exited before it was ready
 
 
 class ExtraServer:
@@ -133,22 +136,16 @@ class ExtraServers:
         probe_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         http = LlamaHTTP(LlamaEndpoint(port=port, host=probe_host, api_key=api_key))
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if srv.returncode is not None:
-                    raise ServerStartFailed(
-                        f"Failed to start llama server: {exits.describe(srv.returncode)}: "
-                        f"{srv.proc.tail[-1] if srv.proc.tail else ''}", {"stderr_tail": list(srv.proc.tail)})
-                if time.monotonic() > deadline:
-                    raise ServerStartFailed(f"Failed to start llama server: not ready after {timeout:g}s",
-                                            {"stderr_tail": list(srv.proc.tail)})
-                with anyio.move_on_after(2):
-                    try:
-                        if await http.health() == 200:
-                            break
-                    except Exception:
-                        pass
-                await anyio.sleep(0.05)
+            outcome = await wait_healthy(http, time.monotonic() + timeout, PROBE_TIMEOUT,
+                                         lambda: EXITED if srv.returncode is not None else None,
+                                         anyio.sleep, first_pause=0.05, max_pause=0.05)
+            if outcome == EXITED:
+                raise ServerStartFailed(
+                    f"Failed to start llama server: {exits.describe(srv.returncode)}: "
+                    f"{srv.proc.tail[-1] if srv.proc.tail else ''}", {"stderr_tail": list(srv.proc.tail)})
+            if outcome == TIMED_OUT:
+                raise ServerStartFailed(f"Failed to start llama server: not ready after {timeout:g}s",
+                                        {"stderr_tail": list(srv.proc.tail)})
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.stop(proc.pid)
@@ -158,7 +155,7 @@ class ExtraServers:
         return {**srv.info(), "api_key": api_key}
 
     async def _watch(self, srv: ExtraServer) -> None:
-        rc = await srv.proc.watch()
+        rc = await srv.proc.wait_and_drain()
         log.info("extra llama-server exited", pid=srv.proc.pid, message=exits.describe(rc), **exits.exit_info(rc))
 
     async def stop(self, pid: int, force: bool = False) -> Dict[str, Any]:

@@ -118,7 +118,7 @@ class ManagedProcess:
             if result is not None:
                 await result
 
-    async def watch(self) -> int:
+    async def wait_and_drain(self) -> int:
         """Drain both pipes and wait for the exit (run it as a task); then nothing of the group survives."""
         try:
             async with anyio.create_task_group() as tg:

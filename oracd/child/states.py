@@ -41,8 +41,6 @@ LEGAL: Dict[ChildState, FrozenSet[ChildState]] = {
     S.FAILED: frozenset({S.STARTING, S.STOPPED, S.SHUTDOWN}),
     S.SHUTDOWN: frozenset(),
 }
-# where a request waiting for a model can stop waiting: the model is there, or it will not come
-SETTLED = frozenset({S.READY, S.FAILED, S.STOPPED, S.SHUTDOWN})
 
 
 class IllegalTransition(RuntimeError):

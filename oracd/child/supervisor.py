@@ -45,15 +45,17 @@ from .failures import classify_load_failure, load_retry_due, telling_line, worke
 from .instance import Child, log_child_line
 from .pidfile import prepare_runtime_dir, reap_orphan, remove_pidfile, write_pidfile
 from .process import ManagedProcess
+from .readiness import TIMED_OUT, wait_healthy
 from .states import ChildState, check_transition
 from .swap_queue import SwapQueue
 from .wedge import WedgeDetector
-from .tickets import Ticket, Waiters
+from .tickets import Ticket, TicketsAndLeases
 from .kvstore import KVStore
 from .swa import plan_for_start
 from .warmup import WarmReport, Warmer, warm_target
 
 log = get_logger("oracd.supervisor")
+ABANDONED = "abandoned"     # a health wait ended because another model is wanted now, or oracd stops
 
 
 class Supervisor:
@@ -77,7 +79,7 @@ class Supervisor:
         self.finished = anyio.Event()             # set when run() has stopped the child for good
         self._queue = SwapQueue()
         self._paths: Dict[str, Path] = {}
-        self._waiters = Waiters()
+        self._claims = TicketsAndLeases()
         self._inbox: Deque[Tuple[str, Any]] = deque()
         self._kick = anyio.Event()
         self._backoff_until = 0.0
@@ -112,12 +114,12 @@ class Supervisor:
 
     @property
     def in_flight(self) -> int:
-        return self._waiters.in_flight
+        return self._claims.in_flight
 
     @property
     def waiting(self) -> int:
         """Requests waiting for a model (the swap queue's depth)."""
-        return len(self._waiters.tickets)
+        return len(self._claims.tickets)
 
     def status(self) -> Dict[str, Any]:
         child = self.child
@@ -126,7 +128,7 @@ class Supervisor:
             "state": self.state.value, "model": self.model, "wanted_model": self._queue.current,
             "pid": child.pid if child else None, "restarts": self.restarts, "loads": self.loads,
             "restarts_by_reason": dict(self.restart_reasons),
-            "consecutive_failures": self.consecutive_failures, "in_flight": self._waiters.in_flight,
+            "consecutive_failures": self.consecutive_failures, "in_flight": self._claims.in_flight,
             "endpoint": child.endpoint.describe() if child else None,
             "last_error": self.last_error, "last_exit": self.last_exit,
             "profile": self.model if self.model in cfg.profiles else None,
@@ -173,7 +175,7 @@ class Supervisor:
             if not ticket.done.is_set():
                 self._post("leave", ticket)
             elif ticket.lease and ticket.child is not None:
-                self._waiters.release()
+                self._claims.release()
             raise
         if ticket.error is not None:
             raise ticket.error
@@ -184,14 +186,14 @@ class Supervisor:
         """Hold the child serving ``name`` for one request; a swap waits until such holds end."""
         child = self.ready_child(name)
         if child is not None:
-            self._waiters.acquire()
+            self._claims.acquire()
         else:
             child = await self._wait(Ticket(name, path, lease=True))
         assert child is not None
         try:
             yield child
         finally:
-            self._waiters.release()
+            self._claims.release()
             self.last_busy = time.monotonic()
 
     async def load(self, name: str, path: Path) -> Child:
@@ -237,7 +239,7 @@ class Supervisor:
             kind, item = self._inbox.popleft()
             if kind == "want":
                 self.last_busy = time.monotonic()
-                self._waiters.add(item)
+                self._claims.add(item)
                 if item.model is None:
                     dropped = self._queue.current
                     self._queue.unload()
@@ -249,7 +251,7 @@ class Supervisor:
                     self._paths[item.model] = Path(os.fspath(item.path))   # a ModelFile: its resolved path
                     self._queue.arrive(item.model)
             elif kind == "leave":
-                if self._waiters.remove(item):
+                if self._claims.remove(item):
                     self._queue.leave(item.model)
             elif kind == "restart":
                 self._restart_why = item
@@ -259,12 +261,12 @@ class Supervisor:
 
     def _resolve(self, match: Callable[[Ticket], bool], child: Optional[Child] = None,
                  error: Optional[OracError] = None) -> None:
-        self._waiters.resolve(match, self._queue.leave, child, error)
+        self._claims.resolve(match, self._queue.leave, child, error)
 
     def _settle_tickets(self) -> None:
         if self._shutdown:
             self._resolve(lambda t: True, error=ShuttingDown())
-            self._waiters.resolve_unloads()
+            self._claims.resolve_unloads()
             return
         child, current = self.child, self._queue.current
         if self.state is ChildState.READY and child is not None and child.returncode is None \
@@ -345,7 +347,7 @@ class Supervisor:
                     self._backoff_until, self.consecutive_failures = 0.0, 0
                     self._load_retried = False
             if child is None:
-                self._waiters.resolve_unloads()
+                self._claims.resolve_unloads()
                 if want is None:
                     if self.state not in (ChildState.STOPPED, ChildState.FAILED):
                         self._set_state(ChildState.STOPPED)
@@ -370,7 +372,7 @@ class Supervisor:
                 target, reason, why = self._kill_request
                 self._kill_request = None
                 if target is child:
-                    await self.kill(child, why, reason)
+                    await self.kill(child, reason, why)
                 continue
             if self._restart_why:
                 why, self._restart_why = self._restart_why, None
@@ -380,14 +382,14 @@ class Supervisor:
             await watch(self, child)
 
     async def _drain(self, timeout: float) -> None:
-        if self._waiters.in_flight:
-            log.info("waiting for in-flight requests", in_flight=self._waiters.in_flight, timeout_s=timeout)
-            await self._waiters.drain(timeout)
+        if self._claims.in_flight:
+            log.info("waiting for in-flight requests", in_flight=self._claims.in_flight, timeout_s=timeout)
+            await self._claims.drain(timeout)
 
     async def _start(self, name: str) -> None:
         """STARTING: spawn llama-server for ``name``, wait for /health 200, warm it up: READY."""
         assert self._tg is not None
-        cfg, fresh, path = self.holder.cfg, self._queue.fresh, self._paths[name]
+        cfg, fresh, path = self.holder.cfg, self._queue.never_ready, self._paths[name]
         self._set_state(ChildState.STARTING, model=name)
         t0 = time.monotonic()
         try:
@@ -456,27 +458,22 @@ class Supervisor:
     async def _wait_healthy(self, child: Child) -> Optional[OracError]:
         """None when /health says 200 (or the start was abandoned); the error when the load failed."""
         l = self.holder.cfg.llama
-        deadline = time.monotonic() + l.load_timeout
-        delay = 0.02
-        while time.monotonic() < deadline:
+
+        def stop() -> Optional[Any]:
             if child.returncode is not None:
                 tail = list(child.tail)[-15:]
                 return ModelLoadFailed(
                     f"{exits.describe(child.returncode)} while loading {child.model}: {telling_line(tail)}",
                     {"reason": classify_load_failure(tail), **exits.exit_info(child.returncode), "stderr_tail": tail})
             self.apply_inbox()
-            if self._queue.current != child.model or self._shutdown:
-                return None
-            with anyio.move_on_after(min(l.health_timeout, max(0.01, deadline - time.monotonic()))):
-                try:
-                    if await child.http.health() == 200:
-                        return None
-                except Exception:
-                    pass
-            await self.wait_kick(delay)
-            delay = min(delay * 1.5, 0.25)
-        return ModelLoadFailed(f"llama-server did not become ready within {l.load_timeout:.0f}s loading {child.model}",
-                               {"reason": "load_timeout", "stderr_tail": list(child.tail)[-15:]})
+            return ABANDONED if self._queue.current != child.model or self._shutdown else None
+
+        outcome = await wait_healthy(child.http, time.monotonic() + l.load_timeout, l.health_timeout, stop,
+                                     self.wait_kick, first_pause=0.02, max_pause=0.25)
+        if outcome == TIMED_OUT:
+            return ModelLoadFailed(f"llama-server did not become ready within {l.load_timeout:.0f}s loading "
+                                   f"{child.model}", {"reason": "load_timeout", "stderr_tail": list(child.tail)[-15:]})
+        return outcome if isinstance(outcome, OracError) else None      # healthy, or abandoned
 
     def _load_failed(self, name: str, err: OracError, fresh: bool) -> None:
         restored = self._restore_previous(name, err) if fresh else None
@@ -609,7 +606,7 @@ class Supervisor:
                 self.policy.healthy_long_enough(time.monotonic() - child.ready_at):
             self.consecutive_failures = 0
 
-    async def kill(self, child: Child, why: str, reason: str = "hang") -> None:
+    async def kill(self, child: Child, reason: str, why: str) -> None:
         """The child is stuck or lost a worker: SIGKILL its group and wait for the exit (then it is restarted)."""
         if child.returncode is None and child.killed_for is None:
             if reason == "hang":
@@ -636,6 +633,6 @@ class Supervisor:
 
     async def _reap(self, child: Child) -> None:
         try:
-            await child.proc.watch()
+            await child.proc.wait_and_drain()
         finally:                  # even if watching failed: the owner loop looks at the child again
             self._kick.set()

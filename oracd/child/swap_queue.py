@@ -13,13 +13,13 @@ Rules (llama-swap's scheduler is the model):
 from __future__ import annotations
 
 from collections import deque
-from typing import Deque, Dict, List, Optional
+from typing import Deque, Dict, Optional
 
 
 class SwapQueue:
     def __init__(self) -> None:
         self.current: Optional[str] = None      # the model the child should run now (None: nothing)
-        self.fresh = True                       # True until ``current`` has been ready once
+        self.never_ready = True                 # True until ``current`` has been ready once
         self.previous: Optional[str] = None     # the model that was serving when ``current`` replaced it
         self._order: Deque[str] = deque()       # other models asked for, in arrival order
         self._waiting: Dict[str, int] = {}      # model -> requests waiting for it
@@ -39,9 +39,6 @@ class SwapQueue:
             self._waiting[model] = left
         else:
             self._waiting.pop(model, None)
-
-    def waiting(self, model: Optional[str]) -> int:
-        return self._waiting.get(model, 0) if model else 0
 
     def unload(self) -> None:
         """Run nothing (until a request arrives or a queued model is next)."""
@@ -68,19 +65,16 @@ class SwapQueue:
         return not self._waiting.get(self.current) and any(self._waiting.get(m) for m in self._order
                                                              if m != self.current)
 
-    def queued(self) -> List[str]:
-        return list(self._order)
-
     def served(self) -> None:
         """The current model became ready."""
-        self.fresh = False
+        self.never_ready = False
 
     def take_previous(self, failed: str) -> Optional[str]:
         """``failed`` (current, never ready) could not be loaded: make the model that was serving before it
         current again and return it; None if there was none (a start from nothing, or a restore that failed
         itself: no ping-pong)."""
         prev = self.previous
-        if prev is None or prev == failed or self.current != failed or not self.fresh:
+        if prev is None or prev == failed or self.current != failed or not self.never_ready:
             return None
         self._set(prev)
         return prev
@@ -88,7 +82,7 @@ class SwapQueue:
     def _set(self, model: Optional[str]) -> None:
         if model != self.current:
             # remember what served until now (only a model that was ready: not a load that never finished)
-            self.previous = self.current if self.current is not None and not self.fresh else None
-            self.current, self.fresh = model, True
+            self.previous = self.current if self.current is not None and not self.never_ready else None
+            self.current, self.never_ready = model, True
         if model is not None and model in self._order:
             self._order.remove(model)

@@ -34,7 +34,8 @@ def _copy(err: OracError) -> OracError:
     return new
 
 
-class Waiters:
+class TicketsAndLeases:
+    """The requests waiting for a model or an unload (tickets), and the in-flight leases on the child."""
     def __init__(self) -> None:
         self.tickets: List[Ticket] = []      # waiting for a model
         self.unloads: List[Ticket] = []      # waiting for the child to be stopped

@@ -74,6 +74,13 @@ def restore_support(cfg: Config, meta: Dict[str, Any], swa: Optional[SwaPlan] = 
     return "on"
 
 
+def chat_target(system: str, think: bool) -> Dict[str, Any]:
+    """The chat warm-up target for ``system``: the system message plus a one-word user turn (the template then
+    renders the system part exactly as a real request's), thinking off unless the profile wants it."""
+    return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "ok"}],
+            "template_kwargs": None if think else {"enable_thinking": False}}
+
+
 def warm_target(cfg: Config, model: str, registered: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
     """What warm-up sends for ``model``: a prefix registered with the ``prewarm`` RPC (raw ``prompt`` or chat
     ``messages``), else its profile's system prompt (with ``think``), else None."""
@@ -83,10 +90,9 @@ def warm_target(cfg: Config, model: str, registered: Optional[Dict[str, Any]] = 
         return registered
     prof = cfg.profile_for(model)
     system = prof.effective_system_prompt() if prof is not None else None
-    if not system or not cfg.llama.warmup:
+    if not system:
         return None
-    return {"messages": [{"role": "system", "content": system}, {"role": "user", "content": "ok"}],
-            "template_kwargs": None if prof.think else {"enable_thinking": False}}
+    return chat_target(system, prof.think)
 
 
 class Warmer:

@@ -53,7 +53,7 @@ async def watch(sup: "Supervisor", child: "Child") -> None:
             lost = await anyio.to_thread.run_sync(sup.rpc.lost, child.pid, child.rpc_workers)
             if lost:
                 log.warning("rpc worker lost", workers=lost, pid=child.pid)
-                await sup.kill(child, f"rpc workers lost: {', '.join(lost)}", "rpc_worker_lost")
+                await sup.kill(child, "rpc_worker_lost", f"rpc workers lost: {', '.join(lost)}")
                 return
         else:
             await sup.rpc.recheck_idle(5 * l.health_interval)
@@ -86,5 +86,5 @@ async def watch(sup: "Supervisor", child: "Child") -> None:
         else:
             sup.reset_failures_if_healthy(child)
         if verdict is not None:
-            await sup.kill(child, verdict)
+            await sup.kill(child, "hang", verdict)
             return

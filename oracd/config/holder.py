@@ -1,9 +1,9 @@
 """The one config holder every component reads from; a reload swaps it once, atomically.
 
-Why: the config used to be copied into five holders and ``reload`` updated two
-of them, so after a reload that set a profile's ``rpc_workers = []`` the worker
-pre-flight still required the removed worker.  Now nothing keeps a copy: each
-component reads ``holder.cfg`` when it needs a value.
+Why: a component that keeps its own copy of the config misses the next reload
+(a profile's ``rpc_workers = []`` would leave the worker pre-flight requiring the
+removed worker).  So nothing keeps a copy: each component reads ``holder.cfg``
+when it needs a value.
 """
 from __future__ import annotations
 

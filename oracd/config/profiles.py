@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from ..safe_read import read_capped, real_path
-from .values import rpc_workers as check_rpc_workers, swa_full as check_swa_full, tensor_split as check_tensor_split
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 # ORAC's command JSON (shared with the eval, so it lives in the protocol package).
-from oracd_protocol.schemas import COMMAND_ACTIONS, COMMAND_MAX_STRING, COMMAND_SCHEMA  # noqa: E402,F401
+from oracd_protocol.schemas import COMMAND_SCHEMA
+
+from ..safe_read import read_capped, real_path
+from .toml import tomllib
+from .values import rpc_workers as check_rpc_workers, swa_full as check_swa_full, tensor_split as check_tensor_split
 
 # Any JSON value whose top level is an object (llama.cpp's own json.gbnf, condensed).
 JSON_GRAMMAR = r'''root   ::= object

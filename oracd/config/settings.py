@@ -12,20 +12,14 @@ import dataclasses
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 on the Jetson
-    import tomli as tomllib
-
-
-from .values import address_is_local, http_address, listen_address, rpc_workers as check_rpc_workers  # noqa: E402
-from .values import swa_full as swa_full_value, tensor_split as check_tensor_split  # noqa: E402
-from .profiles import Profile, ProfileError, load_profiles_file, parse_profiles  # noqa: E402
+from .profiles import Profile, ProfileError, load_profiles_file, parse_profiles
+from .toml import tomllib
+from .values import address_is_local, http_address, listen_address, rpc_workers as check_rpc_workers
+from .values import swa_full as swa_full_value, tensor_split as check_tensor_split
 
 
 class ConfigError(ValueError):

@@ -54,9 +54,7 @@ async def apply(app: "App", path: Path, num_ctx: Optional[int]) -> None:
         avail, source = await anyio.to_thread.run_sync(available, app.supervisor.cgroup_dir)
         if avail is not None:
             freed = app.supervisor.child_rss() if app.supervisor.model == name else 0
-            v = memory_verdict(new, name, meta, avail + freed)
-            if v.ctx is None:
-                raise v.refusal(source, freed)
+            memory_verdict(new, name, meta, avail + freed).fits_or_raise(source, freed)
     log.info("num_ctx applied: restarting with a larger context", model=name, num_ctx=num_ctx, ctx_size=size)
     app.holder.swap(new)
     sup = app.supervisor

@@ -45,6 +45,25 @@ class Streamed:
         except TimeoutError:
             raise ConnectionResetError(f"the client read nothing for {self.send_timeout:g} s") from None
 
+    async def _last(self, data: bytes) -> None:
+        """An error after the stream began: ``data`` as the last piece, then the end (a client already gone is
+        not a second error)."""
+        try:
+            await self.resp.write(data)
+            await self.resp.write_eof()
+        except (OSError, RuntimeError):
+            pass
+
+    async def _end(self, trailer: bytes = b"") -> None:
+        """The normal end: ``trailer`` (the format's end marker, if it has one), then EOF; an empty stream is
+        started first, so the client still gets a complete response."""
+        if not self.started:
+            self.started = True
+            await self.resp.prepare(self.request)
+        if trailer:
+            await self.resp.write(trailer)
+        await self.resp.write_eof()
+
     def drop(self) -> web.StreamResponse:
         """The client is gone (or not reading): close the connection, nothing more to send."""
         if self.request.transport is not None:
@@ -61,17 +80,10 @@ class NDJSON(Streamed):
 
     async def send_error(self, message: str) -> None:
         """An error after the stream began: Ollama's {"error": ...} as the last line."""
-        try:
-            await self.resp.write(json.dumps({"error": message}).encode() + b"\n")
-            await self.resp.write_eof()
-        except (OSError, RuntimeError):
-            pass
+        await self._last(json.dumps({"error": message}).encode() + b"\n")
 
     async def finish(self) -> None:
-        if not self.started:
-            self.started = True
-            await self.resp.prepare(self.request)
-        await self.resp.write_eof()
+        await self._end()
 
 
 class SSE(Streamed):
@@ -83,15 +95,7 @@ class SSE(Streamed):
 
     async def send_error(self, error: web.Response) -> None:
         """An error after the stream began: one last event with the error object, then the end."""
-        try:
-            await self.resp.write(b"data: " + bytes(error.body) + b"\n\n")
-            await self.resp.write_eof()
-        except (OSError, RuntimeError):
-            pass
+        await self._last(b"data: " + bytes(error.body) + b"\n\n")
 
     async def finish(self) -> None:
-        if not self.started:
-            self.started = True
-            await self.resp.prepare(self.request)
-        await self.resp.write(b"data: [DONE]\n\n")
-        await self.resp.write_eof()
+        await self._end(b"data: [DONE]\n\n")

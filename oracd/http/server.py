@@ -19,10 +19,10 @@ import hmac
 import json
 import os
 import socket
-import stat
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional
 
 import anyio
@@ -30,7 +30,7 @@ from aiohttp import web
 
 from oracd_protocol.errors import AccessDenied, Busy, InternalError, InvalidParams, OracError, RequestTooLarge
 
-from ..api.listener import StartupError, allowed, peer_of, socket_gid
+from ..api.listener import StartupError, allowed, bind_unix_listener, peer_of
 from ..config.values import http_address
 from ..logs import get as get_logger
 from . import openai as oai
@@ -253,41 +253,8 @@ def _param_of(exc: OracError) -> Optional[str]:
 
 # ---------------------------------------------------------------- listeners
 def bind_unix(path: str, cfg: Any) -> socket.socket:
-    """A Unix listener like the JSON-RPC socket: never steal a live one, replace a stale one, mode and group."""
-    p = os.path.abspath(path)
-    os.makedirs(os.path.dirname(p), exist_ok=True)
-    try:
-        st = os.lstat(p)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise StartupError(f"http.listen: {p} exists and is not a socket; refusing to replace it")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(1.0)
-            try:
-                probe.connect(p)
-                raise StartupError(f"http.listen: another process is already serving {p}")
-            except (ConnectionRefusedError, FileNotFoundError):
-                os.unlink(p)
-    gid = socket_gid(cfg)
-    tmp = f"{p}.{os.getpid()}.tmp"
-    if os.path.lexists(tmp):
-        os.unlink(tmp)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(tmp)
-        os.chmod(tmp, cfg.server.socket_mode)
-        if gid is not None:
-            os.chown(tmp, -1, gid)
-        sock.listen(1024)
-        os.replace(tmp, p)
-    except BaseException:
-        sock.close()
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
-    return sock
+    """A Unix listener made as the JSON-RPC socket is (``listener.bind_unix_listener``)."""
+    return bind_unix_listener(Path(os.path.abspath(path)), cfg, "http.listen")
 
 
 async def serve_http_api(front: HttpFront, *, task_status: Any) -> None:

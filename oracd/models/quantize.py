@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 import anyio
 
 from ..child import exits
-from ..child.command import child_env
+from ..child.command import help_text
 from ..child.failures import telling_line
 from ..child.process import ManagedProcess, locate
 from oracd_protocol.errors import InvalidParams, ModelNotFound, OutputExists, QuantizeFailed
@@ -37,10 +37,10 @@ _TYPE_LINE = re.compile(r"^\s*\d+\s+or\s+([A-Z0-9_]+)\s*:", re.M)
 def allowed_types(binary: str) -> Tuple[str, ...]:
     """The quantization types this llama-quantize build accepts (parsed from its --help)."""
     try:
-        out = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30, env=child_env())
+        text = help_text(binary)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise QuantizeFailed(f"Quantization error: cannot run {binary}: {exc}") from None
-    types = tuple(_TYPE_LINE.findall(out.stdout + out.stderr))
+    types = tuple(_TYPE_LINE.findall(text))
     if not types:
         raise QuantizeFailed(f"Quantization error: could not read the type list from {binary} --help")
     return types
@@ -120,7 +120,7 @@ async def quantize(store: ModelStore, quantize_bin: Path, input_model: str, outp
     proc = await ManagedProcess.spawn(cmd, on_line=on_line, merge_stderr=True, tail=20, env=env)
     try:
         with anyio.fail_after(timeout):
-            rc = await proc.watch()
+            rc = await proc.wait_and_drain()
         if rc != 0:
             budget = f" (the output may not exceed {limit} bytes: {binding})" if binding else ""
             raise QuantizeFailed(f"Quantization error: {exits.describe(rc, 'llama-quantize')}: "

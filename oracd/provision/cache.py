@@ -1,8 +1,8 @@
 """The provisioning cache (``~/.cache/oracd``): where it is, entry locks, atomic placement.
 
 Why a lock per entry: two setups started together (``scripts/dev-up`` in one
-shell, ``scripts/test`` in another) once built into the same directory at once,
-and the static libraries came out corrupted.  Now the second setup waits for the
+shell, ``scripts/test`` in another) building into the same directory at once
+corrupt the static libraries.  So the second setup waits for the
 first (``fcntl.flock``), then reuses its result.  Why build in a temporary
 directory and rename: a half-finished build is never mistaken for a finished one.
 """

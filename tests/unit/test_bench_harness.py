@@ -22,6 +22,7 @@ from bench.figures import check_targets, comparisons, pop_raw, warm_results
 from bench.harness import (FAILED, Failures, Progress, Timeouts, describe, div, failures_note, fmt_elapsed, pct,
                            sub, summary)
 from bench.report import warmup_markdown, warmup_section
+from bench.today import report as today_report
 
 
 class Clock:
@@ -442,3 +443,18 @@ def test_the_http_phase_figures_and_targets():
     assert list(met.values()) == [True, False, True]
     empty = figures({k: [] for k in times}, {"oracd": [], "direct": []}, {})
     assert all(v["met"] is False and v["value"] == "not measured" for v in targets(empty).values())
+
+
+def test_the_today_shim_measurement_lives_in_bench_and_reports_p50_min_and_speedups():
+    """``python -m bench.today``: a measurement tool, kept out of the runtime client package."""
+    def runs(*ms, **extra):
+        return [{"ms": m, "total_ms": m * 2, "cached": 140, "prompt": 160, **extra} for m in ms]
+    a = {"cold": runs(1000, 1100, 1200), "prewarm": runs(300, 350, 400), "prewarm_call": runs(50, 60, 70)}
+    b = {"oracd": runs(400, 420, 440, same_pid=True), "orac": runs(700, 800, 900, same_pid=False)}
+    text = today_report("m.gguf", 3, a, b)
+    assert "today's ORAC on oracd: m.gguf, 3 repetitions" in text
+    assert "first command speed-up (p50): 3.14x" in text                  # 1100 / 350
+    assert "same llama-server pid: oracd 3/3, ORAC's way 0/3" in text
+    assert "grammar change to answer speed-up (p50): 1.90x" in text       # 1600 / 840
+    import importlib.util
+    assert importlib.util.find_spec("oracd_client.compat.measure_today") is None

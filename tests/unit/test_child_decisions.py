@@ -15,16 +15,20 @@ from oracd.child.swap_queue import SwapQueue
 def test_first_request_picks_the_model_and_others_queue_in_arrival_order():
     q = SwapQueue()
     q.arrive("a")
-    assert q.current == "a" and q.fresh
+    assert q.current == "a" and q.never_ready
     q.arrive("c")
     q.arrive("b")
     q.arrive("c")                      # queued once, at its first arrival
-    assert q.queued() == ["c", "b"]
     assert q.advance() is None         # someone still waits for "a"
     q.leave("a")
     assert q.swap_due()
-    assert q.advance() == "c" and q.current == "c" and q.fresh
-    assert q.queued() == ["b"]
+    assert q.advance() == "c" and q.current == "c" and q.never_ready
+    q.leave("c")
+    assert q.advance() is None         # the second "c" request still waits
+    q.leave("c")
+    assert q.advance() == "b" and q.current == "b"     # then "b", and "c" is not queued twice
+    q.leave("b")
+    assert q.advance() is None and not q.swap_due()
 
 
 def test_no_ping_pong_everyone_waiting_for_the_new_model_is_served_first():
@@ -49,19 +53,20 @@ def test_a_model_whose_waiters_gave_up_is_skipped():
     q.leave("b")                       # timed out while queued
     q.leave("a")
     assert q.advance() == "c"
-    assert q.queued() == []
+    q.leave("c")
+    assert q.advance() is None and q.current == "c"   # nothing left: "b" is not revived
 
 
 def test_unload_and_served():
     q = SwapQueue()
     q.arrive("a")
     q.served()
-    assert not q.fresh
+    assert not q.never_ready
     q.unload()
     assert q.current is None and not q.swap_due()
     q.leave("a")
     q.arrive("a")
-    assert q.current == "a" and q.fresh   # the same model after an unload is a fresh load again
+    assert q.current == "a" and q.never_ready   # the same model after an unload is a fresh load again
 
 
 # ---------------------------------------------------------------------- backoff

@@ -267,7 +267,7 @@ def test_a_failed_fresh_load_gives_back_the_model_that_was_serving():
     q.served()
     q.want("b")                                    # a was serving; b replaces it
     assert q.previous == "a"
-    assert q.take_previous("b") == "a" and q.current == "a" and q.fresh
+    assert q.take_previous("b") == "a" and q.current == "a" and q.never_ready
     assert q.take_previous("a") is None            # the restore failing too: no ping-pong
 
 

@@ -79,12 +79,6 @@ def test_oracd_protocol_imports_only_the_standard_library():
     assert not bad, "oracd_protocol must stay stdlib-only:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("gone", ["oracd/eval.py", "client/oracd_client/paths.py", "client/oracd_client/cli.py",
-                                  "client/oracd_client/compat.py", "client/oracd_client/models.py"])
-def test_the_old_copies_are_gone(gone):
-    assert not (REPO / gone).exists()
-
-
 # ---------------------------------------------------------------------- inside the daemon
 PURE = ["states", "swap_queue", "backoff", "hang", "wedge", "failures", "exits"]
 

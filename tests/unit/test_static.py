@@ -13,7 +13,7 @@ from helpers import REPO
 # vermin 1.9 ships no __main__, so `python -m vermin` does not work; call its entry point instead.
 # --eval-annotations: rpc.py evaluates annotations at runtime (typing.get_type_hints), so they must be
 # 3.10-compatible too.  --no-config-file: results must not depend on a stray vermin.ini/setup.cfg.
-# The tomllib import is guarded by `if sys.version_info >= (3, 11)`, which vermin honours itself,
+# The tomllib import (oracd/config/toml.py) is guarded by `if sys.version_info >= (3, 11)`, which vermin honours itself,
 # so no --backport or --exclude is needed.
 VERMIN_ARGS = ["--target=3.10-", "--no-tips", "--violations", "--eval-annotations", "--no-config-file"]
 

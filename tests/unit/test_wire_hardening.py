@@ -22,11 +22,12 @@ from oracd.api.generate import Sent, build_body
 from oracd.api.jsonrpc import CallContext, Dispatcher, Peer, rpc_method
 from oracd.api.logguard import PeerLogLimiter, TokenBucket, clip
 from oracd.config import Profile
-from oracd.config.profiles import COMMAND_SCHEMA, JSON_GRAMMAR
+from oracd.config.profiles import JSON_GRAMMAR
 from oracd.config.settings import ConfigError, from_dict, with_overrides
 from oracd.models.gguf import header, read_gguf_header
 from oracd.safe_read import UnsafeFile, aread_capped, read_capped
 from oracd_protocol.errors import InvalidParams
+from oracd_protocol.schemas import COMMAND_SCHEMA
 
 BASE = Path("/tmp")
 CAP = 65536

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, TextIO
 
 from oracd_protocol.errors import OracdUnavailable
-from oracd_protocol.names import CHECKOUT
+from oracd_protocol.names import PACKAGE_PARENT_PARENT
 
 from .context import EXIT_ERROR, Ctx
 from .format import paint
@@ -310,7 +310,7 @@ def _log_path(ctx: Ctx) -> Path:
         return Path(st["log_file"])
     except OracdUnavailable:
         # oracd is down, which is when its log matters most: try the usual places
-        for cand in (Path("/var/log/oracd/orac.log"), CHECKOUT / "logs" / "orac.log"):
+        for cand in (Path("/var/log/oracd/orac.log"), PACKAGE_PARENT_PARENT / "logs" / "orac.log"):
             if cand.exists():
                 ctx.note(f"oracd is not running at {ctx.socket}; reading {cand} (use --file to choose)")
                 return cand

@@ -22,7 +22,6 @@ has its own shim, imported on its own: ``from oracd_client.compat.today import L
 * ``today_warm``     -- the warm prefix kept per model, remembered across app restarts
 * ``today_response`` -- today's ``PromptResponse`` (the app's own inside ORAC)
 * ``grammar_files``  -- grammar files read per request for the price of a ``stat``
-* ``measure_today``  -- ``python -m oracd_client.compat.measure_today``: warm vs cold, grammar change vs restart
 """
 from ..exceptions import ConnectionLost, ModelsPathNotServed, OracdUnavailable
 from ..response import PromptResponse

@@ -30,7 +30,7 @@ marker (``<|im_start|>``, Llama 3's ``<|start_header_id|>``, Gemma's
 ``/completion``, as the old ``llama-cli -p`` did; a plain prompt is the user message
 and the model's own chat template applies.  Such prompts go with ``raw: "auto"``
 (the marker list is ``oracd_protocol.schemas.TEMPLATE_MARKERS``, shared with oracd); a
-prompt without one is sent without ``raw``, exactly as before.  (``generate_stream`` with a
+prompt without one is sent without ``raw``, as the old client sent it.  (``generate_stream`` with a
 ``system_prompt`` is always a chat: the system prompt needs the template.)
 
 Usage: ``usage`` keeps exactly the old three keys (``prompt_tokens``,
@@ -41,7 +41,7 @@ Logging, as the old client did, on ORAC's logger name ``orac.llama_cpp_client``
 request with its prompt at INFO ("Running generation on oracd: ... -p <prompt> ..."),
 "Cleaned response: '<text>'" at INFO, "Generation error: ..." at ERROR, "Found N
 models" from ``list_models``.  ``verbose=True`` additionally logs the exchange on
-``logger`` (``oracd_client.compat``) as before.
+``logger`` (``oracd_client.compat``), as the old client's ``verbose`` did.
 """
 from __future__ import annotations
 
@@ -200,7 +200,7 @@ class LlamaCppClient:
         """Generate a response to ``prompt`` with ``model`` (``.gguf`` optional) on oracd's warm server.
 
         ``max_tokens=None`` means oracd's default (512).  ``stream=True`` is accepted
-        and returns the complete response as before; ``verbose=True`` logs the
+        and returns the complete response, as the old client did; ``verbose=True`` logs the
         request and the answer.  Returns the program's ``orac.models.PromptResponse``
         (``model``/``prompt`` echo the arguments, ``elapsed_ms`` is measured here,
         ``usage`` holds oracd's token counts).

@@ -1,4 +1,4 @@
-"""Measure today's ORAC on oracd, side by side: ``python -m oracd_client.compat.measure_today --socket S``.
+"""Measure today's ORAC on oracd, side by side: ``python -m bench.today --socket S``.
 
 Everything goes through the today shim (``oracd_client.compat.today``) with prompts
 shaped as ORAC's generation service builds them (model template, the service's
@@ -32,10 +32,9 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional
 
+from oracd_client.compat.today import LlamaCppClient
+from oracd_client.compat.today_prompts import command_head
 from oracd_protocol.blocking import call_sync
-
-from .today import LlamaCppClient
-from .today_prompts import command_head
 
 CHATML = ("<|im_start|>system\n{system_prompt}\n<|im_end|>\n<|im_start|>user\n{user_prompt}\n<|im_end|>\n"
           "<|im_start|>assistant\n")
@@ -191,13 +190,13 @@ async def amain(args: argparse.Namespace) -> int:
             b = await bench.grammar_changes()
         finally:
             await bench.client.cleanup()
-    print(" ".join([os.path.basename(sys.executable), "-m", "oracd_client.compat.measure_today"] + sys.argv[1:]))
+    print(" ".join([os.path.basename(sys.executable), "-m", "bench.today"] + sys.argv[1:]))
     print(report(args.model, args.reps, a, b))
     return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m oracd_client.compat.measure_today", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.today", description=__doc__.split("\n")[0])
     p.add_argument("--socket", default=None, help="oracd's socket (default: $ORACD_SOCKET, ...)")
     p.add_argument("--model", default="SmolLM2-135M-Instruct.Q4_1.gguf")
     p.add_argument("--reps", type=int, default=7)
