@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from helpers import Conn, RPCError, gone, log_events, wait_for
+from helpers import Conn, gone, log_events, wait_for
 
 A, B = "a.gguf", "b.gguf"
 
