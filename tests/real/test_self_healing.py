@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import GEMMA, SMOL, Oracd, RPCError, free_port, log_events
+from helpers import GEMMA, SMOL, Oracd, RPCError, free_port, log_events, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 GiB = 2 ** 30
@@ -117,8 +117,8 @@ def test_an_oom_kill_is_named_counted_and_backed_off(fresh_oracd, tmp_path):
     first = o.call("status")["child"]
     events.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")   # what the kernel does when it picks it
     os.kill(first["pid"], signal.SIGKILL)
-    time.sleep(0.5)
-    st = o.call("status")["child"]
+    st = wait_for(lambda: (lambda c: c if c["restarts"] == 1 else None)(o.call("status")["child"]), 30,
+                  "the loss to be counted")
     assert st["state"] == "backoff" and st["retry_in_s"] > 3, st    # 4x the normal delay, at least 5 s
     assert st["last_exit"]["reason"] == "out_of_memory" and st["last_exit"]["signal"] == "SIGKILL"
     assert st["last_exit"]["message"] == "llama-server killed (SIGKILL) (out_of_memory)"
@@ -132,8 +132,9 @@ def test_an_oom_kill_is_named_counted_and_backed_off(fresh_oracd, tmp_path):
     assert 'oracd_child_restarts_total{reason="out_of_memory"} 1.0' in oracctl(o, "metrics")
     # a SIGKILL with no oom_kill increase is a plain crash
     os.kill(st["pid"], signal.SIGKILL)
-    time.sleep(0.5)
-    assert o.call("status")["child"]["last_exit"]["reason"] == "crash"
+    st = wait_for(lambda: (lambda c: c if c["restarts"] == 2 else None)(o.call("status")["child"]), 30,
+                  "the second loss to be counted")
+    assert st["last_exit"]["reason"] == "crash" and st["restarts_by_reason"] == {"out_of_memory": 1, "crash": 1}
 
 
 def test_idle_on_another_model_returns_to_the_default_but_not_while_busy(fresh_oracd):
