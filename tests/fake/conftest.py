@@ -1,4 +1,5 @@
-"""The fake layer's stand-in: a real oracd whose llama-server is the scripted ``llama_server.py`` (no llama.cpp)."""
+"""The fake layer: a real oracd whose llama-server and llama-quantize are scripted stand-ins (``llama_server.py``,
+``llama_quantize.py``).  No llama.cpp and no models: these tests run on a fresh clone before provisioning."""
 from __future__ import annotations
 
 import sys
@@ -6,9 +7,22 @@ from pathlib import Path
 
 import pytest
 
+import helpers
 from helpers import write_tiny_f32
 
-FAKE = Path(__file__).resolve().parent / "llama_server.py"
+HERE = Path(__file__).resolve().parent
+FAKE = HERE / "llama_server.py"
+
+
+@pytest.fixture(autouse=True)
+def stand_in_bin(tmp_path_factory, monkeypatch) -> Path:
+    """helpers.BIN for this layer: ``llama-server`` (the stand-in, healthy) and ``llama-quantize`` wrappers."""
+    d = tmp_path_factory.mktemp("bin")
+    for name, script, args in (("llama-server", FAKE, "--fault healthy"), ("llama-quantize", HERE / "llama_quantize.py", "")):
+        (d / name).write_text(f'#!/bin/sh\nexec {sys.executable} {script} {args} "$@"\n')
+        (d / name).chmod(0o755)
+    monkeypatch.setattr(helpers, "BIN", d)
+    return d
 
 
 @pytest.fixture

@@ -367,7 +367,6 @@ def test_dev_config_loads():
     assert cfg.llama.server_bin == (REPO / "bin" / "llama-server").resolve()
     assert cfg.llama.quantize_bin == (REPO / "bin" / "llama-quantize").resolve()
     assert cfg.llama.models_dir == (REPO / "models").resolve()
-    assert os.access(cfg.llama.server_bin, os.X_OK)
     assert cfg.llama.default_model == SMOL
     assert cfg.llama.preload is True
 
