@@ -225,17 +225,12 @@ async def test_one_connection_per_event_loop(env):
 
 
 # ---------------------------------------------------------------------- list_models, models_path
-async def test_list_models_fields(env):
+async def test_list_models_is_oracds_list(env):
     c = LlamaCppClient()
     with anyio.fail_after(60):
         models = await c.list_models()
-    smol = [m for m in models if m["name"] == SMOL]
-    assert len(smol) == 1
-    m = smol[0]
-    assert m["backend"] == "llama_cpp"
-    assert m["size"] == (env.models_dir / SMOL).stat().st_size
-    assert abs(m["modified"] - (env.models_dir / SMOL).stat().st_mtime) < 1e-3
-    assert all(x["name"].endswith(".gguf") for x in models)
+    # the fields themselves are oracd's (test_rpc.py::test_list_models_fields): the client hands them on as is
+    assert models == env.call("list_models") and SMOL in [m["name"] for m in models]
     assert c.models_path == str(env.models_dir)     # oracd's own models dir by default
 
 

@@ -238,7 +238,7 @@ def test_quantize_unusable_input(od, content):
 
 
 def test_quantize_existing_output_refused_and_kept(od):
-    """Refused without overwrite (the overwrite=true path is test_quantize.py::test_existing_output_refused_unless_overwrite)."""
+    """Refused without overwrite, the file byte-identical; overwrite=true replaces it."""
     src = od.models_dir / "tiny-f32.gguf"
     call(od, "quantize_model", input_model="tiny-f32", output_model="keep-me", quantization_type="q4_0")
     out = od.models_dir / "keep-me.gguf"
@@ -246,6 +246,9 @@ def test_quantize_existing_output_refused_and_kept(od):
                                        "quantization_type": "q8_0"}, -32011, [src, out])
     assert str(out) in err["message"]
     assert read_gguf_header(out)["quantization"] == "Q4_0"
+    call(od, "quantize_model", input_model="tiny-f32", output_model="keep-me", quantization_type="q8_0",
+         overwrite=True)
+    assert read_gguf_header(out)["quantization"] == "Q8_0" and leftovers(od.models_dir) == []
 
 
 def test_quantize_output_is_a_directory(od):
