@@ -29,7 +29,8 @@ Options that combine with any mode (the supervisor's tests):
   SIGUSR2: hang busy (the main loop spins at 100% CPU forever).
 - ``<state>/refuse-load`` exists: the process fails to load its model (exit 1), the way llama-server
   says so; delete it and the next start loads.
-- every completion appends ``<model file name> <prompt>`` to ``<state>/served.log`` (the order served).
+- every completion appends ``<model file name> <prompt>`` to ``<state>/served.log`` (the order served), and
+  every /health request the process's pid to ``<state>/health.log`` (the probes it answered).
 
 Everything else in the suite runs the real llama-server.
 """
@@ -127,6 +128,9 @@ def main(argv: list) -> int:
         fault = "healthy"
 
     async def health(_: web.Request) -> web.Response:
+        if args.state:
+            with open(os.path.join(args.state, "health.log"), "a") as fh:
+                fh.write(f"{os.getpid()}\n")
         if time.monotonic() < ready_at:
             return web.json_response({"error": {"code": 503, "message": "Loading model"}}, status=503)
         return web.json_response({"status": "ok"})
