@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from typing import Any, Dict, List
 
@@ -13,6 +15,13 @@ import pytest
 from helpers import Conn, gone, log_events, wait_for
 
 A, B = "a.gguf", "b.gguf"
+
+
+def oracctl(o, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "oracd_client.cli", "--socket", str(o.socket), *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 def served(o) -> List[str]:
@@ -102,6 +111,37 @@ def test_a_killed_idle_child_is_restarted_and_the_next_generate_succeeds(stand_i
     assert st["restarts"] == 1 and st["last_exit"]["returncode"] == -9 and st["last_exit"]["signal"] == "SIGKILL"
     assert log_events(o, "child lost")[-1]["pid"] == pid
     assert o.call("generate", prompt="hi", max_tokens=2)["response"] == "hello"
+
+
+def test_an_oom_kill_is_named_counted_and_backed_off(stand_in, tmp_path):
+    """A SIGKILL while the cgroup's oom_kill count grew is an OOM kill: named, counted, backed off 4x longer;
+    a SIGKILL without it is a plain crash."""
+    cg = tmp_path / "cgroup"
+    cg.mkdir()
+    events = cg / "memory.events"
+    events.write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n")
+    o = stand_in("healthy", cgroup_dir=str(cg), restart_backoff_initial=0.2).start()
+    first = o.call("status")["child"]
+    events.write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")   # what the kernel does when it picks it
+    os.kill(first["pid"], signal.SIGKILL)
+    st = wait_for(lambda: (lambda c: c if c["restarts"] == 1 else None)(o.call("status")["child"]), 30,
+                  "the loss to be counted")
+    assert st["state"] == "backoff" and st["retry_in_s"] > 3, st    # 4x the normal delay, at least 5 s
+    assert st["last_exit"]["reason"] == "out_of_memory" and st["last_exit"]["signal"] == "SIGKILL"
+    assert st["last_exit"]["message"] == "llama-server killed (SIGKILL) (out_of_memory)"
+    assert st["restarts_by_reason"] == {"out_of_memory": 1}
+    assert [e["reason"] for e in log_events(o, "child lost")] == ["out_of_memory"]
+    st = o.wait_child_state("ready", 30)
+    assert st["pid"] != first["pid"]
+    assert 'oracd_child_restarts_total{reason="out_of_memory"} 1.0' in o.call("metrics")["text"]
+    shown = oracctl(o, "status")
+    assert "1 restart (1 out_of_memory)" in shown and "killed (SIGKILL) (out_of_memory)" in shown, shown
+    assert 'oracd_child_restarts_total{reason="out_of_memory"} 1.0' in oracctl(o, "metrics")
+    # a SIGKILL with no oom_kill increase is a plain crash
+    os.kill(st["pid"], signal.SIGKILL)
+    st = wait_for(lambda: (lambda c: c if c["restarts"] == 2 else None)(o.call("status")["child"]), 30,
+                  "the second loss to be counted")
+    assert st["last_exit"]["reason"] == "crash" and st["restarts_by_reason"] == {"out_of_memory": 1, "crash": 1}
 
 
 # ---------------------------------------------------------------------- crash loop
