@@ -21,6 +21,17 @@
 - ``crash-mid-stream``: the first process (per ``--state`` dir) sends two pieces of a streamed answer and
   dies; every later one is healthy and answers "hello", streamed or not.
 
+Options that combine with any mode (the supervisor's tests):
+
+- ``--crash-after N``: the process dies (exit 1) on its Nth completion request, before answering.
+- ``--gated``: slow generation the test controls: each completion waits until ``<state>/release`` exists.
+- SIGUSR1: hang without CPU (every request, /health included, is never answered: a frozen process);
+  SIGUSR2: hang busy (the main loop spins at 100% CPU forever).
+- ``<state>/refuse-load`` exists: the process fails to load its model (exit 1), the way llama-server
+  says so; delete it and the next start loads.
+- every completion appends ``<model file name> <prompt>`` to ``<state>/served.log`` (the order served), and
+  every /health request the process's pid to ``<state>/health.log`` (the probes it answered).
+
 Everything else in the suite runs the real llama-server.
 """
 from __future__ import annotations
@@ -59,8 +70,14 @@ def main(argv: list) -> int:
     ap.add_argument("--host", required=True)
     ap.add_argument("-m", dest="model", default="")
     ap.add_argument("--port", type=int, default=None, help="TCP (an extra server): --host is then an address")
+    ap.add_argument("--crash-after", type=int, default=0, help="die on the Nth completion request")
+    ap.add_argument("--gated", action="store_true", help="each completion waits for <state>/release")
     args, _ = ap.parse_known_args(argv)
     fault = args.fault
+    if args.state and os.path.exists(os.path.join(args.state, "refuse-load")):
+        print("llama_model_load: error loading model: refuse-load is set", flush=True)
+        print("main: exiting due to model loading error", flush=True)
+        return 1
     if fault == "refuses-broken":
         if "broken" in os.path.basename(args.model):
             print("llama_model_load: error loading model: error loading model architecture: "
@@ -80,11 +97,40 @@ def main(argv: list) -> int:
         print("load_tensors: loading model tensors, this can take a while...", flush=True)
         os.kill(os.getpid(), signal.SIGSEGV)
     stuck = asyncio.Event()
+    frozen = asyncio.Event()
+    served = [0]
+
+    @web.middleware
+    async def freezable(request: web.Request, handler):
+        if frozen.is_set():
+            await asyncio.Event().wait()     # SIGUSR1: nothing is ever answered again
+        return await handler(request)
+
+    def spin() -> None:
+        while True:                          # SIGUSR2: the main loop never comes back, one core busy
+            pass
+
+    async def on_completion(request: web.Request) -> None:
+        """The options every mode shares: record, crash after N, wait for the gate."""
+        body = await request.json() if request.can_read_body else {}
+        prompt = body.get("prompt") or (body.get("messages") or [{}])[-1].get("content", "")
+        served[0] += 1
+        if args.state:
+            with open(os.path.join(args.state, "served.log"), "a") as fh:
+                fh.write(f"{os.path.basename(args.model)} {prompt}\n")
+        if args.crash_after and served[0] >= args.crash_after:
+            os._exit(1)
+        if args.gated:
+            while not os.path.exists(os.path.join(args.state, "release")):
+                await asyncio.sleep(0.02)
     ready_at = time.monotonic() + (3.0 if fault == "slow-load" else 0.0)
     if fault == "slow-load":
         fault = "healthy"
 
     async def health(_: web.Request) -> web.Response:
+        if args.state:
+            with open(os.path.join(args.state, "health.log"), "a") as fh:
+                fh.write(f"{os.getpid()}\n")
         if time.monotonic() < ready_at:
             return web.json_response({"error": {"code": 503, "message": "Loading model"}}, status=503)
         return web.json_response({"status": "ok"})
@@ -95,6 +141,7 @@ def main(argv: list) -> int:
         return web.json_response([{"id": 0, "is_processing": False}])
 
     async def completions(request: web.Request) -> web.StreamResponse:
+        await on_completion(request)
         if fault in ("tool-calls", "crash-mid-stream", "healthy") and request.method == "POST":
             body = await request.json()
             if fault == "tool-calls":
@@ -153,7 +200,13 @@ def main(argv: list) -> int:
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
-    app = web.Application()
+    async def signals(_: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, frozen.set)
+        loop.add_signal_handler(signal.SIGUSR2, spin)
+
+    app = web.Application(middlewares=[freezable])
+    app.on_startup.append(signals)
     app.add_routes([web.get("/health", health), web.get("/slots", slots),
                     web.post("/v1/chat/completions", completions), web.post("/completion", completions)])
     if args.port is not None:

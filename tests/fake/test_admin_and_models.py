@@ -1,7 +1,7 @@
 """Issue 21 part B against a real oracd whose llama-server is the scripted stand-in (``llama_server.py``):
 who may change state for everyone, the limits that hold for everyone, and a bad model never costing the warm one.
 
-llama-quantize is the real one (on tiny F32 models: milliseconds); llama-server is the stand-in.
+llama-server and llama-quantize are the stand-ins (conftest.py).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any, Dict
 
 import pytest
 
-from helpers import BIN, RPCError, free_port, gone, log_events, write_tiny_f32
+from helpers import RPCError, free_port, gone, log_events, write_tiny_f32
 
 FAKE = Path(__file__).resolve().parent / "llama_server.py"
 MODEL = "fake.gguf"
@@ -134,14 +134,14 @@ def test_quantize_never_replaces_a_model_in_use(fake):
     assert err.value.data["reason"] == "the_default_model"
 
 
-def test_one_quantize_at_a_time(fake, tmp_path):
+def test_one_quantize_at_a_time(fake, tmp_path, stand_in_bin):
     """A second quantize while one runs gets -32005 reason quantize_running; after it, quantize works."""
     gate = tmp_path / "gate"
     started = tmp_path / "started"
     slow = tmp_path / "llama-quantize"
-    slow.write_text(f'#!/bin/sh\n[ "$1" = --help ] && exec {BIN / "llama-quantize"} --help\n'
+    slow.write_text(f'#!/bin/sh\n[ "$1" = --help ] && exec {stand_in_bin / "llama-quantize"} --help\n'
                     f'touch {started}\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n'
-                    f'exec {BIN / "llama-quantize"} "$@"\n')
+                    f'exec {stand_in_bin / "llama-quantize"} "$@"\n')
     slow.chmod(0o755)
     o = fake(preload=False, quantize_bin=str(slow)).start()
     write_tiny_f32(o.models_dir / "tiny-f32.gguf")

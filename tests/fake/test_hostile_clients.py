@@ -13,7 +13,7 @@ from typing import Dict, List
 
 import pytest
 
-from helpers import Conn, log_events, write_tiny_f32
+from helpers import Conn, log_events, wait_for, write_tiny_f32
 
 FAKE = Path(__file__).resolve().parent / "llama_server.py"
 MODEL = "fake.gguf"
@@ -94,7 +94,7 @@ def test_files_named_in_grammar_or_json_schema_are_refused_and_status_keeps_answ
                ("json_schema", "../../../" + str(secret)), ("json_schema", str(tmp_path / "missing.json"))]
     messages = set()
     with StatusProbe(o) as probe, o.conn(timeout=30) as c:
-        time.sleep(0.2)
+        wait_for(lambda: probe.latencies or probe.failures, 10, "the status probe to be running")
         for _round in range(3):
             for param, value in hostile:
                 resp = c.request("generate", prompt="turn on the lights", max_tokens=4, **{param: value})
@@ -109,7 +109,9 @@ def test_files_named_in_grammar_or_json_schema_are_refused_and_status_keeps_answ
     worst = max(probe.latencies)
     print(f"status round trips during hostile requests: n={len(probe.latencies)} max={worst * 1000:.1f} ms "
           f"median={sorted(probe.latencies)[len(probe.latencies) // 2] * 1000:.1f} ms")
-    assert worst < 1.0, f"status took {worst:.2f}s while hostile requests ran"
+    # a FIFO opened on the event loop would block it for good: status answers at all (no latency bound: a
+    # loaded 2-core box stretches round trips)
+    assert worst < 10, f"status took {worst:.2f}s while hostile requests ran"
     assert len(messages) == 1, messages
     for f in (fifo, fifo_json):               # no reader ever held the FIFO open: a writer finds none
         with pytest.raises(OSError):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import RPCError, gone, log_events, write_tiny_f32
+from helpers import RPCError, gone, log_events, wait_for, write_tiny_f32
 
 FAKE = Path(__file__).resolve().parent / "llama_server.py"
 MODEL = "fake.gguf"
@@ -49,14 +49,17 @@ def test_crash_on_load_is_named_everywhere(scripted):
     assert out.returncode == 0 and "llama-server crashed (SIGSEGV)" in out.stdout, out.stdout
 
 
-def test_hang_mid_decode_is_killed_restarted_and_reported(scripted):
+def test_hang_mid_decode_is_killed_restarted_and_reported(scripted, tmp_path):
     """The stand-in hangs like a GPU hang: /health stays 200, the decode never returns.  With the generation
     in flight oracd probes /slots, kills the stuck child after hang_timeout, retries once on a fresh one,
     and then fails the request clearly instead of hanging until its timeout."""
     o = scripted("hang-decode", hang_timeout=2, health_interval=0.3, health_timeout=0.5).start()
     first = o.call("status")["child"]
     assert first["state"] == "ready"
-    time.sleep(1.5)                      # idle: /health is the probe, nothing is killed
+    # idle: /health is the probe and answers; probes spanning more than hang_timeout kill nothing
+    probes = lambda: (tmp_path / "health.log").read_text().split().count(str(first["pid"]))  # noqa: E731
+    after_ready = probes()
+    wait_for(lambda: probes() >= after_ready + 2 / 0.3 + 2, 30, "probes spanning more than hang_timeout")
     assert o.call("status")["child"]["pid"] == first["pid"]
     t0 = time.monotonic()
     resp = o.request("generate", prompt="Hello", max_tokens=4, timeout=60)

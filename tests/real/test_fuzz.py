@@ -10,8 +10,8 @@ Properties checked on every answer: one JSON-RPC 2.0 response per request, stric
 JSON in valid UTF-8 (no NaN/Infinity), and never -32603 (README: "a bug").
 
 Already covered elsewhere: the basic error paths (test_rpc.py::test_error_paths), one oversized
-line (test_rpc.py::test_oversized_line_gets_error_and_connection_survives), half a line then
-disconnect once (test_rpc.py::test_half_line_then_disconnect_and_other_clients_unaffected).
+line (test_rpc.py::test_oversized_line_gets_error_and_connection_survives).  Half a line then a
+hang-up, with other clients unaffected: here (test_fuzz_half_line_then_disconnect, test_half_lines_leave_no_connection_behind).
 """
 from __future__ import annotations
 

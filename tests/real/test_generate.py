@@ -9,7 +9,6 @@ import pytest
 
 from helpers import SMOL, Conn, Oracd
 from llama_direct import busy_slots, wait_slots_idle
-from oracd.api.generate import strip_think
 
 
 @pytest.fixture(scope="module")
@@ -139,16 +138,6 @@ def test_half_closed_client_still_gets_answer(oracd):
     r = c.recv()
     c.close()
     assert r["id"] == 5 and r["result"]["usage"]["completion_tokens"] > 0
-
-
-@pytest.mark.parametrize("raw, expected", [
-    ("<think>hmm</think>\n\n{\"a\": 1}", "{\"a\": 1}"),
-    ("<think>never closed", ""),
-    ("plain", "plain"),
-    ("a <think>x</think> b", "a b"),
-])
-def test_strip_think(raw, expected):
-    assert strip_think(raw) == expected
 
 
 def test_connections_to_llama_server_stay_within_its_fixed_http_threads(oracd):

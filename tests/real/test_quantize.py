@@ -1,4 +1,5 @@
-"""quantize_model with the real llama-quantize on a tiny F32 GGUF."""
+"""quantize_model with the real llama-quantize on a tiny F32 GGUF: what succeeds.  Failures that must leave nothing
+behind (bad type, unusable input, existing output, disk full) are test_faults.py's quantize section."""
 from __future__ import annotations
 
 import shutil
@@ -42,40 +43,10 @@ def test_default_type_is_q4_k(qd):
     assert r["name"] == "tiny-default.gguf"
 
 
-def test_bad_type_lists_allowed_types(qd):
-    resp = qd.request("quantize_model", input_model="tiny-f32", output_model="x1", quantization_type="q9_z")
-    assert resp["error"]["code"] == -32602
-    assert "q8_0" in resp["error"]["data"]["allowed"]
-    assert not (qd.models_dir / "x1.gguf").exists()
-
-
 def test_missing_input(qd):
     resp = qd.request("quantize_model", input_model="nope", output_model="x2")
     assert resp["error"]["code"] == -32001
     assert resp["error"]["message"] == f"Input model not found: {qd.models_dir / 'nope.gguf'}"
-
-
-def test_existing_output_refused_unless_overwrite(qd):
-    qd.call("quantize_model", input_model="tiny-f32", output_model="tiny-ow", quantization_type="q8_0")
-    resp = qd.request("quantize_model", input_model="tiny-f32", output_model="tiny-ow", quantization_type="q4_0")
-    assert resp["error"]["code"] == -32011
-    assert read_gguf_header(qd.models_dir / "tiny-ow.gguf")["quantization"] == "Q8_0"
-    qd.call("quantize_model", input_model="tiny-f32", output_model="tiny-ow", quantization_type="q4_0",
-            overwrite=True)
-    assert read_gguf_header(qd.models_dir / "tiny-ow.gguf")["quantization"] == "Q4_0"
-
-
-def test_failure_leaves_no_partial_file(qd):
-    bad = qd.models_dir / "broken.gguf"
-    data = (qd.models_dir / "tiny-f32.gguf").read_bytes()
-    bad.write_bytes(data[: len(data) // 2])              # truncated: header fine, tensor data missing
-    resp = qd.request("quantize_model", input_model="broken", output_model="broken-q8", quantization_type="q8_0")
-    assert resp["error"]["code"] == -32004
-    assert resp["error"]["message"].startswith("Quantization error: ")
-    assert resp["error"]["data"]["stderr_tail"]
-    assert not (qd.models_dir / "broken-q8.gguf").exists()
-    assert leftovers(qd.models_dir) == []
-    assert qd.call("status")["child"]["state"] == "ready"
 
 
 @pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "sub/dir", ".hidden"])

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from helpers import SMOL, Oracd, RPCError
+from helpers import SMOL, Oracd, RPCError, wait_for
 from llama_direct import busy_slots
 
 CHATML = ("<|im_start|>system\nYou answer in JSON.<|im_end|>\n<|im_start|>user\n"
@@ -103,8 +103,8 @@ def test_prewarmed_raw_prefix_serves_the_first_command_from_cache_and_survives_r
     assert first["usage"]["cached_tokens"] >= w["prompt_tokens"] - 2, first["usage"]
     pid = o.call("status")["child"]["pid"]
     os.kill(pid, signal.SIGKILL)
-    time.sleep(0.3)
-    st = o.wait_child_state("ready", 60)
+    st = wait_for(lambda: (lambda c: c if c["state"] == "ready" and c["pid"] not in (pid, None) else None)(
+        o.call("status")["child"]), 60, "the restarted llama-server to be ready")
     assert st["warm"]["how"] == "restored" and st["warm"]["prompt_tokens"] == w["prompt_tokens"]
     again = o.call("generate", prompt=prefix + "turn on the kitchen lights\nAssistant: ", raw=True, max_tokens=4,
                    temperature=0)

@@ -17,7 +17,8 @@ from typing import List, Optional, Tuple
 
 import pytest
 
-from helpers import Oracd, RpcWorker as Worker, free_port, gone, log_events
+from helpers import Oracd, RpcWorker as Worker, free_port, gone, log_events, wait_for
+from llama_direct import busy_slots
 from oracd.workers.hello import hello
 
 MB = 1024 * 1024
@@ -118,7 +119,7 @@ def test_worker_killed_mid_generation(fresh_oracd, workers, fallback):
     o = fresh_oracd(llama={"rpc_workers": [w.address], "rpc_fallback_local": fallback}).start()
     first = o.call("status")["child"]
     t, out = long_generate_in_background(o, max_tokens=400)
-    time.sleep(1.5)                     # the generation is under way on the worker
+    wait_for(lambda: busy_slots(first["endpoint"]), 30, "the generation to be under way on the worker")
     w.kill()
     t0 = time.monotonic()
     t.join(60)
@@ -174,7 +175,7 @@ def test_frozen_worker_is_caught_by_the_slots_probe_and_named_at_restart(fresh_o
                            "health_interval": 0.5, "health_timeout": 1}).start()
     first = o.call("status")["child"]
     t, out = long_generate_in_background(o, max_tokens=200)
-    time.sleep(1.0)
+    wait_for(lambda: busy_slots(first["endpoint"]), 30, "the generation to be under way on the worker")
     w.kill(signal.SIGSTOP)
     t.join(60)
     assert not t.is_alive(), "the generation hung on a frozen worker"

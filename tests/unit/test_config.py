@@ -367,7 +367,6 @@ def test_dev_config_loads():
     assert cfg.llama.server_bin == (REPO / "bin" / "llama-server").resolve()
     assert cfg.llama.quantize_bin == (REPO / "bin" / "llama-quantize").resolve()
     assert cfg.llama.models_dir == (REPO / "models").resolve()
-    assert os.access(cfg.llama.server_bin, os.X_OK)
     assert cfg.llama.default_model == SMOL
     assert cfg.llama.preload is True
 
@@ -455,3 +454,11 @@ def test_missing_socket_group_says_how_to_fix_it(tmp_path):
         assert "sudo groupadd --system oracd-test-nogroup" in text and 'set socket_group = "" in [server]' in text
         assert "Traceback" not in text
     assert not (tmp_path / "run" / "oracd.sock").exists()
+
+
+def test_metrics_listen_must_be_loopback(tmp_path):
+    from oracd import config
+    from oracd.config import ConfigError
+    with pytest.raises(ConfigError, match="loopback only"):
+        config.from_dict({"server": {"metrics_listen": "0.0.0.0:9464"}}, tmp_path)
+    assert config.from_dict({"server": {"metrics_listen": "[::1]:9464"}}, tmp_path).server.metrics_listen
