@@ -102,3 +102,26 @@ def test_the_readme_is_a_front_page():
     assert len(text.splitlines()) <= 300
     first_screen = "\n".join(text.splitlines()[:40])
     assert "scripts/dev-up" in first_screen and "scripts/test" in first_screen
+
+
+_TEST_REF = re.compile(r"((?:tests/)?(?:(?:unit|fake|real)/)?test_[a-z0-9_]+\.py)(?:::([A-Za-z0-9_]+))?")
+
+
+def test_every_test_the_docs_name_exists():
+    """The reliability table and the rest name tests as evidence: each named file and function must exist
+    (a test moved between layers or merged away must take its references with it)."""
+    files: dict = {}
+    for p in (REPO / "tests").glob("*/test_*.py"):
+        files.setdefault(p.name, []).append(p)
+    missing = []
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for m in _TEST_REF.finditer(page.read_text()):
+            ref, name = m.group(1), m.group(2)
+            layered = re.match(r"(?:tests/)?(unit|fake|real)/", ref)
+            paths = [REPO / "tests" / ref.split("tests/")[-1]] if layered else files.get(Path(ref).name, [])
+            paths = [p for p in paths if p.exists()]
+            if not paths:
+                missing.append(f"{page.name}: {ref}")
+            elif name and not any(re.search(rf"def {re.escape(name)}\b", p.read_text()) for p in paths):
+                missing.append(f"{page.name}: {ref}::{name}")
+    assert not missing, "\n".join(missing)
