@@ -68,6 +68,8 @@ class Profile:
     tensor_split: Optional[Tuple[float, ...]] = None
     cache_ram_mb: Optional[int] = None      # overrides [llama] cache_ram_mb (llama-server --cache-ram)
     prompt_format: str = "chat"             # "raw": prompts go to /completion as they are (the caller's template)
+    compact_json: Optional[bool] = None     # json_schema answers without optional whitespace (default: "command")
+    fast_forward: Optional[bool] = None     # oracd writes a JSON object's forced text (default: "command")
     source: Dict[str, Any] = field(default_factory=dict, compare=False)   # as written, for status
 
     def load_options(self) -> Tuple[Any, ...]:
@@ -124,7 +126,7 @@ def _parse(model: str, table: Any, base: Path) -> Profile:
         elif key == "prompt_format":
             if v not in ("chat", "raw"):
                 raise ProfileError(f'{k}: expected "chat" or "raw", got {v!r}')
-        elif key == "think":
+        elif key in ("think", "compact_json", "fast_forward"):
             if not isinstance(v, bool):
                 raise ProfileError(f"{k}: expected true or false, got {v!r}")
         elif key == "grammar":
