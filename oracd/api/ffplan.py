@@ -152,7 +152,8 @@ def kept(pieces: Pieces, content: bytes) -> Tuple[int, int]:
     """
     n = size = 0
     for _, piece in pieces:
-        if size + len(piece) > len(content) or content[size:size + len(piece)] != piece:
+        # an empty piece: the token that completed the stop, as a stream reports it
+        if not piece or size + len(piece) > len(content) or content[size:size + len(piece)] != piece:
             break
         n += 1
         size += len(piece)
@@ -169,6 +170,7 @@ def learn(plan: Plan, pieces: Pieces) -> Optional[Dict[bytes, List[int]]]:
     then inserts and which tokens the model used for that.  None when a span does not begin and end on a
     token boundary (the model merges it with a value): fast-forward cannot reproduce that answer.
     """
+    pieces = [p for p in pieces if p[1]]      # an empty piece: the end-of-generation token
     ends, size = {}, 0
     for n, (_, piece) in enumerate(pieces):
         size += len(piece)

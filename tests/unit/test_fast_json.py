@@ -214,6 +214,7 @@ def test_learn_reads_the_models_tokens_for_each_span_off_a_compact_answer():
     assert spans[b'","location'] == ids[13:16]
     assert spans[b',"value'] == ids[21:23]          # after '"kitchen"' the model wrote '"' then ',"'
     assert spans[b"}"] == ids[25:26]
+    assert learn(plan, pieces + [(2, b"")]) == spans                    # the end-of-generation token
 
 
 def test_learn_refuses_an_answer_where_a_span_is_merged_with_a_value():
@@ -227,6 +228,7 @@ def test_kept_drops_the_token_that_crossed_into_the_forced_span():
     assert kept(_pieces("kit", "chen", '",'), b"kitchen") == (2, 7)
     assert kept(_pieces('":', '"', "kit", "chen", '","'), b'":"kitchen"') == (4, 10)   # '"' re-inserted
     assert kept([], b"x") == (0, 0)
+    assert kept(_pieces("bed", "room", ""), b"bedroom") == (2, 7)      # a stream reports the stop token empty
 
 
 # ------------------------------------------------------------------ when it applies
