@@ -139,7 +139,8 @@ async def fast_forward(http: Any, prompt: str, plan: Plan, spans: Dict[bytes, Li
         if plan.value_complete(i, content) is None:
             raise Resample(f"step {i} stopped inside its value: {content!r}")
         raw = content.encode()
-        pieces = _pieces(r)
+        # the last sampled token completed the stop: left out (a stream reports it cut at the stop)
+        pieces = _pieces(r)[:max(0, len(r["tokens"]) - 1)]
         n, size = kept(pieces, raw)
         insert = raw[size:] + plan.forced[i + 1].encode()
         ids = spans.get(insert)
