@@ -74,7 +74,7 @@ async def _model(ph: Phase, o: Any, model: str, texts: List[str], t: Timeouts) -
         await rpc.call("load_model", {"model": model}, timeout=t.load)
         endpoint = (await rpc.call("status"))["child"]["endpoint"]
         for text in texts[:PRIME]:
-            await ph.attempt_async("prime", lambda: _oracd(rpc, model, text, True, t))
+            await ph.attempt_async("prime", lambda text=text: _oracd(rpc, model, text, True, t))
             ph.advance()
         ms: Dict[str, List[float]] = {v: [] for v in VARIANTS}
         out: Dict[str, List[Any]] = {v: [] for v in VARIANTS}
@@ -133,9 +133,11 @@ def _r(x: Optional[float]) -> Optional[float]:
 async def bench_command(ph: Phase, t: Timeouts, limit: Optional[int] = None) -> Dict[str, Any]:
     texts = corpus(limit)
     res: Dict[str, Any] = {"max_tokens": MAX_TOKENS, "primed": PRIME}
-    with started(t, models=[SMOL, GEMMA], llama={"threads": 0, "default_model": SMOL}) as o:
+    # 2 slots of 2048 tokens: the few-shot prompt is ~650 tokens (the tests' 1024 would leave 512 per slot)
+    with started(t, models=[SMOL, GEMMA], llama={"threads": 0, "ctx_size": 4096, "default_model": SMOL}) as o:
         for model in (SMOL, GEMMA):
             res[model] = await _model(ph, o, model, texts, t)
+    res["failures"] = ph.failures.as_dict()
     return res
 
 

@@ -136,13 +136,15 @@ class App:
             with deadline.scope():
                 on_delta = (lambda text: ctx.progress("generate.chunk", text=text)) if stream else None
                 ask = None
-                if out is not None and out.fast_forward:
+                if out is not None and not prefill:   # compact, fast-forwarded or not: one path, (b) and (c) alike
+                    sampling = {k: body[k] for k in ("temperature", "top_p", "top_k", "stop") if k in body}
+
                     def ask(http: Any) -> Any:
                         return generate_json(
-                            http, path.name, out.schema, {k: body[k] for k in ("temperature", "top_p", "top_k")},
+                            http, path.name, out.schema, sampling,
                             body.get("n_predict", body.get("max_tokens")), prompt=body.get("prompt"),
                             messages=body.get("messages"), template_kwargs=body.get("chat_template_kwargs"),
-                            on_delta=on_delta)
+                            on_delta=on_delta, use_fast_forward=out.fast_forward)
                 data = await fetch(self.supervisor, path, body, cfg, on_delta, ask)
         finally:
             self.requests_in_flight -= 1

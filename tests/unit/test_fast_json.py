@@ -231,6 +231,16 @@ def test_kept_drops_the_token_that_crossed_into_the_forced_span():
     assert kept(_pieces("bed", "room", ""), b"bedroom") == (2, 7)      # a stream reports the stop token empty
 
 
+def test_check_tells_a_tokenization_mismatch_from_a_numerical_one():
+    from oracd.api.fastforward import check
+    forced_at = {0, 1, 4}
+    assert check([1, 2, 3, 4, 5], forced_at, [1, 2, 3, 4, 5, 6]) == (True, "same tokens")
+    ok, why = check([1, 2, 3, 4, 5], forced_at, [1, 2, 9, 4, 5])     # a sampled token: the model chose otherwise
+    assert ok and "sampled token 2" in why
+    ok, why = check([1, 2, 3, 4, 5], forced_at, [1, 2, 3, 4, 8])     # a forced token: not the model's own
+    assert not ok and "forced token 4" in why
+
+
 # ------------------------------------------------------------------ when it applies
 
 def _prof(**kw) -> Profile:
