@@ -53,12 +53,14 @@ class Calibration:
     def plan(self, schema: Any) -> Optional[Plan]:
         k = self.key(schema)
         if k not in self.plans:
+            _bound(self.plans)
             self.plans[k] = try_plan(schema)
         return self.plans[k]
 
     def grammar(self, schema: Any) -> Optional[str]:
         k = self.key(schema)
         if k not in self.grammars:
+            _bound(self.grammars)
             self.grammars[k] = try_compile(schema)
         return self.grammars[k]
 
@@ -66,13 +68,31 @@ class Calibration:
         learned = learn(plan, pieces)
         if learned is None:
             return False
+        if key not in self.spans:
+            _bound(self.spans)
         known = self.spans.setdefault(key, {})
         for text, ids in learned.items():
-            known.setdefault(text, ids)
+            if len(known) < MAX_SPANS:
+                known.setdefault(text, ids)
         return True
+
+    def judge(self, key: Tuple[str, str], exact: bool) -> None:
+        if key not in self.verdicts:
+            _bound(self.verdicts)
+        self.verdicts[key] = exact
 
     def as_dict(self) -> Dict[str, Any]:
         return {f"{m} {k[:40]}": ok for (m, k), ok in self.verdicts.items()}
+
+
+# Bounds: schemas come with requests, so every table is capped (the oldest entry goes first).
+MAX_ENTRIES = 128
+MAX_SPANS = 256         # learned span variants per (model, schema)
+
+
+def _bound(table: Dict[Any, Any]) -> None:
+    while len(table) >= MAX_ENTRIES:
+        table.pop(next(iter(table)))
 
 
 CALIBRATION = Calibration()
@@ -213,10 +233,11 @@ async def generate_json(http: Any, model: str, schema: Any, sampling: Dict[str, 
                 ff = await fast_forward(http, prompt, plan, calibration.spans[key], sampling, max_tokens, None)
                 exact, why = check(ff["ids"], ff["forced_at"], ref["tokens"])
             except Resample as exc:     # a span not learned yet (the values differed): check again next time
+                _bound(calibration.tries)
                 tries = calibration.tries[key] = calibration.tries.get(key, 0) + 1
                 exact, why = (None if tries < CHECK_TRIES else False), str(exc)
         if exact is not None:
-            calibration.verdicts[key] = exact
+            calibration.judge(key, exact)
         log.info("fast-forward checked against compact sampling", model=model, exact=exact, why=why)
         return _public(ref)
     stream = _Stream(on_delta) if on_delta is not None else None

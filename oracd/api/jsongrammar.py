@@ -199,8 +199,14 @@ def object_body(schema: Dict[str, Any], name: str, rules: Rules, depth: int) -> 
     return f'"{{" ({chain})? "}}"'
 
 
+MAX_SCHEMA_CHARS = 64 * 1024
+
+
 def compile_compact(schema: Any) -> str:
-    """The compact GBNF for ``schema`` (raises Unsupported)."""
+    """The compact GBNF for ``schema`` (raises Unsupported).  A schema over 64 KiB (as JSON) is left to
+    llama-server: compiling runs on the event loop, and no command schema comes near it."""
+    if len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
+        raise Unsupported("schema too large to compile on the request path")
     rules = Rules()
     return rules.text(value_expr(schema, "", rules))
 

@@ -138,6 +138,7 @@ def test_optional_properties_any_subset_in_order_nested_objects_and_arrays():
     {"type": "object", "properties": {"a": {}}},
     {"type": "array"},
     "command",
+    {"type": "object", "properties": {f"k{n}": {"type": "string", "description": "x" * 100} for n in range(1000)}},
 ])
 def test_anything_outside_the_subset_is_unsupported(schema):
     with pytest.raises(Unsupported):
@@ -239,6 +240,17 @@ def test_check_tells_a_tokenization_mismatch_from_a_numerical_one():
     assert ok and "sampled token 2" in why
     ok, why = check([1, 2, 3, 4, 5], forced_at, [1, 2, 3, 4, 8])     # a forced token: not the model's own
     assert not ok and "forced token 4" in why
+
+
+def test_what_requests_teach_is_bounded():
+    from oracd.api import fastforward as F
+    cal = F.Calibration()
+    for n in range(F.MAX_ENTRIES + 50):
+        schema = {"type": "object", "properties": {f"k{n}": {"type": "null"}}, "required": [f"k{n}"]}
+        assert cal.grammar(schema) and cal.plan(schema)
+        cal.judge(("m", cal.key(schema)), True)
+    assert len(cal.grammars) <= F.MAX_ENTRIES and len(cal.plans) <= F.MAX_ENTRIES
+    assert len(cal.verdicts) <= F.MAX_ENTRIES
 
 
 # ------------------------------------------------------------------ when it applies
