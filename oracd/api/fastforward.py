@@ -151,7 +151,7 @@ async def fast_forward(http: Any, prompt: str, plan: Plan, spans: Dict[bytes, Li
         r = await http.completion_ids(body, on_delta)
         if i == 0:
             prompt_tokens = r["usage"]["prompt_tokens"] - len(spans[first])
-            cached = r["usage"]["prompt_tokens_details"]["cached_tokens"]
+            cached = min(prompt_tokens, r["usage"]["prompt_tokens_details"]["cached_tokens"])
         slot = r["id_slot"] if isinstance(r["id_slot"], int) and r["id_slot"] >= 0 else slot
         sampled += r["tokens_predicted"]
         content = r["content"]
