@@ -150,10 +150,15 @@ def _constants(values: List[Any]) -> str:
     return "(" + " | ".join(literal(dump(v)) for v in values) + ")"
 
 
+MAX_LENGTH = 4096       # GBNF expands char{m,n} into rules: larger bounds are left to llama-server, as before
+
+
 def _length(schema: Dict[str, Any], key: str, default: Optional[int]) -> Optional[int]:
     v = schema.get(key, default)
     if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
         raise Unsupported(f"{key} must be a non-negative integer")
+    if v is not None and v > MAX_LENGTH:
+        raise Unsupported(f"{key} above {MAX_LENGTH}")
     return v
 
 
