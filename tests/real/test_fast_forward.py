@@ -61,6 +61,21 @@ def test_fast_forward_gives_the_object_compact_sampling_gives(oracd):
         assert u["sampled_tokens"] < b["usage"]["sampled_tokens"]
 
 
+def test_raw_prompts_are_fast_forwarded_too(oracd):
+    def chatml(text: str) -> str:
+        return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{text}<|im_end|>\n"
+                "<|im_start|>assistant\n")
+    seen = []
+    for _ in range(2):
+        for text in COMMANDS[:3]:
+            b = gen(oracd, chatml(text), system_prompt=None, raw=True, fast_forward=False)
+            c = gen(oracd, chatml(text), system_prompt=None, raw=True, fast_forward=True)
+            assert b["raw"] is True and c["raw"] is True
+            assert json.loads(c["response"]) == json.loads(b["response"]), text
+            seen.append(c["json_output"]["fast_forward"])
+    assert all(seen[3:]), seen
+
+
 def test_a_schema_it_cannot_handle_falls_back(oracd):
     optional = {"type": "object", "properties": {"device": {"type": "string", "maxLength": 20},
                                                  "room": {"type": "string", "maxLength": 20}},
