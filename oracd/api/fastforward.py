@@ -5,14 +5,16 @@ prompt is the previous one plus what was sampled and forced since (token ids), s
 llama-server's prompt cache processes only the new tokens (``cache_prompt``,
 ``id_slot``).  A step samples under the compact grammar of the rest of the answer
 and stops at the first character after its value; the token that crossed into the
-forced span is dropped and the span is appended as llama-server tokenizes it.
+forced span is dropped and the span is appended as the model's own tokens, learned
+from its compact answers (``ffplan.learn``: a model under a grammar does not write
+the canonical tokenization, and fed it, it goes astray).
 
-Exactness check, once per (model, schema) (``Calibration``): the first request
-runs both fast-forward and plain compact sampling and compares the token ids.
-Where they differ (a tokenizer that merges a value with the text around it in
-another way than the plan cuts it), that pair falls back to compact sampling from
-then on.  A step whose stop fired inside a value (``\\"`` in a string) also falls back,
-for that request.
+The check, once per (model, schema) (``Calibration``): the first request is answered
+by compact sampling, which teaches the spans; fast-forward then runs on the same
+prompt and the token ids are compared (``check``).  A forced token that differs
+from the model's own turns fast-forward off for that pair.  A span not learned yet,
+or a step whose stop fired inside a value (``\\"`` in a string), answers that request
+by compact sampling (and learns from it).
 
 ``generate_json`` is the one entry both APIs call: messages or a raw prompt, a
 schema, sampling, a stream callback.
