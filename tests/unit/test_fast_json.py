@@ -260,17 +260,19 @@ def _prof(**kw) -> Profile:
     return Profile(model="m.gguf", **kw)
 
 
-def test_json_output_defaults_compact_and_fast_forward_for_command_only():
+def test_json_output_defaults_compact_for_command_only_and_fast_forward_when_asked():
     other = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
-    assert json_output(Sent("x"), _prof(), COMMAND_SCHEMA).fast_forward is True
+    assert json_output(Sent("x"), _prof(), COMMAND_SCHEMA).fast_forward is False      # FAST_FORWARD_COMMAND
+    assert json_output(Sent("x", fast_forward=True), _prof(), COMMAND_SCHEMA).fast_forward is True
+    assert json_output(Sent("x"), _prof(fast_forward=True), COMMAND_SCHEMA).fast_forward is True
     assert json_output(Sent("x"), _prof(), other) is None
     assert json_output(Sent("x", compact_json=True), _prof(), other).fast_forward is False
     assert json_output(Sent("x"), _prof(fast_forward=True), other).fast_forward is True
     assert json_output(Sent("x", fast_forward=False), _prof(), COMMAND_SCHEMA).fast_forward is False
     assert json_output(Sent("x", compact_json=False, fast_forward=False), _prof(), COMMAND_SCHEMA) is None
-    assert json_output(Sent("x", prefill="{"), _prof(), COMMAND_SCHEMA).fast_forward is False
-    assert json_output(Sent("x"), _prof(stop=("\n",)), COMMAND_SCHEMA).fast_forward is False
-    assert json_output(Sent("x", stop=[]), _prof(stop=("\n",)), COMMAND_SCHEMA).fast_forward is True
+    assert json_output(Sent("x", prefill="{", fast_forward=True), _prof(), COMMAND_SCHEMA).fast_forward is False
+    assert json_output(Sent("x", fast_forward=True), _prof(stop=("\n",)), COMMAND_SCHEMA).fast_forward is False
+    assert json_output(Sent("x", stop=[], fast_forward=True), _prof(stop=("\n",)), COMMAND_SCHEMA).fast_forward
 
 
 def test_build_request_sends_the_compact_grammar_or_the_schema_it_cannot_compile(tmp_path: Path):
