@@ -90,7 +90,7 @@ def run_warmup(progress: Progress, t: Timeouts, loads: int) -> Any:
 def run_command(progress: Progress, t: Timeouts, limit: int) -> Any:
     n = len(corpus(limit))
     return progress.phase("command", command_units(n), "answer",
-                          "direct response_format, oracd compact, oracd fast-forward interleaved; SmolLM2 and "
+                          "direct response_format, oracd compact, fast-forward, compact again interleaved; SmolLM2 and "
                           "Gemma 3").run(lambda ph: bench_command(ph, t, limit))
 
 
