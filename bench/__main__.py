@@ -26,6 +26,7 @@ from typing import Any, Dict
 import psutil
 
 from .chart import write_chart
+from .command import bench_command, command_section, command_units, corpus
 from .cold_start import bench_cold_start
 from .concurrency import bench_concurrency, concurrency_rounds
 from .daemons import GEMMA, REPO, SMOL, SharedOracd
@@ -38,8 +39,8 @@ from .report import STDLIB_PHASE, gemma_warmup_section, to_markdown, warmup_sect
 from .rpc_floor import bench_rpc_floor, bench_stdlib_loop, floor_calls
 from .warmup import bench_warmup, warmup_units
 
-QUICK = {"runs": 4, "cli_runs": 2, "rpc_calls": 200, "memory_requests": 500, "cold_runs": 1, "levels": [1, 2],
-         "conc_rounds": 2, "conc_per_client": 1, "warmup_loads": 1, "http_runs": 4, "http_rounds": 2}
+QUICK = {"runs": 4, "cli_runs": 2, "commands": 6, "rpc_calls": 200, "memory_requests": 500, "cold_runs": 1,
+         "levels": [1, 2], "conc_rounds": 2, "conc_per_client": 1, "warmup_loads": 1, "http_runs": 4, "http_rounds": 2}
 
 
 def now() -> str:
@@ -84,6 +85,8 @@ async def run_all(args: argparse.Namespace, progress: Progress, t: Timeouts) -> 
         res["warmup"] = await run_warmup(progress, t, args.warmup_loads)
         if args.warmup_gemma:
             res["warmup_gemma"] = await run_warmup(progress, t, args.warmup_loads, GEMMA)
+    if args.commands:
+        res["command"] = await run_command(progress, t, args.commands)
     res["targets"] = check_targets(res)
     res["phases"] = progress.phases
     return res
@@ -94,6 +97,13 @@ def run_warmup(progress: Progress, t: Timeouts, loads: int, model: str = SMOL) -
     return progress.phase("warm-up" if model == SMOL else "warm-up (gemma3)", warmup_units(loads), "load",
                           "no warm-up, prefill, restore interleaved; crash restarts").run(
         lambda ph: bench_warmup(ph, t, loads, model))
+
+
+def run_command(progress: Progress, t: Timeouts, limit: int) -> Any:
+    n = len(corpus(limit))
+    return progress.phase("command", command_units(n), "answer",
+                          "direct response_format, oracd compact, fast-forward, compact again interleaved; SmolLM2 and "
+                          "Gemma 3").run(lambda ph: bench_command(ph, t, limit))
 
 
 def parse_args() -> argparse.Namespace:
@@ -116,6 +126,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--http-rounds", type=int, default=4, help="throughput rounds per side, 8 HTTP clients")
     ap.add_argument("--only-warmup", "--only-warm-restore", dest="only_warmup", action="store_true",
                     help="run only the warm-up phase (no warm-up vs prefill vs restore, crash restarts)")
+    ap.add_argument("--commands", type=int, default=75,
+                    help="corpus commands in the command phase (each answered three ways on both models; 0: skip)")
+    ap.add_argument("--only-command", action="store_true",
+                    help="run only the command phase (compact output and fast-forward vs response_format)")
     ap.add_argument("--quick", action="store_true",
                     help="a few runs of everything, to try the benchmark out in a couple of minutes (not for "
                          "figures; files are named quick-*): " + ", ".join(f"{k.replace('_', '-')} {v}"
@@ -149,8 +163,19 @@ def main() -> int:
     progress = Progress()
     progress.line(f"timeouts: generate {t.generate:g} s, load {t.load:g} s, start {t.start:g} s, "
                   f"cheap RPC {t.call:g} s (--timeout-scale {args.timeout_scale:g})")
+    if args.only_command:
+        res: Dict[str, Any] = {"when": now(), "timeouts_s": asdict(t),
+                               "machine": f"{os.cpu_count()} CPU, {round(psutil.virtual_memory().total / 2**30)} GiB"}
+        res["command"] = asyncio.run(run_command(progress, t, max(1, args.commands)))
+        res["phases"] = progress.phases
+        md = "\n".join(command_section(res["command"])) + "\n"
+        stem = write_results(args, f"command-{res['when'].replace(':', '')}", res, md)
+        print(md)
+        print(f"written: {stem}.json, {stem}.md")
+        progress.finish()
+        return 1 if progress.failed_phases() else 0
     if args.only_warmup:
-        res: Dict[str, Any] = {"when": now(), "timeouts_s": asdict(t)}
+        res = {"when": now(), "timeouts_s": asdict(t)}
         res["warmup"] = asyncio.run(run_warmup(progress, t, max(1, args.warmup_loads)))
         if args.warmup_gemma:
             res["warmup_gemma"] = asyncio.run(run_warmup(progress, t, max(1, args.warmup_loads), GEMMA))

@@ -184,6 +184,10 @@ def to_markdown(res: Dict[str, Any]) -> str:
         lines += [""] + section("HTTP APIs", res["http"], http_markdown)
     if "warmup" in res:
         lines += [""] + warmup_section(res["warmup"]) + gemma_warmup_section(res)
+    if "command" in res:
+        from .command import command_section
+        lines += [""] + ([not_measured("command", res["command"])] if "failed" in res["command"]
+                         else command_section(res["command"]))
     lines += [""] + targets_table("target", res["targets"])
     failed = [k for k, v in res.get("phases", {}).items() if v.get("failed")]
     if failed:

@@ -31,7 +31,8 @@ from ..models.quota import QuantizeLimits
 from ..models.store import ModelFile, ModelStore
 from .admin import require_admin
 from .deadline import Deadline
-from .generate import Sent, build_body, check_range, fetch, strip_think
+from .fastforward import generate_json
+from .generate import Sent, build_request, check_range, fetch, strip_think
 from .jsonrpc import CallContext, Method, rpc_method
 from .status import SelfStatus, status_dict
 
@@ -119,7 +120,8 @@ class App:
                        system_prompt: Optional[str] = None, stop: Optional[List[str]] = None,
                        grammar: Optional[str] = None, json_schema: Optional[Any] = None,
                        stream: bool = False, raw: Optional[Union[bool, str]] = None,
-                       prefill: Optional[str] = None) -> Dict[str, Any]:
+                       prefill: Optional[str] = None, compact_json: Optional[bool] = None,
+                       fast_forward: Optional[bool] = None) -> Dict[str, Any]:
         """A completion: chat with the model's template, or ``raw`` with the caller's (``generate.py``).
 
         Omitted (or null) parameters come from the model's profile, then from the
@@ -127,7 +129,9 @@ class App:
         ``grammar`` may be GBNF or "json"; ``json_schema`` a schema or "command".
         ``stream=true`` also sends each piece of text as a ``generate.chunk``
         notification {id, text} before the final result.  ``prefill``: the answer
-        begins with this text, and ``response`` includes it.
+        begins with this text, and ``response`` includes it.  ``compact_json`` /
+        ``fast_forward``: a json_schema answer without optional whitespace / with its
+        forced text written by oracd (README "Compact output and fast-forward").
         """
         t0 = time.perf_counter()
         self._check_accepting()
@@ -137,8 +141,8 @@ class App:
         path = self.store.resolve(name)
         cfg = self.cfg
         prof = cfg.profile_for(path.name) or Profile(model=path.name)
-        body = build_body(Sent(prompt, temperature, top_p, top_k, max_tokens, system_prompt, stop, grammar,
-                               json_schema, raw, prefill), prof, cfg)
+        body, out = build_request(Sent(prompt, temperature, top_p, top_k, max_tokens, system_prompt, stop, grammar,
+                                       json_schema, raw, prefill, compact_json, fast_forward), prof, cfg)
         deadline = Deadline(timeout, lambda s: GenerationTimeout(f"Generation timed out after {s:g} seconds",
                                                                  {"timeout": s}))
         await self.check_loadable(path)
@@ -146,7 +150,17 @@ class App:
         try:
             with deadline.scope():
                 on_delta = (lambda text: ctx.progress("generate.chunk", text=text)) if stream else None
-                data = await fetch(self.supervisor, path, body, cfg, on_delta)
+                ask = None
+                if out is not None and not prefill:   # compact, fast-forwarded or not: one path, (b) and (c) alike
+                    sampling = {k: body[k] for k in ("temperature", "top_p", "top_k", "stop") if k in body}
+
+                    def ask(http: Any, relay: Any) -> Any:     # relay: fetch's counting chunk sender
+                        return generate_json(
+                            http, path.name, out.schema, sampling,
+                            body.get("n_predict", body.get("max_tokens")), prompt=body.get("prompt"),
+                            messages=body.get("messages"), template_kwargs=body.get("chat_template_kwargs"),
+                            on_delta=relay, use_fast_forward=out.fast_forward)
+                data = await fetch(self.supervisor, path, body, cfg, on_delta, ask)
         finally:
             self.requests_in_flight -= 1
         self.generations += 1
@@ -163,9 +177,14 @@ class App:
             "finish_reason": data["finish_reason"],
             "usage": {**{k: int(usage.get(k, 0)) for k in ("prompt_tokens", "completion_tokens", "total_tokens")},
                       # prompt tokens llama-server took from the slot's KV cache (a warmed prefix)
-                      "cached_tokens": int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)},
+                      "cached_tokens": int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
+                      # tokens the model sampled (a decode step each) and text oracd wrote itself (fast-forward)
+                      "sampled_tokens": int(usage.get("sampled_tokens", usage.get("completion_tokens", 0))),
+                      "forced_tokens": int(usage.get("forced_tokens", 0))},
             "raw": "prompt" in body,
         }
+        if out is not None:
+            result["json_output"] = {"compact": True, "fast_forward": bool(data.get("fast_forward"))}
         if prefill:
             result["prefill_included"] = True
         return result

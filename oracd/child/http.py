@@ -252,6 +252,52 @@ class LlamaHTTP:
                     break
         return _completion_result(last, "".join(parts))
 
+    async def tokenize(self, text: str, with_pieces: bool = False) -> list:
+        """POST /tokenize: ``text``'s token ids as llama-server tokenizes a piece of a prompt (no BOS, control
+        tokens written as text), or (id, piece) pairs with ``with_pieces`` (a piece that is not whole UTF-8 text
+        is a list of bytes)."""
+        data = await self.post("/tokenize", {"content": text, "add_special": False, "parse_special": False,
+                                             "with_pieces": with_pieces})
+        toks = data.get("tokens") or []
+        return [(t["id"], t["piece"]) for t in toks] if with_pieces else list(toks)
+
+    async def completion_ids(self, body: Dict[str, Any],
+                             on_delta: Optional[Callable[[str], Awaitable[None]]] = None) -> Dict[str, Any]:
+        """POST /completion with return_tokens: {content, tokens, probs, stop_type, id_slot, usage}.
+
+        For fast-forward's steps (api/fastforward.py): ``tokens`` are the sampled ids, ``id_slot`` the slot
+        that ran it (the next step asks for the same one, whose cache holds the prefix).  Streamed when
+        ``on_delta`` is given (each piece of text as it comes; closing the stream stops the generation).
+        ``probs``: with ``n_probs`` in the body, each token's id and bytes (llama-server leaves out the
+        token that completed a stop word).
+        """
+        body = dict(body, return_tokens=True)
+        if on_delta is None:
+            data = await self.post("/completion", dict(body, stream=False))
+            content, tokens = str(data.get("content") or ""), list(data.get("tokens") or [])
+            probs = list(data.get("completion_probabilities") or [])
+        else:
+            parts: list = []
+            tokens, probs = [], []
+            data = {}
+            events = self._events("/completion", dict(body, stream=True))
+            async with aclosing(events):
+                async for obj in events:
+                    tokens.extend(obj.get("tokens") or ())
+                    probs.extend(obj.get("completion_probabilities") or ())
+                    text = obj.get("content")
+                    if text:
+                        parts.append(text)
+                        await on_delta(text)
+                    if obj.get("stop"):
+                        data = obj
+                        break
+            content = "".join(parts)
+        out = _completion_result(data, content)
+        out.update(tokens=tokens, probs=probs, stop_type=data.get("stop_type"), id_slot=data.get("id_slot", -1),
+                   tokens_predicted=int(data.get("tokens_predicted") or 0))
+        return out
+
     async def slots(self) -> Tuple[int, Any]:
         """(HTTP status, body) of GET /slots: what each slot is doing, with its progress counters.
 

@@ -67,6 +67,8 @@ class Profile:
     swa_full: Optional[Any] = None          # overrides [llama] swa_full: "auto", true or false
     prompt_format: str = "chat"             # "raw": prompts go to /completion as they are (the caller's template)
     aliases: Tuple[str, ...] = ()           # more names for the model on the HTTP APIs (e.g. "qwen3:0.6b")
+    compact_json: Optional[bool] = None     # json_schema answers without optional whitespace (default: "command")
+    fast_forward: Optional[bool] = None     # oracd writes a JSON object's forced text (default: "command")
     source: Dict[str, Any] = field(default_factory=dict, compare=False)   # as written, for status
 
     def load_options(self) -> Tuple[Any, ...]:
@@ -134,7 +136,7 @@ def _parse(model: str, table: Any, base: Path) -> Profile:
         elif key == "prompt_format":
             if v not in ("chat", "raw"):
                 raise ProfileError(f'{k}: expected "chat" or "raw", got {v!r}')
-        elif key == "think":
+        elif key in ("think", "compact_json", "fast_forward"):
             if not isinstance(v, bool):
                 raise ProfileError(f"{k}: expected true or false, got {v!r}")
         elif key == "grammar":

@@ -106,7 +106,7 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
     n = body.get("max_tokens")
     collect = on_event is None and (n is None or n < 0 or n > cfg.llama.stream_above_tokens)
 
-    async def ask(http: Any) -> Any:
+    async def ask(http: Any, _relay: Any) -> Any:      # streams to its own client (on_event), not to relay
         nonlocal sent
         asked.append(time.perf_counter())
         if on_event is None and not collect:      # short: one response, the fastest path

@@ -95,7 +95,9 @@ def test_files_named_in_grammar_or_json_schema_are_refused_and_status_keeps_answ
     messages = set()
     with StatusProbe(o) as probe, o.conn(timeout=30) as c:
         wait_for(lambda: probe.latencies or probe.failures, 10, "the status probe to be running")
-        for _round in range(3):
+        rounds = 0
+        while rounds < 3 or (len(probe.latencies) < 5 and rounds < 500):    # status probed while they run
+            rounds += 1
             for param, value in hostile:
                 resp = c.request("generate", prompt="turn on the lights", max_tokens=4, **{param: value})
                 assert resp["error"]["code"] == -32602, (param, value, resp)
@@ -123,7 +125,10 @@ def test_inline_grammar_and_schema_still_work(healthy):
     with o.conn(timeout=60) as c:
         assert c.call("generate", prompt="hi", max_tokens=4, grammar='root ::= "hello"')["response"] == "hello"
         assert c.call("generate", prompt="hi", max_tokens=4, grammar="json")["response"] == "hello"
-        assert c.call("generate", prompt="hi", max_tokens=4, json_schema="command")["response"] == "hello"
+        # (compact output, the default for "command", takes llama-server's /apply-template and token paths,
+        # which the stand-in does not speak: tests/real/test_fast_forward.py covers it on the real server)
+        assert c.call("generate", prompt="hi", max_tokens=4, json_schema="command",
+                      compact_json=False)["response"] == "hello"
         assert c.call("generate", prompt="hi", max_tokens=4, json_schema={"type": "object"})["response"] == "hello"
         big = c.request("generate", prompt="hi", grammar='root ::= "' + "x" * 70_000 + '"')
         assert big["error"]["code"] == -32602 and big["error"]["data"]["reason"] == "too_large", big["error"]

@@ -31,7 +31,9 @@ def test_generate_fields_and_usage(oracd):
     assert u["completion_tokens"] == 4
     assert u["prompt_tokens"] > 5
     assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
-    assert set(u) == {"prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens"}
+    assert set(u) == {"prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "sampled_tokens",
+                      "forced_tokens"}
+    assert u["sampled_tokens"] == 4 and u["forced_tokens"] == 0         # no fast-forward: every token sampled
     again = oracd.call("generate", model=SMOL, prompt="Turn on the kitchen lights.", max_tokens=4, temperature=0)
     assert again["usage"]["cached_tokens"] >= u["prompt_tokens"] - 2      # the same prompt: from the slot's cache
 
