@@ -119,6 +119,19 @@ def write_unknown_architecture(path: Path) -> Path:
     return path
 
 
+STAND_IN = REPO / "tests" / "fake" / "llama_server.py"
+
+
+def stand_in_script(state: Path, fault: str, *options: str) -> Path:
+    """An executable ``llama-server`` in ``state`` that runs the scripted stand-in in mode ``fault`` (with its
+    extra ``options``: ``--gated``, ``--crash-after N``); ``state`` is also the stand-in's ``--state`` dir."""
+    wrapper = state / "llama-server"
+    extra = "".join(f" {o}" for o in options)
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {STAND_IN} --fault {fault}{extra} --state {state} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
 def gone(pid: int, timeout: float = 15) -> bool:
     """True once ``pid`` has exited (or is a zombie) within ``timeout`` seconds."""
     import psutil

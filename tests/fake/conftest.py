@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import helpers
-from helpers import write_tiny_f32
+from helpers import stand_in_script, write_tiny_f32
 
 HERE = Path(__file__).resolve().parent
 FAKE = HERE / "llama_server.py"
@@ -31,10 +31,7 @@ def stand_in(fresh_oracd, tmp_path):
     stand-in in mode ``fault`` with its extra ``options`` (``--gated``, ``--crash-after N``); each model a tiny
     GGUF, the first the default.  The stand-in's ``--state`` dir is ``tmp_path``."""
     def make(fault: str = "healthy", *options: str, models=("fake.gguf",), server=None, **llama):
-        wrapper = tmp_path / "llama-server"
-        extra = " ".join(options)
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} --fault {fault} {extra} --state {tmp_path} "$@"\n')
-        wrapper.chmod(0o755)
+        wrapper = stand_in_script(tmp_path, fault, *options)
         o = fresh_oracd(models=(), server=server,
                         llama={"server_bin": str(wrapper), "default_model": models[0], "threads": 1, **llama})
         for m in models:

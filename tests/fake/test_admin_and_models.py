@@ -11,14 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Dict
 
 import pytest
 
-from helpers import RPCError, free_port, gone, log_events, write_tiny_f32
+from helpers import stand_in_script, RPCError, free_port, gone, log_events, write_tiny_f32
 
-FAKE = Path(__file__).resolve().parent / "llama_server.py"
 MODEL = "fake.gguf"
 OTHER_UID = OTHER_GID = 12345          # nobody on this machine
 
@@ -28,9 +26,7 @@ def fake(fresh_oracd, tmp_path):
     """An oracd on the stand-in in ``refuses-broken`` mode: every model whose name has "broken" fails to
     load inside llama-server, the others serve "hello"."""
     def make(server: Dict[str, Any] = None, env: Dict[str, str] = None, **llama):
-        wrapper = tmp_path / "llama-server"
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} --fault refuses-broken --state {tmp_path} "$@"\n')
-        wrapper.chmod(0o755)
+        wrapper = stand_in_script(tmp_path, "refuses-broken")
         o = fresh_oracd(models=(), server=server, env=env,
                         llama={"server_bin": str(wrapper), "default_model": MODEL, "threads": 1, **llama})
         write_tiny_f32(o.models_dir / MODEL)

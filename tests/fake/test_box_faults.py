@@ -9,15 +9,13 @@ from __future__ import annotations
 import json
 import select
 import socket
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import wait_for, Conn, RPCError, fill, log_events, mount_tmpfs, umount_tmpfs, write_tiny_f32
+from helpers import stand_in_script, wait_for, Conn, RPCError, fill, log_events, mount_tmpfs, umount_tmpfs, write_tiny_f32
 
-FAKE = Path(__file__).resolve().parent / "llama_server.py"
 MODEL = "fake.gguf"
 
 
@@ -25,10 +23,7 @@ MODEL = "fake.gguf"
 def healthy(fresh_oracd, tmp_path):
     """An oracd whose llama-server is the healthy stand-in; Oracd options and llama options as keywords."""
     def make(llama=None, **kw):
-        wrapper = tmp_path / "llama-server"
-        (tmp_path / "wedged-once").touch()     # wedged-once after its one wedged run: healthy, answers "hello"
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} --fault wedged-once --state {tmp_path} "$@"\n')
-        wrapper.chmod(0o755)
+        wrapper = stand_in_script(tmp_path, "healthy")
         o = fresh_oracd(models=(), llama={"server_bin": str(wrapper), "default_model": MODEL, **(llama or {})},
                         **kw)
         write_tiny_f32(o.models_dir / MODEL)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,9 +12,8 @@ from typing import Dict, List
 
 import pytest
 
-from helpers import Conn, log_events, wait_for, write_tiny_f32
+from helpers import stand_in_script, Conn, log_events, wait_for, write_tiny_f32
 
-FAKE = Path(__file__).resolve().parent / "llama_server.py"
 MODEL = "fake.gguf"
 
 
@@ -23,9 +21,7 @@ MODEL = "fake.gguf"
 def healthy(fresh_oracd, tmp_path):
     """An oracd whose llama-server is the stand-in answering "hello"; extra [server] settings as keywords."""
     def make(preload: bool = True, **server):
-        wrapper = tmp_path / "llama-server"
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} --fault healthy --state {tmp_path} "$@"\n')
-        wrapper.chmod(0o755)
+        wrapper = stand_in_script(tmp_path, "healthy")
         o = fresh_oracd(models=(), server=server,
                         llama={"server_bin": str(wrapper), "default_model": MODEL, "threads": 1, "preload": preload})
         write_tiny_f32(o.models_dir / MODEL)

@@ -12,22 +12,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from helpers import REPO, free_port, write_tiny_f32
+from helpers import stand_in_script, REPO, free_port, write_tiny_f32
 
-FAKE = Path(__file__).resolve().parent / "llama_server.py"
 MODEL = "fake.gguf"
 
 
 @pytest.fixture
 def stand_in(fresh_oracd, tmp_path):
     def make(start: bool = True, **http):
-        wrapper = tmp_path / "llama-server"
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} --fault tool-calls --state {tmp_path} "$@"\n')
-        wrapper.chmod(0o755)
+        wrapper = stand_in_script(tmp_path, "tool-calls")
         o = fresh_oracd(models=(), llama={"server_bin": str(wrapper), "default_model": MODEL},
                         http={"listen": [f"127.0.0.1:{free_port()}"], **http})
         write_tiny_f32(o.models_dir / MODEL)

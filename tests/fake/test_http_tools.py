@@ -7,17 +7,14 @@ The real ``ollama`` and ``openai`` libraries read them: Home Assistant's exact `
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
 import ollama
 import openai
 import pytest
 
-from helpers import free_port, write_tiny_f32
+from helpers import stand_in_script, free_port, write_tiny_f32
 
-FAKE = Path(__file__).resolve().parent / "llama_server.py"
 MODEL = "fake.gguf"
 TOOLS = [{"type": "function", "function": {
     "name": "HassTurnOn", "description": "Turns on/opens a device or entity",
@@ -31,9 +28,7 @@ CALL = {"name": "kitchen light", "domain": ["light"]}
 @pytest.fixture
 def scripted_http(fresh_oracd, tmp_path):
     def make(fault: str, **llama):
-        wrapper = tmp_path / "llama-server"
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} --fault {fault} --state {tmp_path} "$@"\n')
-        wrapper.chmod(0o755)
+        wrapper = stand_in_script(tmp_path, fault)
         o = fresh_oracd(models=(), llama={"server_bin": str(wrapper), "default_model": MODEL, **llama},
                         http={"listen": [f"127.0.0.1:{free_port()}"]})
         write_tiny_f32(o.models_dir / MODEL)

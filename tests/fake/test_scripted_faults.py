@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from helpers import RPCError, gone, log_events, wait_for, write_tiny_f32
+from helpers import stand_in_script, RPCError, gone, log_events, wait_for, write_tiny_f32
 
-FAKE = Path(__file__).resolve().parent / "llama_server.py"
 MODEL = "fake.gguf"
 
 
@@ -20,9 +18,7 @@ MODEL = "fake.gguf"
 def scripted(fresh_oracd, tmp_path):
     """An oracd whose llama-server is the stand-in with ``fault``; extra llama options as keywords."""
     def make(fault: str, **llama):
-        wrapper = tmp_path / "llama-server"
-        wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE} --fault {fault} --state {tmp_path} "$@"\n')
-        wrapper.chmod(0o755)
+        wrapper = stand_in_script(tmp_path, fault)
         o = fresh_oracd(models=(), llama={"server_bin": str(wrapper), "default_model": MODEL, "threads": 1,
                                           **llama})
         write_tiny_f32(o.models_dir / MODEL)
