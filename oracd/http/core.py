@@ -107,6 +107,20 @@ def obj(name: str, v: Any) -> Optional[Dict[str, Any]]:
     return v
 
 
+def sampling(src: Dict[str, Any], gen: "Gen", prefix: str = "") -> None:
+    """The sampling fields both APIs share, with one set of ranges; ``prefix`` names where they sit in the
+    request (Ollama's ``options.``)."""
+    gen.temperature = number(prefix + "temperature", src.get("temperature"), 0, 10)
+    gen.top_p = number(prefix + "top_p", src.get("top_p"), 0, 1)
+    gen.top_k = integer(prefix + "top_k", src.get("top_k"), 0, 100_000)
+    gen.min_p = number(prefix + "min_p", src.get("min_p"), 0, 1)
+    gen.seed = integer(prefix + "seed", src.get("seed"), -(2 ** 63), 2 ** 64 - 1)
+    gen.stop = stop_list(prefix + "stop", src.get("stop"))
+    gen.repeat_penalty = number(prefix + "repeat_penalty", src.get("repeat_penalty"), 0, 10)
+    gen.presence_penalty = number(prefix + "presence_penalty", src.get("presence_penalty"), -2, 2)
+    gen.frequency_penalty = number(prefix + "frequency_penalty", src.get("frequency_penalty"), -2, 2)
+
+
 def stop_list(name: str, v: Any) -> Optional[List[str]]:
     """A stop string or a list of them (at most 16, none empty)."""
     if v is None:

@@ -81,15 +81,7 @@ def fmt(v: Any, gen: Gen) -> None:
 def options(opts: Any, gen: Gen) -> Optional[int]:
     """The options oracd acts on; returns num_ctx (reported, never a restart: see ``/api/ps``)."""
     o = core.obj("options", opts) or {}
-    gen.temperature = core.number("options.temperature", o.get("temperature"), 0, 10)
-    gen.top_p = core.number("options.top_p", o.get("top_p"), 0, 1)
-    gen.top_k = core.integer("options.top_k", o.get("top_k"), 0, 100_000)
-    gen.min_p = core.number("options.min_p", o.get("min_p"), 0, 1)
-    gen.seed = core.integer("options.seed", o.get("seed"), -(2 ** 63), 2 ** 64 - 1)
-    gen.stop = core.stop_list("options.stop", o.get("stop"))
-    gen.repeat_penalty = core.number("options.repeat_penalty", o.get("repeat_penalty"), 0, 10)
-    gen.presence_penalty = core.number("options.presence_penalty", o.get("presence_penalty"), -2, 2)
-    gen.frequency_penalty = core.number("options.frequency_penalty", o.get("frequency_penalty"), -2, 2)
+    core.sampling(o, gen, "options.")
     n = core.integer("options.num_predict", o.get("num_predict"), -2, 1_000_000)
     if n is not None and n != 0:
         gen.max_tokens = -1 if n < 0 else n         # -1 / -2: until the context is full (the deadline bounds it)

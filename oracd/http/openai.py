@@ -18,15 +18,7 @@ from .core import Gen
 
 
 def _common(body: Dict[str, Any], gen: Gen) -> None:
-    gen.temperature = core.number("temperature", body.get("temperature"), 0, 10)
-    gen.top_p = core.number("top_p", body.get("top_p"), 0, 1)
-    gen.top_k = core.integer("top_k", body.get("top_k"), 0, 100_000)
-    gen.min_p = core.number("min_p", body.get("min_p"), 0, 1)
-    gen.seed = core.integer("seed", body.get("seed"), -(2 ** 63), 2 ** 64 - 1)
-    gen.stop = core.stop_list("stop", body.get("stop"))
-    gen.presence_penalty = core.number("presence_penalty", body.get("presence_penalty"), -2, 2)
-    gen.frequency_penalty = core.number("frequency_penalty", body.get("frequency_penalty"), -2, 2)
-    gen.repeat_penalty = core.number("repeat_penalty", body.get("repeat_penalty"), 0, 10)
+    core.sampling(body, gen)
     gen.grammar = core.inline_grammar("grammar", body.get("grammar"))
     gen.stream = core.boolean("stream", body.get("stream"))
     core.integer("n", body.get("n"), 1, 1)         # one choice per request
