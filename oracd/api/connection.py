@@ -25,11 +25,10 @@ import anyio.abc
 from oracd_protocol.framing import TOO_LONG, NewlineFramer, encode
 
 from ..config import ConfigHolder
-from oracd_protocol.errors import AccessDenied, Busy, RequestTooLarge, ShuttingDown
+from oracd_protocol.errors import AccessDenied, Busy, InternalError, RequestTooLarge, ShuttingDown
 from ..logs import get as get_logger
 from .jsonrpc import CallContext, Dispatcher, Peer, error_obj
 from .listener import allowed, peer_of
-from oracd_protocol.errors import InternalError
 from ..isolate import incident_id
 
 log = get_logger("oracd.connection")
