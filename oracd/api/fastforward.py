@@ -144,8 +144,8 @@ async def fast_forward(http: Any, prompt: str, plan: Plan, spans: Dict[bytes, Li
     sampled, forced = 0, len(context)
     slot, prompt_tokens, cached, finish = -1, 0, 0, "stop"
     for i in range(len(plan.values)):
-        budget = max_tokens - sampled
-        if budget <= 0:
+        budget = max_tokens - sampled if max_tokens >= 0 else -1      # negative: until the grammar ends
+        if max_tokens >= 0 and budget <= 0:
             finish = "length"
             break
         body = dict(sampling, prompt=[prompt, *context], n_predict=budget, grammar=plan.step_grammar(i),

@@ -52,6 +52,9 @@ class Gen:
     frequency_penalty: Optional[float] = None
     grammar: Optional[str] = None                       # resolved GBNF text
     json_schema: Optional[Dict[str, Any]] = None
+    any_json: bool = False                              # format "json" / json_object: any object, llama-server's way
+    compact_json: Optional[bool] = None                 # oracd's compact grammar for the schema (None: profile/default)
+    fast_forward: Optional[bool] = None                 # oracd writes the object's forced text
     think: Union[None, bool, str] = None                # False / True / "low" | "medium" | "high"
     stream: bool = False
     extra: Dict[str, Any] = field(default_factory=dict)  # already-checked llama-server fields
@@ -119,6 +122,14 @@ def sampling(src: Dict[str, Any], gen: "Gen", prefix: str = "") -> None:
     gen.repeat_penalty = number(prefix + "repeat_penalty", src.get("repeat_penalty"), 0, 10)
     gen.presence_penalty = number(prefix + "presence_penalty", src.get("presence_penalty"), -2, 2)
     gen.frequency_penalty = number(prefix + "frequency_penalty", src.get("frequency_penalty"), -2, 2)
+
+
+def json_flags(src: Dict[str, Any], gen: "Gen", prefix: str = "") -> None:
+    """oracd's own ``compact_json`` / ``fast_forward`` (JSON-RPC ``generate``'s switches), where sent; ``prefix``
+    as in ``sampling``.  Sent twice (Ollama's top level and ``options``), the later call wins."""
+    for key in ("compact_json", "fast_forward"):
+        if src.get(key) is not None:
+            setattr(gen, key, boolean(prefix + key, src.get(key)))
 
 
 def stop_list(name: str, v: Any) -> Optional[List[str]]:

@@ -6,6 +6,9 @@ the request leaves out (``core.llama_body``); the memory check
 crash/wedge retry (``api/generate.fetch``) are the JSON-RPC ones.  Only the
 question put to llama-server differs: the full message list, tools and
 formats, and -- when streamed -- every event handed to the API's writer.
+A JSON schema that compact output applies to (``jsonanswer.decide``: the
+JSON-RPC rules) is answered by ``generate_json`` instead, its pieces shaped as
+llama-server's events (``jsonanswer.Shape``), so each API's writer is the same.
 
 A stream is retried after a crash only while nothing of the answer has reached
 the client; after that a retry would repeat text, so the stream ends with an
@@ -27,10 +30,11 @@ import anyio
 from oracd_protocol.errors import GenerationFailed, GenerationTimeout, InvalidParams, ModelNotFound, ShuttingDown
 
 from ..api.deadline import Deadline
-from ..api.generate import fetch
+from ..api.fastforward import generate_json
+from ..api.generate import JsonOutput, fetch
 from ..child.http import LlamaHTTPError
 from ..config import Profile
-from . import core
+from . import core, jsonanswer
 from .num_ctx import apply as apply_num_ctx
 
 if TYPE_CHECKING:
@@ -105,10 +109,17 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
     asked: list = []
     n = body.get("max_tokens")
     collect = on_event is None and (n is None or n < 0 or n > cfg.llama.stream_above_tokens)
+    out = jsonanswer.decide(gen, prof)        # a schema oracd constrains itself: compact, maybe fast-forwarded
 
-    async def ask(http: Any, _relay: Any) -> Any:      # streams to its own client (on_event), not to relay
+    async def deliver(obj: Dict[str, Any]) -> None:
         nonlocal sent
-        asked.append(time.perf_counter())
+        try:
+            await on_event(obj)           # type: ignore[misc]
+        except (OSError, aiohttp.ClientError) as exc:     # the client's side, not llama-server's
+            raise ClientGone(str(exc)) from None
+        sent = sent or carries_output(obj)
+
+    async def ask_llama(http: Any) -> Any:
         if on_event is None and not collect:      # short: one response, the fastest path
             return await http.post(llama_path, dict(body, stream=False))
         if collect:                               # long: streamed from llama-server, answered whole
@@ -119,21 +130,43 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
                     got.append(obj)
             return core.assemble(got, chat="messages" in body)
         events = http.events(llama_path, body)
+        async with aclosing(events):
+            async for obj in events:
+                await deliver(obj)
+        return None
+
+    async def ask_json(http: Any, json_out: JsonOutput) -> Any:
+        shape = jsonanswer.Shape("messages" in body, path.name, int(time.time()))
+
+        async def on_delta(text: str) -> None:
+            await deliver(shape.delta(text))
+
+        async def unseen(text: str) -> None:      # long: streamed from llama-server (a hang-up stops it at once)
+            pass
+
+        t = time.perf_counter()
+        result = await generate_json(
+            http, path.name, json_out.schema, jsonanswer.sampling(body), body["max_tokens"],
+            prompt=body.get("prompt"), messages=body.get("messages"),
+            template_kwargs=body.get("chat_template_kwargs"),
+            on_delta=on_delta if on_event is not None else (unseen if collect else None),
+            use_fast_forward=json_out.fast_forward)
+        if on_event is None:
+            return shape.answer(result, time.perf_counter() - t)
+        for obj in shape.tail(result, time.perf_counter() - t):
+            await deliver(obj)
+        return None
+
+    async def ask(http: Any, _relay: Any) -> Any:      # streams to its own client (on_event), not to relay
+        asked.append(time.perf_counter())
         try:
-            async with aclosing(events):
-                async for obj in events:
-                    try:
-                        await on_event(obj)
-                    except (OSError, aiohttp.ClientError) as exc:     # the client's side, not llama-server's
-                        raise ClientGone(str(exc)) from None
-                    sent = sent or carries_output(obj)
+            return await (ask_json(http, out) if out is not None else ask_llama(http))
         except (LlamaHTTPError, aiohttp.ClientError, OSError) as exc:
             if sent:
                 raise GenerationFailed("llama-server failed in the middle of a streamed answer; not retried, "
                                        "since the text already sent would be repeated",
                                        {"reason": "stream_interrupted", "retryable": True}) from exc
             raise
-        return None
 
     app.requests_in_flight += 1
     try:

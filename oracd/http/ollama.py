@@ -71,7 +71,7 @@ def fmt(v: Any, gen: Gen) -> None:
     if v is None or v == "":
         return
     if v == "json":
-        gen.json_schema = {"type": "object"}
+        gen.json_schema, gen.any_json = {"type": "object"}, True
     elif isinstance(v, dict):
         gen.json_schema = core.inline_schema("format", v)
     else:
@@ -87,6 +87,7 @@ def options(opts: Any, gen: Gen) -> Optional[int]:
         gen.max_tokens = -1 if n < 0 else n         # -1 / -2: until the context is full (the deadline bounds it)
     if o.get("grammar") is not None:
         gen.grammar = core.inline_grammar("options.grammar", o.get("grammar"))
+    core.json_flags(o, gen, "options.")
     return core.integer("options.num_ctx", o.get("num_ctx"), 1, 10_000_000)
 
 
@@ -94,6 +95,7 @@ def _shared(body: Dict[str, Any], gen: Gen) -> Tuple[Optional[float], Optional[i
     num_ctx = options(body.get("options"), gen)
     if body.get("grammar") is not None:
         gen.grammar = core.inline_grammar("grammar", body.get("grammar"))
+    core.json_flags(body, gen)
     fmt(body.get("format"), gen)
     gen.think = core.think_value("think", body.get("think"))
     gen.stream = core.boolean("stream", body.get("stream"), default=True)     # Ollama streams by default

@@ -20,6 +20,7 @@ from .core import Gen
 def _common(body: Dict[str, Any], gen: Gen) -> None:
     core.sampling(body, gen)
     gen.grammar = core.inline_grammar("grammar", body.get("grammar"))
+    core.json_flags(body, gen)
     gen.stream = core.boolean("stream", body.get("stream"))
     core.integer("n", body.get("n"), 1, 1)         # one choice per request
     opts = core.obj("stream_options", body.get("stream_options")) or {}
@@ -44,7 +45,7 @@ def chat_request(body: Any) -> Gen:
     gen.tool_choice = core.check_tool_choice(body.get("tool_choice"))
     if body.get("parallel_tool_calls") is not None:
         gen.extra["parallel_tool_calls"] = core.boolean("parallel_tool_calls", body.get("parallel_tool_calls"))
-    gen.json_schema = response_format(body.get("response_format"))
+    _format(body, gen)
     effort = body.get("reasoning_effort")
     if effort is not None:
         if effort not in ("none", "minimal", "low", "medium", "high"):
@@ -66,8 +67,13 @@ def completion_request(body: Any) -> Gen:
             raise InvalidParams(f"{key} is not supported by oracd", key)
     gen = Gen(prompt=prompt)
     _common(body, gen)
-    gen.json_schema = response_format(body.get("response_format"))
+    _format(body, gen)
     return gen
+
+
+def _format(body: Dict[str, Any], gen: Gen) -> None:
+    gen.json_schema = response_format(body.get("response_format"))
+    gen.any_json = gen.json_schema is not None and body["response_format"].get("type") == "json_object"
 
 
 def response_format(v: Any) -> Optional[Dict[str, Any]]:
