@@ -210,7 +210,8 @@ async def generate_json(http: Any, model: str, schema: Any, sampling: Dict[str, 
 
     The entry for both APIs (JSON-RPC ``generate``; the HTTP APIs' ``format`` / ``response_format``):
     ``messages`` (rendered once with the model's chat template) or a raw ``prompt``; ``sampling`` holds
-    llama-server's sampling keys (temperature, top_p, top_k, seed ...).  Returns {content, finish_reason,
+    llama-server's sampling keys (temperature, top_p, top_k, seed ...); a negative ``max_tokens`` is no limit
+    (Ollama's ``num_predict: -1``: the grammar ends the answer).  Returns {content, finish_reason,
     usage (prompt/completion/total, sampled_tokens, forced_tokens, prompt_tokens_details), fast_forward}.
     Raises ValueError when the schema has no compact grammar (the caller then sends json_schema as usual).
     """

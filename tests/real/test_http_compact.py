@@ -131,6 +131,9 @@ def test_fast_forward_streams_the_forced_spans_in_order_with_sampled_and_forced_
     at = [pieces.index(span) for span in FORCED]
     assert at == sorted(at) and at[0] == 0 and at[-1] == len(pieces) - 1
     assert lines[-1].eval_count == u.completion_tokens
+    unbounded = oll.chat(model=SMOL, messages=messages(text), format=COMMAND_SCHEMA, stream=False,
+                         options={"temperature": 0, "num_predict": -1, "fast_forward": True})     # -1: no limit
+    assert unbounded.message.content == r.choices[0].message.content and unbounded.done_reason == "stop"
 
 
 def test_a_schema_outside_the_compact_subset_still_answers(oai, oll):
