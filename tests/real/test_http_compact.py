@@ -48,6 +48,10 @@ def messages(text: str):
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
 
 
+def chatml(text: str) -> str:
+    return f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+
+
 def rpc(o, text: str, **kw) -> dict:
     return o.call("generate", prompt=text, system_prompt=SYSTEM, json_schema="command", temperature=0.0,
                   max_tokens=96, timeout=300, **kw)
@@ -83,6 +87,10 @@ def test_openai_response_format_answers_jsonrpcs_compact_object_streamed_and_not
         assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == u.completion_tokens
         plain = list(oai.chat.completions.create(stream=True, **kw))
         assert all(c.usage is None for c in plain)
+    raw = oai.completions.create(model=SMOL, prompt=chatml(text), temperature=0, max_tokens=96,
+                                 extra_body={"response_format": ROUTINE})         # a raw prompt, the same object
+    assert compact_text(raw.choices[0].text) and json.loads(raw.choices[0].text) == json.loads(want["response"])
+    assert extra(raw.usage, "sampled_tokens") == raw.usage.completion_tokens
 
 
 def test_ollama_format_answers_jsonrpcs_compact_object_on_chat_and_generate(o, oll):
@@ -101,9 +109,7 @@ def test_ollama_format_answers_jsonrpcs_compact_object_on_chat_and_generate(o, o
     streamed = list(oll.generate(model=SMOL, prompt=text, system=SYSTEM, format=COMMAND_SCHEMA, options=opts,
                              stream=True))
     assert "".join(c.response for c in streamed) == gen.response
-    chatml = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{text}<|im_end|>\n"
-              "<|im_start|>assistant\n")
-    raw = oll.generate(model=SMOL, prompt=chatml, raw=True, format=COMMAND_SCHEMA, options=opts, stream=False)
+    raw = oll.generate(model=SMOL, prompt=chatml(text), raw=True, format=COMMAND_SCHEMA, options=opts, stream=False)
     assert compact_text(raw.response) and json.loads(raw.response) == want
 
 
