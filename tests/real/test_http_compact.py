@@ -10,6 +10,8 @@ generation.
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import ollama
 import openai
@@ -23,6 +25,10 @@ from test_fast_forward import COMMANDS, SYSTEM, compact_text
 
 FORCED = make_plan(COMMAND_SCHEMA).forced
 MAX_TOKENS = 300
+#: a story longer than MAX_TOKENS allows: only a hang-up or a crash ends its generation early
+SAGA = {"type": "json_schema", "json_schema": {"name": "saga", "schema": {
+    "type": "object", "additionalProperties": False, "required": ["title", "story"],
+    "properties": {"title": {"type": "string", "maxLength": 16}, "story": {"type": "string", "minLength": 2000}}}}}
 ROUTINE = {"type": "json_schema", "json_schema": {"name": "command", "schema": COMMAND_SCHEMA}}
 
 
@@ -163,13 +169,10 @@ def test_a_client_hanging_up_mid_object_stops_the_generation(o, oai):
     max_tokens; llama-server's count of predicted tokens shows it did not get there."""
     endpoint = o.call("status")["child"]["endpoint"]
     before = predicted(o)
-    saga = {"type": "object", "additionalProperties": False, "required": ["title", "story"],
-            "properties": {"title": {"type": "string", "maxLength": 16},
-                           "story": {"type": "string", "minLength": 2000}}}
     stream = oai.chat.completions.create(
         model=SMOL, messages=[{"role": "user", "content": "Write a long story as JSON."}], temperature=0,
         max_tokens=MAX_TOKENS, stream=True, extra_body={"compact_json": True},
-        response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": saga}})
+        response_format=SAGA)
     text = ""
     for chunk in stream:                                         # past the title, well short of max_tokens
         text += chunk.choices[0].delta.content or ""
@@ -181,3 +184,24 @@ def test_a_client_hanging_up_mid_object_stops_the_generation(o, oai):
              "the generation to stop after its client hung up")
     assert predicted(o) - before < MAX_TOKENS // 2                          # it stopped early
     assert json.loads(rpc(o, COMMANDS[0])["response"])                      # and oracd serves on
+
+
+def test_a_crash_mid_stream_ends_the_compact_stream_without_replaying_it(fresh_oracd):
+    """After text has reached the client, a crash is not retried (the retry would send the answer again from
+    its start): the stream ends with an error event, reason stream_interrupted."""
+    o = fresh_oracd(llama={"restart_backoff_initial": 0.1}, http={"listen": [f"127.0.0.1:{free_port()}"]}).start()
+    client = openai.OpenAI(base_url=o.http_url + "/v1", api_key="none", max_retries=0, timeout=300)
+    pid = o.child_pid()
+    stream = client.chat.completions.create(
+        model=SMOL, messages=[{"role": "user", "content": "Write a long story as JSON."}], temperature=0,
+        max_tokens=MAX_TOKENS, stream=True, extra_body={"compact_json": True}, response_format=SAGA)
+    text = ""
+    with pytest.raises(openai.APIError) as err:
+        for chunk in stream:
+            text += chunk.choices[0].delta.content or ""
+            if '","story":"' in text and pid is not None:
+                os.kill(pid, signal.SIGKILL)
+                pid = None
+    assert pid is None and err.value.body["oracd"]["data"]["reason"] == "stream_interrupted", err.value.body
+    assert text.startswith('{"title":"') and text.count('{"title"') == 1         # nothing sent twice
+    assert json.loads(rpc(o, COMMANDS[0])["response"])                         # the restarted child serves
