@@ -150,7 +150,8 @@ def _constants(values: List[Any]) -> str:
     return "(" + " | ".join(literal(dump(v)) for v in values) + ")"
 
 
-MAX_LENGTH = 4096       # GBNF expands char{m,n} into rules: larger bounds are left to llama-server, as before
+MAX_LENGTH = 2000       # llama.cpp's grammar parser refuses more repetitions (MAX_REPETITION_THRESHOLD): larger
+                        # bounds are left to llama-server's own schema grammar
 
 
 def _length(schema: Dict[str, Any], key: str, default: Optional[int]) -> Optional[int]:

@@ -139,6 +139,8 @@ def test_optional_properties_any_subset_in_order_nested_objects_and_arrays():
     {"type": "array"},
     "command",
     {"type": "object", "properties": {"a": {"type": "string", "maxLength": 10 ** 9}}},
+    {"type": "object", "properties": {"a": {"type": "string", "maxLength": 2001}}},     # llama.cpp's parser refuses
+    {"type": "object", "properties": {"a": {"type": "string", "minLength": 2001}}},     # more than 2000 repetitions
     {"type": "object", "properties": {f"k{n}": {"type": "string", "description": "x" * 100} for n in range(1000)}},
 ])
 def test_anything_outside_the_subset_is_unsupported(schema):
@@ -285,3 +287,9 @@ def test_build_request_sends_the_compact_grammar_or_the_schema_it_cannot_compile
     body, out = build_request(Sent("x", json_schema="command", compact_json=False, fast_forward=False), _prof(),
                               cfg)
     assert body["json_schema"] == COMMAND_SCHEMA and out is None
+
+
+def test_string_bounds_up_to_llama_cpps_repetition_limit_compile():
+    grammar = compile_compact({"type": "object", "properties": {"a": {"type": "string", "minLength": 2000,
+                                                                          "maxLength": 2000}}})
+    assert "{2000,2000}" in grammar or "{2000}" in grammar
