@@ -1,7 +1,8 @@
 """One running llama-server: its process, endpoint, HTTP client, and why we killed it (if we did).
 
 Its output goes to oracd's log line by line, tagged ``source=llama-server``
-with llama.cpp's own level.
+with llama.cpp's own level, except its per-request slot and server chatter
+(``child_line_level``).
 """
 from __future__ import annotations
 
@@ -75,6 +76,23 @@ class Child:
         return self.ps
 
 
+def child_line_level(line: str) -> int:
+    """The log level of one llama-server line: llama.cpp's own ("0.00.177.025 W msg"), but its informational
+    ``slot ...`` / ``srv ...`` lines are debug.
+
+    Why: llama-server writes about ten of those per request (slot chosen, prompt and eval timings, release).
+    oracd logs one line per request itself, and formatting and writing ten more took about a quarter of
+    oracd's CPU per HTTP request, on the event loop, right as the answer arrived.  They stay in the child's
+    output tail (shown with a crash) and in the log with ``server.log_level = "debug"``.
+    """
+    level = _LLAMA_LEVELS.get(line[13:15], logging.INFO)
+    if level == logging.INFO and line[15:20] in _CHATTER:
+        return logging.DEBUG
+    return level
+
+
+_CHATTER = ("slot ", "srv  ")
+
+
 def log_child_line(pid: int, stream: str, line: str) -> None:
-    # llama.cpp lines look like "0.00.177.025 W msg": keep its level
-    child_log.log(_LLAMA_LEVELS.get(line[13:15], logging.INFO), line, source="llama-server", stream=stream, pid=pid)
+    child_log.log(child_line_level(line), line, source="llama-server", stream=stream, pid=pid)

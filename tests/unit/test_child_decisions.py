@@ -259,3 +259,16 @@ def test_a_load_ended_by_an_outside_signal_is_retried_once():
     assert not load_retry_due(-s.SIGKILL, "stop", retried=False)       # we killed it ourselves
     assert not load_retry_due(-s.SIGSEGV, None, retried=False)         # a crash says something about the build
     assert not load_retry_due(1, None, retried=False)                  # an error exit: the model's fault
+
+
+def test_llama_server_per_request_chatter_is_debug_the_rest_keeps_its_level():
+    import logging
+    from oracd.child.instance import child_line_level
+    assert child_line_level("0.01.224.106 I slot print_timing: id  7 | task 25 |  total time = 31.79 ms") == logging.DEBUG
+    assert child_line_level("0.01.228.435 I slot get_availabl: id  7 | task -1 | selected slot by LCP") == logging.DEBUG
+    assert child_line_level("0.00.101.000 I srv  update_slots: all slots are idle") == logging.DEBUG
+    # a warning or an error about a slot is never hidden; neither is load-time information
+    assert child_line_level("0.01.228.835 W slot   operator(): id  7 | task 30 | need to evaluate") == logging.WARNING
+    assert child_line_level("0.00.100.000 E slot launch_slot_: id 0 | failed to parse grammar") == logging.ERROR
+    assert child_line_level("0.00.050.000 I main: server is listening on unix:///tmp/x.sock") == logging.INFO
+    assert child_line_level("llama_model_loader: loaded meta data with 33 key-value pairs") == logging.INFO
