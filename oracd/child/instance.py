@@ -82,16 +82,22 @@ def child_line_level(line: str) -> int:
 
     Why: llama-server writes about ten of those per request (slot chosen, prompt and eval timings, release).
     oracd logs one line per request itself, and formatting and writing ten more took about a quarter of
-    oracd's CPU per HTTP request, on the event loop, right as the answer arrived.  They stay in the child's
+    oracd's CPU per HTTP request, on the event loop, right as the answer arrived.  Likewise the two warnings
+    of a whole-prompt cache hit.  They stay in the child's
     output tail (shown with a crash) and in the log with ``server.log_level = "debug"``.
     """
     level = _LLAMA_LEVELS.get(line[13:15], logging.INFO)
     if level == logging.INFO and line[15:20] in _CHATTER:
         return logging.DEBUG
+    if level == logging.WARNING and line[15:20] == "slot " and any(w in line for w in _CACHE_HIT):
+        return logging.DEBUG
     return level
 
 
 _CHATTER = ("slot ", "srv  ")
+# the two warnings llama-server writes on every request whose whole prompt is cached: it evaluates the last
+# prompt token again (normal operation, nothing for an operator to do)
+_CACHE_HIT = ("need to evaluate at least 1 token for each active slot", "n_past was set to")
 
 
 def log_child_line(pid: int, stream: str, line: str) -> None:

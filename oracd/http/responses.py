@@ -24,6 +24,11 @@ class HttpError(InvalidRequest):
         self.status = status
 
 
+# A write that leaves less than this in the transport's buffer never waits for the client (asyncio's and
+# uvloop's default high-water mark is 64 KiB): no timeout scope for it, a token's chunk costs less.
+_NEVER_BLOCKS = 16 * 1024
+
+
 class Streamed:
     """A streamed response, started on its first piece (an error before it is a plain HTTP error).  A client
     that does not read for ``server.send_timeout`` counts as gone, like one on the JSON-RPC socket."""
@@ -39,6 +44,10 @@ class Streamed:
         if not self.started:
             self.started = True
             await self.resp.prepare(self.request)
+        transport = self.request.transport
+        if transport is not None and transport.get_write_buffer_size() + len(data) < _NEVER_BLOCKS:
+            await self.resp.write(data)     # below the transport's high-water mark: it cannot wait on the client
+            return
         try:
             with anyio.fail_after(self.send_timeout):
                 await self.resp.write(data)

@@ -18,6 +18,8 @@
 - ``tool-calls``: a model that calls tools (the embedded real ones do not): every chat completion
   answers with some reasoning, a little text and a ``HassTurnOn`` tool call, streamed in fragments
   the way llama-server streams them, or whole; each request's body is saved as ``<state>/last-body.json``.
+- in ``healthy``, ``tool-calls`` and ``crash-mid-stream``, a last message ``LONG <n>`` is answered with n pieces
+  of 1,000 characters (a long stream, for a client that stops reading).
 - ``crash-mid-stream``: the first process (per ``--state`` dir) sends two pieces of a streamed answer and
   dies; every later one is healthy and answers "hello", streamed or not.
 
@@ -144,6 +146,9 @@ def main(argv: list) -> int:
         await on_completion(request)
         if fault in ("tool-calls", "crash-mid-stream", "healthy") and request.method == "POST":
             body = await request.json()
+            pieces = long_answer(body)
+            if pieces:
+                return await answer(request, body, [{"content": "x" * 1000}] * pieces)
             if fault == "tool-calls":
                 with open(os.path.join(args.state, "last-body.json"), "w") as fh:
                     json.dump(body, fh)
@@ -163,6 +168,12 @@ def main(argv: list) -> int:
         stuck.set()
         await asyncio.Event().wait()
         raise AssertionError("unreachable")
+
+    def long_answer(body: dict) -> int:
+        """A last message "LONG <n>": the answer is n pieces of 1,000 characters (a client that stops reading)."""
+        msgs = body.get("messages") or [{}]
+        words = str(msgs[-1].get("content") or body.get("prompt") or "").split()
+        return int(words[1]) if len(words) == 2 and words[0] == "LONG" and words[1].isdigit() else 0
 
     async def answer(request: web.Request, body: dict, deltas: list, die_after: int = 0) -> web.StreamResponse:
         """The deltas as one answer (stream: false) or as llama-server's SSE chunks, usage last."""

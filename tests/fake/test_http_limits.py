@@ -15,16 +15,16 @@ import urllib.request
 
 import pytest
 
-from helpers import stand_in_script, REPO, free_port, write_tiny_f32
+from helpers import stand_in_script, REPO, free_port, log_events, wait_for, write_tiny_f32
 
 MODEL = "fake.gguf"
 
 
 @pytest.fixture
 def stand_in(fresh_oracd, tmp_path):
-    def make(start: bool = True, **http):
+    def make(start: bool = True, server=None, **http):
         wrapper = stand_in_script(tmp_path, "tool-calls")
-        o = fresh_oracd(models=(), llama={"server_bin": str(wrapper), "default_model": MODEL},
+        o = fresh_oracd(models=(), server=server, llama={"server_bin": str(wrapper), "default_model": MODEL},
                         http={"listen": [f"127.0.0.1:{free_port()}"], **http})
         write_tiny_f32(o.models_dir / MODEL)
         o.port = int(o.http_url.rsplit(":", 1)[1])
@@ -124,3 +124,33 @@ def test_a_port_in_use_stops_oracd_with_a_message(stand_in):
         assert f"http.listen: cannot listen on 127.0.0.1:{port}" in o.stderr_tail()
     finally:
         taken.close()
+
+
+def test_a_streaming_client_that_stops_reading_is_dropped_and_others_are_served(stand_in):
+    """A stream whose client reads nothing for ``server.send_timeout`` ends: oracd closes the connection (and
+    so llama-server's), instead of buffering the answer or waiting forever; other clients are served meanwhile."""
+    o = stand_in(server={"send_timeout": 2})
+    pieces = 20000                                   # 20 MB of answer: far more than the socket buffers hold
+    body = json.dumps({"model": MODEL, "stream": True,
+                       "messages": [{"role": "user", "content": f"LONG {pieces}"}]}).encode()
+    s = socket.create_connection(("127.0.0.1", o.port), timeout=60)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    # not reading; meanwhile another client is answered
+    assert get(o, "/v1/models")[0] == 200
+    wait_for(lambda: any(r.get("route") == "/v1/chat/completions" for r in log_events(o, "http request")),
+             timeout=60, what="the stalled stream's request line")
+    got = bytearray()
+    while True:                                       # what was in flight, then the end oracd made
+        try:
+            chunk = s.recv(1 << 16)
+        except (ConnectionResetError, socket.timeout):
+            break
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    assert len(got) < pieces * 1000 // 2, len(got)    # cut off: most of the answer was never sent
+    assert b"[DONE]" not in got
+    assert get(o, "/v1/models")[0] == 200

@@ -267,8 +267,12 @@ def test_llama_server_per_request_chatter_is_debug_the_rest_keeps_its_level():
     assert child_line_level("0.01.224.106 I slot print_timing: id  7 | task 25 |  total time = 31.79 ms") == logging.DEBUG
     assert child_line_level("0.01.228.435 I slot get_availabl: id  7 | task -1 | selected slot by LCP") == logging.DEBUG
     assert child_line_level("0.00.101.000 I srv  update_slots: all slots are idle") == logging.DEBUG
-    # a warning or an error about a slot is never hidden; neither is load-time information
-    assert child_line_level("0.01.228.835 W slot   operator(): id  7 | task 30 | need to evaluate") == logging.WARNING
+    # a whole-prompt cache hit: normal operation
+    assert child_line_level("0.01.228.835 W slot   operator(): id  7 | task 30 | need to evaluate at least 1 token "
+                            "for each active slot (n_past = 31, task.n_tokens() = 31)") == logging.DEBUG
+    assert child_line_level("0.01.228.992 W slot   operator(): id  7 | task 30 | n_past was set to 30") == logging.DEBUG
+    # any other warning or error about a slot is never hidden; neither is load-time information
+    assert child_line_level("0.01.228.835 W slot update_slots: id  0 | task 9 | slot context shift") == logging.WARNING
     assert child_line_level("0.00.100.000 E slot launch_slot_: id 0 | failed to parse grammar") == logging.ERROR
     assert child_line_level("0.00.050.000 I main: server is listening on unix:///tmp/x.sock") == logging.INFO
     assert child_line_level("llama_model_loader: loaded meta data with 33 key-value pairs") == logging.INFO
