@@ -23,9 +23,10 @@ import os
 import signal
 import time
 from collections import deque
+from dataclasses import dataclass
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Deque, Dict, Optional, Tuple
+from typing import Any, AsyncIterator, Callable, Deque, Dict, List, Optional, Tuple
 
 import anyio
 import anyio.abc
@@ -42,12 +43,14 @@ from . import exits
 from .backoff import BackoffPolicy
 from .command import build_command, child_env, find_binary, make_endpoint
 from .failures import classify_load_failure, load_retry_due, telling_line, worker_lost
+from .http import LlamaEndpoint
 from .instance import Child, log_child_line
 from .pidfile import prepare_runtime_dir, reap_orphan, remove_pidfile, write_pidfile
 from .process import ManagedProcess
 from .readiness import TIMED_OUT, wait_healthy
 from .states import ChildState, check_transition
 from .swap_queue import SwapQueue
+from .watchdog import Watchdog
 from .wedge import WedgeDetector
 from .tickets import Ticket, TicketsAndLeases
 from .kvstore import KVStore
@@ -56,6 +59,19 @@ from .warmup import WarmReport, Warmer, warm_target
 
 log = get_logger("oracd.supervisor")
 ABANDONED = "abandoned"     # a health wait ended because another model is wanted now, or oracd stops
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What a start runs: decided before anything is spawned, so a refusal costs nothing."""
+    name: str
+    path: Path
+    binary: str
+    workers: Tuple[str, ...]
+    swa: Any                                  # swa.SwaPlan, or None for a model without sliding windows
+    ctx_fit: Optional[Dict[str, Any]]         # set when fit_ctx starts it with a smaller context
+    endpoint: LlamaEndpoint
+    cmd: List[str]
 
 
 class Supervisor:
@@ -233,8 +249,11 @@ class Supervisor:
         self._kick.set()
 
     # ------------------------------------------------------------------ owner side: the inbox and tickets
-    def apply_inbox(self) -> None:
-        """Take in what requests posted, then resolve every ticket the current state can answer."""
+    async def _events(self, timeout: float = math.inf) -> None:
+        """The one place the owner takes in what requests posted: wait up to ``timeout`` for a post, a child's
+        exit or shutdown (0: do not wait), then apply the inbox and resolve every ticket the state can answer."""
+        if timeout > 0:
+            await self._wait_kick(timeout)
         while self._inbox:
             kind, item = self._inbox.popleft()
             if kind == "want":
@@ -279,12 +298,7 @@ class Supervisor:
                 {"last_error": self.last_error, "last_exit": self.last_exit})
             self._resolve(lambda t: t.model == current, error=err)
 
-    def must_act(self, child: Child) -> bool:
-        """Does the owner have to leave READY for ``child`` (exit, swap, unload, restart, shutdown)?"""
-        return (self._shutdown or child.returncode is not None or self._queue.current != child.model
-                or self._restart_why is not None or self._kill_request is not None or self._queue.swap_due())
-
-    async def wait_kick(self, timeout: float = math.inf) -> None:
+    async def _wait_kick(self, timeout: float = math.inf) -> None:
         with anyio.move_on_after(timeout):
             await self._kick.wait()
         if self._kick.is_set():
@@ -329,9 +343,9 @@ class Supervisor:
                 self.finished.set()
 
     async def _loop(self) -> None:
-        from .watchdog import watch    # watchdog reads supervisor internals; import at use avoids a cycle
+        """The one loop of the owner: take in what was posted, then one step for the state the child is in."""
         while True:
-            self.apply_inbox()
+            await self._events(0)
             if self._shutdown:
                 if self.child is not None:
                     await self._drain(self.holder.cfg.server.shutdown_grace)
@@ -351,13 +365,13 @@ class Supervisor:
                 if want is None:
                     if self.state not in (ChildState.STOPPED, ChildState.FAILED):
                         self._set_state(ChildState.STOPPED)
-                    await self.wait_kick()
+                    await self._events()
                     continue
                 wait = self._backoff_until - time.monotonic()
                 if wait > 0:
                     if self.state is not ChildState.BACKOFF:
                         self._set_state(ChildState.BACKOFF, retry_in_s=round(wait, 3))
-                    await self.wait_kick(wait)
+                    await self._events(wait)
                     continue
                 await self._start(want)
                 continue
@@ -379,81 +393,151 @@ class Supervisor:
                 await self._drain(self.holder.cfg.llama.swap_drain_timeout)
                 await self._stop_child(why)
                 continue
-            await watch(self, child)
+            await self._tend(child)
+
+    async def _tend(self, child: Child) -> None:
+        """READY with nothing asked of it: give way to the default model when idle long enough; else wait for
+        the next probe (a post or the child's exit wakes the loop sooner, without moving the schedule), then
+        probe, and kill a hung child or one that lost an RPC worker."""
+        now = time.monotonic()
+        back_at = self.return_to_default_at(child)
+        if back_at is not None and now >= back_at and self.in_flight == 0:
+            self.return_to_default()
+            return
+        watchdog = child.watchdog
+        if now < watchdog.next_probe:
+            wake = watchdog.next_probe if back_at is None else min(watchdog.next_probe, max(back_at, now + 0.05))
+            await self._events(wake - now)
+            return
+        probe = await watchdog.probe(self.in_flight)
+        if child.returncode is not None:
+            return
+        if probe.answered:
+            self.reset_failures_if_healthy(child)
+        if probe.kill is not None:
+            await self.kill(child, *probe.kill)
 
     async def _drain(self, timeout: float) -> None:
         if self._claims.in_flight:
             log.info("waiting for in-flight requests", in_flight=self._claims.in_flight, timeout_s=timeout)
             await self._claims.drain(timeout)
 
+    # ------------------------------------------------------------------ STARTING, one step per job
     async def _start(self, name: str) -> None:
-        """STARTING: spawn llama-server for ``name``, wait for /health 200, warm it up: READY."""
-        assert self._tg is not None
-        cfg, fresh, path = self.holder.cfg, self._queue.never_ready, self._paths[name]
+        """STARTING: plan the launch, spawn llama-server for ``name``, wait for /health 200, warm it up: READY."""
+        fresh = self._queue.never_ready
         self._set_state(ChildState.STARTING, model=name)
         t0 = time.monotonic()
         try:
-            binary = find_binary(cfg.llama.server_bin)
-            workers, rpc_error = await self.rpc.plan(name)
-            if rpc_error:
-                raise ModelLoadFailed(f"cannot load {name}: {rpc_error}", {"reason": "rpc_worker_down", "workers": [
-                    self.rpc.checks[a].as_dict() for a in workers if a in self.rpc.checks]})
-            swa = await anyio.to_thread.run_sync(plan_for_start, cfg, name, path, self.cgroup_dir, self.restores(name))
-            swa_full = swa is not None and swa.full
-            ctx_fit = await anyio.to_thread.run_sync(context_for_start, cfg, name, path, self.cgroup_dir, swa_full)
-            endpoint = await make_endpoint(cfg, binary)
-            store = self.warmer.store
-            cmd = build_command(cfg, binary, path, endpoint, workers, store.dir if store is not None else None,
-                                ctx_size=ctx_fit["ctx_size"] if ctx_fit else None, swa_full=swa_full, name=name)
-            proc = await ManagedProcess.spawn(cmd, env=child_env(endpoint, cfg.llama.child_env))
+            launch = await self._plan_launch(name)
+            child = await self._spawn(launch)
         except OracError as exc:
             self._load_failed(name, exc, fresh)
             return
         except OSError as exc:
             self._load_failed(name, ModelLoadFailed(f"cannot start llama-server: {exc}", {"reason": "spawn"}), fresh)
             return
-        proc.on_line = lambda stream, line: log_child_line(proc.pid, stream, line)
-        child = self.child = Child(proc, name, endpoint, cfg.llama.parallel, workers, path, binary, cmd)
-        child.ctx_fit, child.swa = ctx_fit, swa
-        self.loads += 1
-        write_pidfile(cfg, proc.pid)
-        log.info("child spawned", pid=proc.pid, cmd=" ".join(cmd))
-        child.oom_baseline = oom_kills(self.cgroup_dir)
-        child.wedge = WedgeDetector(cfg.llama.wedge_threshold, cfg.llama.wedge_window)
-        self._tg.start_soon(contained, "reaping llama-server", self._reap, child)
+        self._adopt(child)
         err = await self._wait_healthy(child)
         if err is None and child.returncode is None and self._queue.current == name and not self._shutdown:
-            meta = await anyio.to_thread.run_sync(header, path)
-            self.warm = await self.warmer.warm(child.http, cfg, path, binary, cmd, meta,
-                                               self.warmer.targets.get(name), name=name, swa=swa)
+            await self._warm_up(child)
             if child.returncode is not None:   # died during warm-up: a crash like any other, its waiters stay
                 self._on_child_lost(child)
                 return
-            if workers:   # status shows the connections from the start, not from the first health tick
-                await anyio.to_thread.run_sync(self.rpc.lost, proc.pid, workers)
-            child.ready_at = time.monotonic()
-            self._queue.served()
-            self._load_retried = False
-            self.last_error = None
-            self._set_state(ChildState.READY, pid=proc.pid, load_s=round(child.ready_at - t0, 3))
-            if self.on_ready is not None:
-                self.on_ready(child.ready_at - t0)
-            self._settle_tickets()
+            await self._become_ready(child, t0)
             return
         if err is None:  # aborted: unloaded meanwhile, or we are shutting down
             log.info("start aborted", model=name, why="shutdown" if self._shutdown else "unloaded")
             await self._stop_child("start aborted")
             return
+        await self._start_failed(child, err, fresh)
+
+    async def _plan_launch(self, name: str) -> Launch:
+        """What to start: the binary, the RPC workers that answer, the memory fit, the endpoint, the command."""
+        cfg, path = self.holder.cfg, self._paths[name]
+        binary = find_binary(cfg.llama.server_bin)
+        workers = await self._rpc_preflight(name)
+        swa, ctx_fit = await self._fit_memory(name, path)
+        endpoint = await make_endpoint(cfg, binary)
+        store = self.warmer.store
+        cmd = build_command(cfg, binary, path, endpoint, workers, store.dir if store is not None else None,
+                            ctx_size=ctx_fit["ctx_size"] if ctx_fit else None,
+                            swa_full=swa is not None and swa.full, name=name)
+        return Launch(name, path, binary, workers, swa, ctx_fit, endpoint, cmd)
+
+    async def _rpc_preflight(self, name: str) -> Tuple[str, ...]:
+        """The RPC workers ``name`` runs on, all of them answering (or none, with rpc_fallback_local)."""
+        workers, rpc_error = await self.rpc.plan(name)
+        if rpc_error:
+            raise ModelLoadFailed(f"cannot load {name}: {rpc_error}", {"reason": "rpc_worker_down", "workers": [
+                self.rpc.checks[a].as_dict() for a in workers if a in self.rpc.checks]})
+        return workers
+
+    async def _fit_memory(self, name: str, path: Path) -> Tuple[Any, Optional[Dict[str, Any]]]:
+        """The sliding-window cache mode and the context that fit in memory (``fit_ctx``); header reads in a
+        thread."""
+        cfg = self.holder.cfg
+        swa = await anyio.to_thread.run_sync(plan_for_start, cfg, name, path, self.cgroup_dir, self.restores(name))
+        swa_full = swa is not None and swa.full
+        ctx_fit = await anyio.to_thread.run_sync(context_for_start, cfg, name, path, self.cgroup_dir, swa_full)
+        return swa, ctx_fit
+
+    async def _spawn(self, launch: Launch) -> Child:
+        """Start the process; its output goes to oracd's log."""
+        cfg = self.holder.cfg
+        proc = await ManagedProcess.spawn(launch.cmd, env=child_env(launch.endpoint, cfg.llama.child_env))
+        proc.on_line = lambda stream, line: log_child_line(proc.pid, stream, line)
+        child = Child(proc, launch.name, launch.endpoint, cfg.llama.parallel, launch.workers, launch.path,
+                      launch.binary, launch.cmd)
+        child.ctx_fit, child.swa = launch.ctx_fit, launch.swa
+        return child
+
+    def _adopt(self, child: Child) -> None:
+        """The spawned process becomes the owner's child: counted, its pidfile written, the OOM-kill baseline
+        taken (to name a kernel kill later), its wedge detector armed, and a task reaping it."""
+        assert self._tg is not None
+        cfg = self.holder.cfg
+        self.child = child
+        self.loads += 1
+        write_pidfile(cfg, child.pid)
+        log.info("child spawned", pid=child.pid, cmd=" ".join(child.cmd))
+        child.oom_baseline = oom_kills(self.cgroup_dir)
+        child.wedge = WedgeDetector(cfg.llama.wedge_threshold, cfg.llama.wedge_window)
+        self._tg.start_soon(contained, "reaping llama-server", self._reap, child)
+
+    async def _warm_up(self, child: Child) -> None:
+        """Put the model's warm target into every slot: restored from the KV cache dir, or prefilled."""
+        meta = await anyio.to_thread.run_sync(header, child.path)
+        self.warm = await self.warmer.warm(child.http, self.holder.cfg, child.path, child.binary, child.cmd, meta,
+                                           self.warmer.targets.get(child.model), name=child.model, swa=child.swa)
+
+    async def _become_ready(self, child: Child, t0: float) -> None:
+        """READY: the watchdog starts, the failure slate is wiped, and the waiters get the child."""
+        if child.rpc_workers:   # status shows the connections from the start, not from the first health tick
+            await anyio.to_thread.run_sync(self.rpc.lost, child.pid, child.rpc_workers)
+        child.ready_at = time.monotonic()
+        child.watchdog = Watchdog(self.holder.cfg.llama, self.rpc, child)
+        self._queue.served()
+        self._load_retried = False
+        self.last_error = None
+        self._set_state(ChildState.READY, pid=child.pid, load_s=round(child.ready_at - t0, 3))
+        if self.on_ready is not None:
+            self.on_ready(child.ready_at - t0)
+        self._settle_tickets()
+
+    async def _start_failed(self, child: Child, err: OracError, fresh: bool) -> None:
+        """The spawned child did not become healthy: retry once if it was killed from outside while loading,
+        else stop it and fail the load (``_load_failed``)."""
         if child.returncode is not None:
             if fresh and load_retry_due(child.returncode, child.killed_for, self._load_retried):
                 # killed from outside while loading: its waiters keep waiting for one more start
                 self._load_retried = True
-                log.warning("load interrupted, retrying once", model=name, error=err.message)
+                log.warning("load interrupted, retrying once", model=child.model, error=err.message)
                 self._on_child_lost(child)
                 return
             self._record_exit(child, "load_failed")
         await self._stop_child("load failed", settle=False)
-        self._load_failed(name, err, fresh)
+        self._load_failed(child.model, err, fresh)
 
     async def _wait_healthy(self, child: Child) -> Optional[OracError]:
         """None when /health says 200 (or the start was abandoned); the error when the load failed."""
@@ -465,11 +549,11 @@ class Supervisor:
                 return ModelLoadFailed(
                     f"{exits.describe(child.returncode)} while loading {child.model}: {telling_line(tail)}",
                     {"reason": classify_load_failure(tail), **exits.exit_info(child.returncode), "stderr_tail": tail})
-            self.apply_inbox()
             return ABANDONED if self._queue.current != child.model or self._shutdown else None
 
+        await self._events(0)           # posted while spawning: an unload or a swap abandons the wait at once
         outcome = await wait_healthy(child.http, time.monotonic() + l.load_timeout, l.health_timeout, stop,
-                                     self.wait_kick, first_pause=0.02, max_pause=0.25)
+                                     self._events, first_pause=0.02, max_pause=0.25)
         if outcome == TIMED_OUT:
             return ModelLoadFailed(f"llama-server did not become ready within {l.load_timeout:.0f}s loading "
                                    f"{child.model}", {"reason": "load_timeout", "stderr_tail": list(child.tail)[-15:]})
