@@ -4,14 +4,14 @@ Why a snapshot: readers on other tasks (status, a Prometheus scrape, systemd's
 STATUS= line) never look into the supervisor's working state, so it has one
 writer and they see a consistent picture.  The owner publishes a new one
 whenever something in it changes: every state move, a spawn, a warm-up, the
-inbox taken in.  Figures that move on their own (the child's RSS, uptime, the
+inbox taken in, a swap decided.  Figures that move on their own (the child's RSS, uptime, the
 time left in backoff, requests holding the child) are read live.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from .states import ChildState
 
@@ -34,6 +34,10 @@ class ChildSnapshot:
     last_error: Optional[Mapping[str, Any]] = None
     last_exit: Optional[Mapping[str, Any]] = None
     backoff_until: float = 0.0                # monotonic time of the next start while in backoff
-    warm: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))   # the last warm-up's report
-    warmup_ms: Optional[float] = None
+    warm: Any = None                          # the last warm-up's WarmReport (replaced, never changed)
     warm_counts: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))  # outcomes, for metrics
+
+
+def plain(d: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """A snapshot's map as the plain dict status answers with."""
+    return dict(d) if d is not None else None

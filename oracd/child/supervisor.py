@@ -1,17 +1,24 @@
 """The one warm llama-server, owned by one task: where the child is started, restarted and swapped.
 
 Only the owner loop (``Supervisor.run`` -> ``_loop``) starts, stops, restarts or
-swaps the child and moves its state (``states.py``, which rejects illegal moves).
-Requests never touch the process.  They post what they want into the owner's
-inbox (``use``, ``load``, ``unload``, ``request_restart``) and wait on a ticket
-that the owner resolves with the child to use, or with the error that ends the
-wait.  Their deadline is their own, one clock per request (``api/deadline.py``);
-waiting here has none.
+swaps the child and writes its state (``states.py`` rejects illegal moves).
+Requests never touch the process or that state.  They post what they want into
+the owner's inbox (``use``, ``load``, ``unload``, ``prewarm``, ``request_restart``)
+and wait on a ticket that the owner resolves with the child to use, or with the
+error that ends the wait; a request using the child holds a lease
+(``tickets.py``).  The owner takes the inbox in at one place (``_events``).
+Their deadline is their own, one clock per request (``api/deadline.py``);
+waiting here has none.  Everyone else reads ``snapshot``, an immutable
+``ChildSnapshot`` the owner replaces on every change.
 
 The decisions are pure and live next door: which model runs next
 (``swap_queue``), how long to back off and when to fail fast (``backoff``),
-whether the child is hung (``hang``, driven by ``watchdog``), and what a load
-failure means (``failures``).
+whether the child is hung (``hang``, asked by the ``watchdog``'s probes), and
+what a load failure means (``failures``).
+
+A start is a sequence of steps, one job each (``_start``): plan the launch
+(binary, RPC pre-flight, memory fit, endpoint, command), spawn, adopt (pidfile,
+OOM baseline, wedge detector, reaper), wait for /health, warm up, READY.
 
 Where is the child restarted?  ``_on_child_lost`` (crash, hang kill) puts it in
 backoff; ``_loop`` starts it again when the delay is over ("no child" branch).
@@ -48,6 +55,7 @@ from .instance import Child, log_child_line
 from .pidfile import prepare_runtime_dir, reap_orphan, remove_pidfile, write_pidfile
 from .process import ManagedProcess
 from .readiness import TIMED_OUT, wait_healthy
+from .snapshot import ChildSnapshot, frozen_map, plain
 from .states import ChildState, check_transition
 from .swap_queue import SwapQueue
 from .watchdog import Watchdog
@@ -79,18 +87,19 @@ class Supervisor:
 
     def __init__(self, holder: ConfigHolder):
         self.holder = holder
-        self.state = ChildState.STOPPED
-        self.child: Optional[Child] = None
-        self.restarts = 0
-        self.restart_reasons: Dict[str, int] = {}     # crash, hang, wedged, out_of_memory, load_failed, ...
-        self.loads = 0
-        self.consecutive_failures = 0
-        self.last_error: Optional[Dict[str, Any]] = None
-        self.last_exit: Optional[Dict[str, Any]] = None
+        # the owner's working state: written and read by the owner task only; others read ``snapshot``
+        self._state = ChildState.STOPPED
+        self._child: Optional[Child] = None
+        self._restarts = 0
+        self._restart_reasons: Dict[str, int] = {}     # crash, hang, wedged, out_of_memory, load_failed, ...
+        self._loads = 0
+        self._consecutive_failures = 0
+        self._last_error: Optional[Dict[str, Any]] = None
+        self._last_exit: Optional[Dict[str, Any]] = None
         cfg = holder.cfg
         store = KVStore(cfg.llama.kv_cache_dir, cfg.llama.kv_cache_max_mb * 2 ** 20) if cfg.llama.warm_restore else None
         self.warmer = Warmer(store)
-        self.warm = WarmReport()
+        self._warm = WarmReport()
         self.rpc = RpcWorkers(holder)
         self.finished = anyio.Event()             # set when run() has stopped the child for good
         self._queue = SwapQueue()
@@ -104,13 +113,15 @@ class Supervisor:
         self._load_retried = False            # a fresh load killed from outside was retried once already
         self._kill_request: Optional[Tuple[Child, str, str]] = None   # (child, reason, why): the owner kills it
         self.default: Optional[Tuple[str, Path]] = None                # the active default model (return to it)
-        self.last_busy = time.monotonic()                              # when a request last held or wanted the child
+        self.last_busy = time.monotonic()                              # when a request last wanted the child
         self.keep_alive: Dict[str, float] = {}   # model -> idle seconds before the default returns (HTTP keep_alive)
         self.cgroup_dir = cfg.llama.cgroup_dir or own_cgroup_dir()
         self.on_ready: Optional[Callable[[float], None]] = None      # load seconds, for the metrics
         self._shutdown = False
         self._tg: Optional[anyio.abc.TaskGroup] = None
         self._rss = RssSampler()
+        self.snapshot = ChildSnapshot()          # what others read; replaced by the owner (``_publish``)
+        self._publish()
 
     @property
     def policy(self) -> BackoffPolicy:
@@ -118,15 +129,33 @@ class Supervisor:
         return BackoffPolicy(l.restart_backoff_initial, l.restart_backoff_max, l.restart_backoff_reset,
                              l.crash_loop_threshold)
 
-    # ------------------------------------------------------------------ queries (any task)
+    # ------------------------------------------------------------------ queries (any task): the snapshot
+    def _publish(self) -> None:
+        """Owner side: replace the snapshot with the working state as it is now."""
+        child = self._child
+        self.snapshot = ChildSnapshot(
+            state=self._state, model=child.model if child else None, wanted_model=self._queue.current,
+            child=child, restarts=self._restarts, restarts_by_reason=frozen_map(self._restart_reasons),
+            loads=self._loads, consecutive_failures=self._consecutive_failures,
+            last_error=frozen_map(self._last_error), last_exit=frozen_map(self._last_exit),
+            backoff_until=self._backoff_until, warm=self._warm, warm_counts=frozen_map(self.warmer.counts))
+
+    @property
+    def state(self) -> ChildState:
+        return self.snapshot.state
+
     @property
     def model(self) -> Optional[str]:
-        return self.child.model if self.child else None
+        return self.snapshot.model
+
+    @property
+    def child(self) -> Optional[Child]:
+        return self.snapshot.child
 
     @property
     def wanted_model(self) -> Optional[str]:
         """The model the child should run now (loading, or about to be)."""
-        return self._queue.current
+        return self.snapshot.wanted_model
 
     @property
     def in_flight(self) -> int:
@@ -138,27 +167,30 @@ class Supervisor:
         return len(self._claims.tickets)
 
     def status(self) -> Dict[str, Any]:
-        child = self.child
+        """status.child: the snapshot, plus what moves on its own (RSS, uptime, backoff left, in flight)."""
+        snap = self.snapshot
+        child, model = snap.child, snap.model
         cfg = self.holder.cfg
+        warm = snap.warm
         st: Dict[str, Any] = {
-            "state": self.state.value, "model": self.model, "wanted_model": self._queue.current,
-            "pid": child.pid if child else None, "restarts": self.restarts, "loads": self.loads,
-            "restarts_by_reason": dict(self.restart_reasons),
-            "consecutive_failures": self.consecutive_failures, "in_flight": self._claims.in_flight,
+            "state": snap.state.value, "model": model, "wanted_model": snap.wanted_model,
+            "pid": child.pid if child else None, "restarts": snap.restarts, "loads": snap.loads,
+            "restarts_by_reason": dict(snap.restarts_by_reason),
+            "consecutive_failures": snap.consecutive_failures, "in_flight": self._claims.in_flight,
             "endpoint": child.endpoint.describe() if child else None,
-            "last_error": self.last_error, "last_exit": self.last_exit,
-            "profile": self.model if self.model in cfg.profiles else None,
-            "warmup_ms": self.warm.ms if self.warm.how != "none" else None,
-            "warm": self.warm.as_dict(self.warmer.store, self.warmer.counts),
+            "last_error": plain(snap.last_error), "last_exit": plain(snap.last_exit),
+            "profile": model if model in cfg.profiles else None,
+            "warmup_ms": warm.ms if warm.how != "none" else None,
+            "warm": warm.as_dict(self.warmer.store, snap.warm_counts),
             "ctx_fit": child.ctx_fit if child else None,
         }
         if child and child.returncode is None:
             ps = child.psutil()
             st["rss_bytes"] = self._rss.rss(ps) if ps is not None else None
             st["uptime_s"] = round(time.monotonic() - child.started_at, 3)
-        if self.state == ChildState.BACKOFF:
-            st["retry_in_s"] = round(max(0.0, self._backoff_until - time.monotonic()), 3)
-        rpc = self.rpc.status(self.model or self._queue.current, child.rpc_workers if child else ())
+        if snap.state == ChildState.BACKOFF:
+            st["retry_in_s"] = round(max(0.0, snap.backoff_until - time.monotonic()), 3)
+        rpc = self.rpc.status(model or snap.wanted_model, child.rpc_workers if child else ())
         if rpc is not None:
             st["rpc"] = rpc
         return st
@@ -170,14 +202,16 @@ class Supervisor:
 
     def child_rss(self) -> int:
         """What the running child holds (and frees when it is replaced), in bytes."""
-        ps = self.child.psutil() if self.child is not None else None
+        child = self.snapshot.child
+        ps = child.psutil() if child is not None else None
         return (self._rss.rss(ps) or 0) if ps is not None else 0
 
     def ready_child(self, name: str) -> Optional[Child]:
         """The warm child if it serves ``name`` right now and nothing is pending (the fast path)."""
-        c = self.child
-        if (self.state is ChildState.READY and c is not None and c.model == name and c.returncode is None
-                and self._queue.current == name and not self._inbox):
+        snap = self.snapshot
+        c = snap.child
+        if (snap.state is ChildState.READY and c is not None and c.model == name and c.returncode is None
+                and snap.wanted_model == name and not self._inbox):
             return c
         return None
 
@@ -209,8 +243,7 @@ class Supervisor:
         try:
             yield child
         finally:
-            self._claims.release()
-            self.last_busy = time.monotonic()
+            self._claims.release()     # the lease ledger notes when: the owner's idle clock reads it
 
     async def load(self, name: str, path: Path) -> Child:
         """Wait until ``name`` is ready; its load failure (after this call) is raised."""
@@ -231,9 +264,10 @@ class Supervisor:
         path = Path(os.fspath(path))
         async with self.use(name, path) as child:
             meta = await anyio.to_thread.run_sync(header, path)
-            self.warm = await self.warmer.warm(child.http, self.holder.cfg, path, child.binary, child.cmd, meta,
-                                               target, explicit=True, name=name, swa=child.swa)
-        return self.warm
+            report = await self.warmer.warm(child.http, self.holder.cfg, path, child.binary, child.cmd, meta,
+                                            target, explicit=True, name=name, swa=child.swa)
+            self._post("warmed", (child, report))     # the owner records it as the child's warm report
+        return report
 
     def restores(self, name: str) -> bool:
         """Would a load of ``name`` warm its slots from a saved cache (warm restore on, something to warm)?"""
@@ -276,7 +310,12 @@ class Supervisor:
                 self._restart_why = item
             elif kind == "kill":
                 self._kill_request = item
+            elif kind == "warmed":
+                child, report = item
+                if child is self._child:
+                    self._warm = report
         self._settle_tickets()
+        self._publish()
 
     def _resolve(self, match: Callable[[Ticket], bool], child: Optional[Child] = None,
                  error: Optional[OracError] = None) -> None:
@@ -287,15 +326,15 @@ class Supervisor:
             self._resolve(lambda t: True, error=ShuttingDown())
             self._claims.resolve_unloads()
             return
-        child, current = self.child, self._queue.current
-        if self.state is ChildState.READY and child is not None and child.returncode is None \
+        child, current = self._child, self._queue.current
+        if self._state is ChildState.READY and child is not None and child.returncode is None \
                 and child.model == current:
             self._resolve(lambda t: t.model == current, child=child)
-        elif self.state is ChildState.BACKOFF and current and self.policy.fail_fast(self.consecutive_failures):
+        elif self._state is ChildState.BACKOFF and current and self.policy.fail_fast(self._consecutive_failures):
             err = ServerUnavailable(
-                f"llama-server for {current} is in a crash loop ({self.consecutive_failures} failures); "
+                f"llama-server for {current} is in a crash loop ({self._consecutive_failures} failures); "
                 f"next attempt in {max(0.0, self._backoff_until - time.monotonic()):.1f}s",
-                {"last_error": self.last_error, "last_exit": self.last_exit})
+                {"last_error": self._last_error, "last_exit": self._last_exit})
             self._resolve(lambda t: t.model == current, error=err)
 
     async def _wait_kick(self, timeout: float = math.inf) -> None:
@@ -306,11 +345,14 @@ class Supervisor:
 
     # ------------------------------------------------------------------ the owner task
     def _set_state(self, state: ChildState, **info: Any) -> None:
-        if state == self.state and not info:
+        """Move the state (``states.check_transition`` refuses an illegal move) and publish the snapshot."""
+        if state == self._state and not info:
+            self._publish()
             return
-        check_transition(self.state, state)
-        prev, self.state = self.state, state
-        info.setdefault("model", self.model or self._queue.current)
+        check_transition(self._state, state)
+        prev, self._state = self._state, state
+        info.setdefault("model", (self._child.model if self._child else None) or self._queue.current)
+        self._publish()
         log.info("child state", state=state.value, previous=prev.value, **info)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
@@ -336,7 +378,7 @@ class Supervisor:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                if self.child is not None:
+                if self._child is not None:
                     await self._stop_child("shutdown")
                 self._set_state(ChildState.SHUTDOWN)
                 self._settle_tickets()
@@ -347,29 +389,30 @@ class Supervisor:
         while True:
             await self._events(0)
             if self._shutdown:
-                if self.child is not None:
+                if self._child is not None:
                     await self._drain(self.holder.cfg.server.shutdown_grace)
                     await self._stop_child("shutdown")
                 return
             moved_from = self._queue.current
             if self._queue.advance() is not None:
                 log.info("swap requested", model=self._queue.current, previous=moved_from)
-            want, child = self._queue.current, self.child
+            want, child = self._queue.current, self._child
             if want != self._want_seen:
                 self._want_seen = want
                 if want is not None:      # another model (or the same after an unload): a clean slate
-                    self._backoff_until, self.consecutive_failures = 0.0, 0
+                    self._backoff_until, self._consecutive_failures = 0.0, 0
                     self._load_retried = False
+            self._publish()
             if child is None:
                 self._claims.resolve_unloads()
                 if want is None:
-                    if self.state not in (ChildState.STOPPED, ChildState.FAILED):
+                    if self._state not in (ChildState.STOPPED, ChildState.FAILED):
                         self._set_state(ChildState.STOPPED)
                     await self._events()
                     continue
                 wait = self._backoff_until - time.monotonic()
                 if wait > 0:
-                    if self.state is not ChildState.BACKOFF:
+                    if self._state is not ChildState.BACKOFF:
                         self._set_state(ChildState.BACKOFF, retry_in_s=round(wait, 3))
                     await self._events(wait)
                     continue
@@ -497,19 +540,21 @@ class Supervisor:
         taken (to name a kernel kill later), its wedge detector armed, and a task reaping it."""
         assert self._tg is not None
         cfg = self.holder.cfg
-        self.child = child
-        self.loads += 1
+        self._child = child
+        self._loads += 1
         write_pidfile(cfg, child.pid)
         log.info("child spawned", pid=child.pid, cmd=" ".join(child.cmd))
         child.oom_baseline = oom_kills(self.cgroup_dir)
         child.wedge = WedgeDetector(cfg.llama.wedge_threshold, cfg.llama.wedge_window)
         self._tg.start_soon(contained, "reaping llama-server", self._reap, child)
+        self._publish()
 
     async def _warm_up(self, child: Child) -> None:
         """Put the model's warm target into every slot: restored from the KV cache dir, or prefilled."""
         meta = await anyio.to_thread.run_sync(header, child.path)
-        self.warm = await self.warmer.warm(child.http, self.holder.cfg, child.path, child.binary, child.cmd, meta,
+        self._warm = await self.warmer.warm(child.http, self.holder.cfg, child.path, child.binary, child.cmd, meta,
                                            self.warmer.targets.get(child.model), name=child.model, swa=child.swa)
+        self._publish()
 
     async def _become_ready(self, child: Child, t0: float) -> None:
         """READY: the watchdog starts, the failure slate is wiped, and the waiters get the child."""
@@ -519,7 +564,7 @@ class Supervisor:
         child.watchdog = Watchdog(self.holder.cfg.llama, self.rpc, child)
         self._queue.served()
         self._load_retried = False
-        self.last_error = None
+        self._last_error = None
         self._set_state(ChildState.READY, pid=child.pid, load_s=round(child.ready_at - t0, 3))
         if self.on_ready is not None:
             self.on_ready(child.ready_at - t0)
@@ -561,7 +606,7 @@ class Supervisor:
 
     def _load_failed(self, name: str, err: OracError, fresh: bool) -> None:
         restored = self._restore_previous(name, err) if fresh else None
-        self.last_error = {"message": err.message, "data": err.data, "at": time.time()}
+        self._last_error = {"message": err.message, "data": err.data, "at": time.time()}
         log.error("load failed", model=name, error=err.message, fresh=fresh)
         if fresh:
             # an explicit load (or swap) failed: no retry on our own; its waiters get the error
@@ -587,17 +632,17 @@ class Supervisor:
         if prev is None:
             return None
         err.data = {**(err.data if isinstance(err.data, dict) else {}), "restored_previous": prev}
-        if self.last_exit is not None and self.last_exit.get("model") == name \
-                and self.last_exit.get("reason") == "load_failed":
-            self.last_exit["restored_previous"] = prev
+        if self._last_exit is not None and self._last_exit.get("model") == name \
+                and self._last_exit.get("reason") == "load_failed":
+            self._last_exit["restored_previous"] = prev
         log.warning("restoring the previous model after a failed load", model=prev, failed=name)
         return prev
 
     def _schedule_restart(self, reason: str) -> float:
-        self.restarts += 1
-        self.restart_reasons[reason] = self.restart_reasons.get(reason, 0) + 1
-        self.consecutive_failures += 1
-        delay = self.policy.delay(self.consecutive_failures, reason)
+        self._restarts += 1
+        self._restart_reasons[reason] = self._restart_reasons.get(reason, 0) + 1
+        self._consecutive_failures += 1
+        delay = self.policy.delay(self._consecutive_failures, reason)
         self._backoff_until = time.monotonic() + delay
         return delay
 
@@ -612,9 +657,9 @@ class Supervisor:
         reason = child.killed_for or "crash"
         delay = self._schedule_restart(reason)
         message = self._record_exit(child, reason)
-        self.last_error = {"message": message, "at": time.time()}
+        self._last_error = {"message": message, "at": time.time()}
         log.error("child lost", pid=child.pid, message=message, **exits.exit_info(child.returncode),
-                  reason=reason, stderr_tail=list(child.tail)[-10:], restart_in_s=delay, restarts=self.restarts)
+                  reason=reason, stderr_tail=list(child.tail)[-10:], restart_in_s=delay, restarts=self._restarts)
         self._cleanup_child(child)
         self._set_state(ChildState.BACKOFF, retry_in_s=delay)
         self._settle_tickets()
@@ -622,13 +667,14 @@ class Supervisor:
     def _record_exit(self, child: Child, reason: str) -> str:
         """status.child.last_exit for a child that is gone: "llama-server crashed (SIGSEGV)" and why."""
         message = exits.describe(child.returncode) + ("" if reason in ("crash", "load_failed") else f" ({reason})")
-        self.last_exit = {**exits.exit_info(child.returncode), "message": message, "reason": reason,
+        self._last_exit = {**exits.exit_info(child.returncode), "message": message, "reason": reason,
                           "model": child.model,
                           "stderr_tail": list(child.tail)[-10:], "at": time.time()}
         return message
 
     def _cleanup_child(self, child: Child, close_http: bool = True) -> None:
-        self.child = None
+        self._child = None
+        self._publish()
         self.rpc.attached = {}
         remove_pidfile(self.holder.cfg)
         if close_http and self._tg is not None:
@@ -663,6 +709,10 @@ class Supervisor:
         self.keep_alive[name] = seconds
         self._kick.set()                 # the watchdog recomputes when to return
 
+    def idle_since(self) -> float:
+        """When a request last wanted the child (the owner notes it) or let go of it (the lease ledger does)."""
+        return max(self.last_busy, self._claims.last_release)
+
     def return_to_default_at(self, child: Child) -> Optional[float]:
         """When the idle child should give way to the default model (None: never)."""
         if self.default is None or child.model == self.default[0]:
@@ -674,21 +724,22 @@ class Supervisor:
                 return None
         if after == math.inf:
             return None
-        return self.last_busy + after
+        return self.idle_since() + after
 
     def return_to_default(self) -> None:
         """Owner side, from the watchdog: nobody used the other model for long enough."""
         name, path = self.default
-        log.info("returning to the default model", model=name, previous=self.model,
-                 idle_s=round(time.monotonic() - self.last_busy, 1))
+        log.info("returning to the default model", model=name, previous=self._child.model if self._child else None,
+                 idle_s=round(time.monotonic() - self.idle_since(), 1))
         self._paths[name] = path
         self._queue.want(name)
 
     def reset_failures_if_healthy(self, child: Child) -> None:
         """A child ready for restart_backoff_reset seconds wipes the slate: backoff starts over."""
-        if child.ready_at and self.consecutive_failures and \
+        if child.ready_at and self._consecutive_failures and \
                 self.policy.healthy_long_enough(time.monotonic() - child.ready_at):
-            self.consecutive_failures = 0
+            self._consecutive_failures = 0
+            self._publish()
 
     async def kill(self, child: Child, reason: str, why: str) -> None:
         """The child is stuck or lost a worker: SIGKILL its group and wait for the exit (then it is restarted)."""
@@ -700,7 +751,7 @@ class Supervisor:
 
     async def _stop_child(self, why: str, settle: bool = True) -> None:
         """STOPPING: SIGTERM to the group, grace period, then SIGKILL (``process.stop_steps``)."""
-        child = self.child
+        child = self._child
         if child is None:
             return
         self._set_state(ChildState.STOPPING, why=why, pid=child.pid)
