@@ -31,6 +31,7 @@ from ..child import exits
 from ..child.failures import worker_lost
 from ..child.http import LlamaHTTPError
 from ..config import Config, Profile
+from ..config.sampling import bounds
 from .constraints import check_texts, request_constraint
 from oracd_protocol.errors import GenerationFailed, InvalidParams
 from ..logs import get as get_logger
@@ -58,7 +59,9 @@ def pick(sent: Any, profile: Any, default: Any) -> Any:
     return profile if profile is not None else default
 
 
-def check_range(name: str, value: float, lo: float, hi: float) -> None:
+def check_range(name: str, value: float) -> None:
+    """``value`` within the sampling table's range for ``name`` (``config/sampling.py``)."""
+    lo, hi = bounds(name)
     if not lo <= value <= hi:
         raise InvalidParams(f"{name} must be between {lo:g} and {hi:g}", f"{name}: got {value!r}")
 
@@ -130,10 +133,9 @@ def build_request(sent: Sent, prof: Profile, cfg: Config) -> Tuple[Dict[str, Any
     top_p = pick(sent.top_p, prof.top_p, 0.7)
     top_k = pick(sent.top_k, prof.top_k, 40)
     max_tokens = pick(sent.max_tokens, prof.max_tokens, cfg.llama.default_max_tokens)
-    check_range("temperature", temperature, 0, 10)
-    check_range("top_p", top_p, 0, 1)
-    check_range("top_k", top_k, 0, 100_000)
-    check_range("max_tokens", max_tokens, 1, 1_000_000)
+    for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
+                        ("max_tokens", max_tokens)):
+        check_range(name, value)
     if sent.prefill is not None and not sent.prefill:
         raise InvalidParams("prefill must not be empty (leave it out instead)", "prefill")
     # a request sends a built-in name or the constraint inline; files are a profile setting (constraints.py)

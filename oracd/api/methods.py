@@ -341,9 +341,8 @@ class App:
         ``llama.extra_servers_keyless``; at most ``llama.max_extra_servers`` run at once."""
         self._check_accepting()
         require_admin(self.cfg, ctx.peer, "start_server")
-        check_range("temperature", temperature, 0, 10)
-        check_range("top_p", top_p, 0, 1)
-        check_range("top_k", top_k, 0, 100_000)
+        for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k)):
+            check_range(name, value)
         path = self.store.resolve(model)
         await self.check_loadable(path, replaces_child=False)
         return await self.extra_servers.start(path, host, port, temperature, top_p, top_k,
