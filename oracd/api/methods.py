@@ -34,6 +34,7 @@ from .deadline import Deadline
 from .fastforward import generate_json
 from .generate import Sent, build_request, check_range, fetch, strip_think
 from .jsonrpc import CallContext, Method, rpc_method
+from .appview import AcceptState, Described, DispatchCounts, OpenConnections
 from .status import SelfStatus, status_dict
 
 log = get_logger("oracd.methods")
@@ -42,31 +43,32 @@ NAMES = ("generate", "list_models", "quantize_model", "load_model", "unload_mode
 
 
 class App:
-    """What the methods share: the config holder, supervisor, model store, extra servers, counters."""
+    """The RPC method handlers, and what they share.  A container: ``serve.build_app`` builds the parts
+    (config holder, model store, supervisor, extra servers, metrics) and wires them; serve() attaches the
+    front door's parts that status reports on once they exist (they are built around the handlers)."""
 
-    def __init__(self, holder: ConfigHolder):
-        cfg = holder.cfg
+    def __init__(self, holder: ConfigHolder, store: ModelStore, supervisor: Supervisor,
+                 extra_servers: ExtraServers, prom: Metrics):
         self.holder = holder
-        self.store = ModelStore(cfg.models_dirs, cfg.llama.confine_model_links)
-        self.supervisor = Supervisor(holder)
-        self.extra_servers = ExtraServers(holder)
+        self.store = store
+        self.supervisor = supervisor
+        self.extra_servers = extra_servers
+        self.prom = prom
         self.started = time.time()
         self.requests_in_flight = 0
         self.generations = 0
         self.accepting = True
-        self.active_default: str = cfg.llama.default_model    # a fallback model after a failed preload
+        self.active_default: str = holder.cfg.llama.default_model    # a fallback model after a failed preload
         self.fallback: Optional[Dict[str, Any]] = None
         self.quantizing: Optional[str] = None              # the output of the one quantize running now
         self.memory: Optional[Dict[str, Any]] = None   # the last memory check: required/available bytes
         self.self_status = SelfStatus()
-        self.prom = Metrics(NAMES)
-        self.prom.attach(self)
-        self.supervisor.on_ready = self.prom.load_seconds.observe
-        self.connections: Any = None         # set by serve(): the Connections registry (counts)
-        self.acceptor: Any = None            # set by serve(): the accept loop (status.accept)
-        self.fds: Optional[Dict[str, Any]] = None   # set by serve(): RLIMIT_NOFILE vs the budget (status.fds)
-        self.dispatcher: Any = None          # set by serve(): the Dispatcher (served/errors)
-        self.http: Any = None                # set by serve(): the HTTP front door (oracd/http/), if [http] listen
+        # the front door (status counts): attached by serve(), built around these handlers
+        self.dispatcher: Optional[DispatchCounts] = None     # served / errors
+        self.connections: Optional[OpenConnections] = None   # open connections
+        self.acceptor: Optional[AcceptState] = None          # accept failures
+        self.fds: Optional[Dict[str, Any]] = None            # RLIMIT_NOFILE vs the budget
+        self.http: Optional[Described] = None                # the HTTP APIs (oracd/http/), if [http] listen
 
     @property
     def cfg(self) -> config.Config:
