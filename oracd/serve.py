@@ -28,6 +28,7 @@ from .api.jsonrpc import Dispatcher
 from .api.listener import StartupError, bind_socket, inherited_socket, take_lock
 from .api.methods import NAMES, App
 from .api.status import status_line
+from .child.door import ChildDoor
 from .child.extra_servers import ExtraServers
 from .child.states import ChildState
 from .child.supervisor import Supervisor
@@ -84,7 +85,7 @@ def build_app(holder: ConfigHolder) -> App:
     supervisor = Supervisor(holder)
     prom = Metrics(NAMES)
     app = App(holder, ModelStore(cfg.models_dirs, cfg.llama.confine_model_links), supervisor,
-              ExtraServers(holder), prom)
+              ChildDoor(supervisor), ExtraServers(holder), prom)
     prom.attach(app)
     supervisor.on_ready = prom.load_seconds.observe
     return app
@@ -207,7 +208,7 @@ async def _preload(app: App) -> None:
             path = app.store.resolve(name)
             await app.check_loadable(path)
             with anyio.fail_after(cfg.llama.load_timeout + 5):
-                await app.supervisor.load(path.name, path)
+                await app.door.load(path.name, path)
         except TimeoutError:
             reason = LoadTimeout(f"load of {name} timed out after {cfg.llama.load_timeout + 5:g} seconds").message
             log.error("preload failed", model=name, error=reason)
@@ -244,7 +245,7 @@ async def _heartbeat(app: App, notifier: Notifier) -> None:
     while True:
         notifier.status(status_line(app))
         now = time.monotonic()
-        if interval and now - last_ping >= interval and app.supervisor.state != ChildState.SHUTDOWN:
+        if interval and now - last_ping >= interval and app.supervisor.snapshot.state != ChildState.SHUTDOWN:
             notifier.watchdog()
             last_ping = now
         await anyio.sleep(period)

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Union
 import anyio
 
 from .. import config
+from ..child.door import ChildDoor
 from ..child.extra_servers import ExtraServers
 from ..child.supervisor import Supervisor
 from ..config import ConfigHolder, Profile, load_options_changed, plan_reload
@@ -47,11 +48,12 @@ class App:
     (config holder, model store, supervisor, extra servers, metrics) and wires them; serve() attaches the
     front door's parts that status reports on once they exist (they are built around the handlers)."""
 
-    def __init__(self, holder: ConfigHolder, store: ModelStore, supervisor: Supervisor,
+    def __init__(self, holder: ConfigHolder, store: ModelStore, supervisor: Supervisor, door: ChildDoor,
                  extra_servers: ExtraServers, prom: Metrics):
         self.holder = holder
         self.store = store
-        self.supervisor = supervisor
+        self.supervisor = supervisor       # read: its snapshot, its memory and warm-up queries
+        self.door = door                   # ask: use, load, unload, prewarm, restart
         self.extra_servers = extra_servers
         self.prom = prom
         self.started = time.time()
@@ -162,7 +164,7 @@ class App:
                             body.get("n_predict", body.get("max_tokens")), prompt=body.get("prompt"),
                             messages=body.get("messages"), template_kwargs=body.get("chat_template_kwargs"),
                             on_delta=relay, use_fast_forward=out.fast_forward)
-                data = await fetch(self.supervisor, path, body, cfg, on_delta, ask)
+                data = await fetch(self.door, path, body, cfg, on_delta, ask)
         finally:
             self.requests_in_flight -= 1
         self.generations += 1
@@ -265,7 +267,7 @@ class App:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(report)
                 try:
-                    outcome["child"] = await self.supervisor.load(path.name, path)
+                    outcome["child"] = await self.door.load(path.name, path)
                 except OracError as exc:      # raised below, not as an exception group of the task group
                     outcome["error"] = exc
                 tg.cancel_scope.cancel()
@@ -280,7 +282,7 @@ class App:
                             lambda s: UnloadTimeout(f"unload timed out after {s:g} seconds"))
         previous = self.supervisor.model
         with deadline.scope():
-            await self.supervisor.unload()
+            await self.door.unload()
         return {"unloaded": previous, "state": self.supervisor.state.value}
 
     async def prewarm(self, ctx: CallContext, *, model: Optional[str] = None, prefix: Optional[str] = None,
@@ -320,7 +322,7 @@ class App:
                             lambda s: LoadTimeout(f"prewarm of {path.name} timed out after {s:g} seconds"))
         await self.check_loadable(path)
         with deadline.scope():
-            report = await self.supervisor.prewarm(path.name, path, target, persist)
+            report = await self.door.prewarm(path.name, path, target, persist)
         return {"model": path.name, "persisted": persist,
                 **report.as_dict(self.supervisor.warmer.store, self.supervisor.warmer.counts)}
 
@@ -382,7 +384,7 @@ class App:
         loaded = self.supervisor.model
         restart = load_options_changed(current, applied, loaded)
         if restart:
-            self.supervisor.request_restart("profile load options changed")
+            self.door.request_restart("profile load options changed")
         log.info("config reloaded", profiles=len(applied.profiles), restart=restart, ignored=ignored)
         return {"profiles": sorted(applied.profiles), "restarted": restart, "ignored_sections": ignored}
 

@@ -31,9 +31,8 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import anyio
 import anyio.abc
@@ -195,10 +194,25 @@ class Supervisor:
             st["rpc"] = rpc
         return st
 
-    # ------------------------------------------------------------------ requests' side: post, then wait
-    def _post(self, kind: str, item: Any = None) -> None:
+    # ------------------------------------------------------------------ the door's side (door.py): post, hold a lease
+    def post(self, kind: str, item: Any = None) -> None:
+        """Leave ``item`` in the owner's inbox and wake it ("want", "leave", "restart", "kill", "warmed")."""
         self._inbox.append((kind, item))
         self._kick.set()
+
+    @property
+    def leases(self) -> TicketsAndLeases:
+        """The in-flight leases on the child (requests take and release them; a swap waits for them)."""
+        return self._claims
+
+    def pending(self) -> bool:
+        """Is something posted that the owner has not taken in yet?"""
+        return bool(self._inbox)
+
+    @property
+    def stopping(self) -> bool:
+        """oracd is shutting down: no new waits."""
+        return self._shutdown
 
     def child_rss(self) -> int:
         """What the running child holds (and frees when it is replaced), in bytes."""
@@ -206,77 +220,10 @@ class Supervisor:
         ps = child.psutil() if child is not None else None
         return (self._rss.rss(ps) or 0) if ps is not None else 0
 
-    def ready_child(self, name: str) -> Optional[Child]:
-        """The warm child if it serves ``name`` right now and nothing is pending (the fast path)."""
-        snap = self.snapshot
-        c = snap.child
-        if (snap.state is ChildState.READY and c is not None and c.model == name and c.returncode is None
-                and snap.wanted_model == name and not self._inbox):
-            return c
-        return None
-
-    async def _wait(self, ticket: Ticket) -> Optional[Child]:
-        if self._shutdown:
-            raise ShuttingDown()
-        self._post("want", ticket)
-        try:
-            await ticket.done.wait()
-        except BaseException:            # the request gave up (its deadline, its client hung up)
-            if not ticket.done.is_set():
-                self._post("leave", ticket)
-            elif ticket.lease and ticket.child is not None:
-                self._claims.release()
-            raise
-        if ticket.error is not None:
-            raise ticket.error
-        return ticket.child
-
-    @asynccontextmanager
-    async def use(self, name: str, path: Path) -> AsyncIterator[Child]:
-        """Hold the child serving ``name`` for one request; a swap waits until such holds end."""
-        child = self.ready_child(name)
-        if child is not None:
-            self._claims.acquire()
-        else:
-            child = await self._wait(Ticket(name, path, lease=True))
-        assert child is not None
-        try:
-            yield child
-        finally:
-            self._claims.release()     # the lease ledger notes when: the owner's idle clock reads it
-
-    async def load(self, name: str, path: Path) -> Child:
-        """Wait until ``name`` is ready; its load failure (after this call) is raised."""
-        child = await self._wait(Ticket(name, path))
-        assert child is not None
-        return child
-
-    async def unload(self) -> None:
-        """Stop the child; returns once it is stopped."""
-        await self._wait(Ticket(None))
-
-    async def prewarm(self, name: str, path: Path, target: Dict[str, Any], persist: bool = True) -> WarmReport:
-        """Warm ``name``'s slots with ``target`` now, and (``persist``) after every later load (it is
-        remembered, on disk when warm restore is on): a request holding the child, not an owner step, so swaps
-        wait for it."""
-        if persist:
-            await anyio.to_thread.run_sync(self.warmer.remember, name, target)
-        path = Path(os.fspath(path))
-        async with self.use(name, path) as child:
-            meta = await anyio.to_thread.run_sync(header, path)
-            report = await self.warmer.warm(child.http, self.holder.cfg, path, child.binary, child.cmd, meta,
-                                            target, explicit=True, name=name, swa=child.swa)
-            self._post("warmed", (child, report))     # the owner records it as the child's warm report
-        return report
-
     def restores(self, name: str) -> bool:
         """Would a load of ``name`` warm its slots from a saved cache (warm restore on, something to warm)?"""
         return self.warmer.store is not None and \
             warm_target(self.holder.cfg, name, self.warmer.targets.get(name)) is not None
-
-    def request_restart(self, why: str) -> None:
-        """Restart the warm model (same model, new load options), e.g. after a profile reload."""
-        self._post("restart", why)
 
     def shutdown(self) -> None:
         self._shutdown = True
@@ -680,22 +627,7 @@ class Supervisor:
         if close_http and self._tg is not None:
             self._tg.start_soon(contained, "closing llama-server's HTTP client", child.http.close)
 
-    # ------------------------------------------------------------------ reports from requests and the watchdog
-    def generation_result(self, child: Child, ok: bool) -> bool:
-        """A generation on ``child`` succeeded, or got a 5xx / lost its connection.  True when that
-        failure makes the child count as wedged: the owner will kill and restart it."""
-        if ok:
-            child.wedge.success()
-            return False
-        if child.gone():          # it died under the request: the reaper restarts it; not a wedge
-            return False
-        if child.wedge.failure(time.monotonic()) and child.killed_for is None and child.returncode is None:
-            log.error("wedged", pid=child.pid, failures=child.wedge.streak,
-                      threshold=self.holder.cfg.llama.wedge_threshold)
-            self._post("kill", (child, "wedged", f"{child.wedge.streak} failed generations in a row"))
-            return True
-        return child.killed_for == "wedged"
-
+    # ------------------------------------------------------------------ settings from requests; the watchdog's helpers
     def set_default(self, name: str, path: Path) -> None:
         """The model to return to after ``return_to_default_after`` idle seconds on another one."""
         self.default = (name, Path(os.fspath(path)))
