@@ -150,7 +150,7 @@ def _constants(values: List[Any]) -> str:
     return "(" + " | ".join(literal(dump(v)) for v in values) + ")"
 
 
-MAX_LENGTH = 4096       # GBNF expands char{m,n} into rules: larger bounds are left to llama-server, as before
+MAX_LENGTH = 4096       # GBNF expands char{m,n} into rules: larger bounds are left to llama-server
 
 
 def _length(schema: Dict[str, Any], key: str, default: Optional[int]) -> Optional[int]:

@@ -100,7 +100,7 @@ class ManagedProcess:
         self.tail: Deque[str] = deque(maxlen=tail)
         self.exited = anyio.Event()
         self.returncode: Optional[int] = None
-        self.on_line = on_line              # may be set after spawn: output is read only once watch() runs
+        self.on_line = on_line              # may be set after spawn: output is read only once wait_and_drain() runs
 
     @classmethod
     async def spawn(cls, cmd: Sequence[str], *, env: Optional[Mapping[str, str]] = None,

@@ -1,4 +1,5 @@
-"""Who may import whom (issue 14): nothing under client/ imports the daemon; oracd_protocol is stdlib-only.
+"""Who may import whom: nothing under client/ imports the daemon; oracd_protocol is stdlib-only; the daemon
+has no import cycles.
 
 The code is parsed with ``ast``, never imported, so an import hidden in a function,
 a ``try`` or an ``importlib.import_module("...")`` call counts too.

@@ -1,4 +1,4 @@
-"""Issue 21, part A, the pure parts: what a request may send as a grammar or schema, safe file reads,
+"""Hostile input, the pure parts: what a request may send as a grammar or schema, safe file reads,
 log clipping and rate limits, peer groups from SO_PEERGROUPS, the socket-activation check, and batch limits."""
 from __future__ import annotations
 
