@@ -140,7 +140,7 @@ class ManagedProcess:
 
     async def stop(self, grace: float, first: int = signal.SIGTERM) -> Optional[int]:
         """SIGTERM the group, wait ``grace``, then SIGKILL (``first=SIGKILL`` skips the polite step).
-        Returns the signal that ended it, or None if it was already gone.  Needs ``watch`` running."""
+        Returns the signal that ended it, or None if it was already gone.  Needs ``wait_and_drain`` running."""
         if self.exited.is_set():
             return None
         for sig, wait in stop_steps(grace):

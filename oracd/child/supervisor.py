@@ -112,7 +112,7 @@ class Supervisor:
         self._load_retried = False            # a fresh load killed from outside was retried once already
         self._kill_request: Optional[Tuple[Child, str, str]] = None   # (child, reason, why): the owner kills it
         self.default: Optional[Tuple[str, Path]] = None                # the active default model (return to it)
-        self.last_busy = time.monotonic()                              # when a request last wanted the child
+        self._last_wanted = time.monotonic()                           # when a request last wanted the child
         self.keep_alive: Dict[str, float] = {}   # model -> idle seconds before the default returns (HTTP keep_alive)
         self.cgroup_dir = cfg.llama.cgroup_dir or own_cgroup_dir()
         self.on_ready: Optional[Callable[[float], None]] = None      # load seconds, for the metrics
@@ -238,7 +238,7 @@ class Supervisor:
         while self._inbox:
             kind, item = self._inbox.popleft()
             if kind == "want":
-                self.last_busy = time.monotonic()
+                self._last_wanted = time.monotonic()
                 self._claims.add(item)
                 if item.model is None:
                     dropped = self._queue.current
@@ -643,7 +643,7 @@ class Supervisor:
 
     def idle_since(self) -> float:
         """When a request last wanted the child (the owner notes it) or let go of it (the lease ledger does)."""
-        return max(self.last_busy, self._claims.last_release)
+        return max(self._last_wanted, self._claims.last_release)
 
     def return_to_default_at(self, child: Child) -> Optional[float]:
         """When the idle child should give way to the default model (None: never)."""
