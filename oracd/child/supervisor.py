@@ -376,7 +376,7 @@ class Supervisor:
                 target, reason, why = self._kill_request
                 self._kill_request = None
                 if target is child:
-                    await self.kill(child, reason, why)
+                    await self._kill(child, reason, why)
                 continue
             if self._restart_why:
                 why, self._restart_why = self._restart_why, None
@@ -392,7 +392,7 @@ class Supervisor:
         now = time.monotonic()
         back_at = self.return_to_default_at(child)
         if back_at is not None and now >= back_at and self.in_flight == 0:
-            self.return_to_default()
+            self._return_to_default()
             return
         watchdog = child.watchdog
         if now < watchdog.next_probe:
@@ -403,9 +403,9 @@ class Supervisor:
         if child.returncode is not None:
             return
         if probe.answered:
-            self.reset_failures_if_healthy(child)
+            self._reset_failures_if_healthy(child)
         if probe.kill is not None:
-            await self.kill(child, *probe.kill)
+            await self._kill(child, *probe.kill)
 
     async def _drain(self, timeout: float) -> None:
         if self._claims.in_flight:
@@ -627,7 +627,7 @@ class Supervisor:
         if close_http and self._tg is not None:
             self._tg.start_soon(contained, "closing llama-server's HTTP client", child.http.close)
 
-    # ------------------------------------------------------------------ settings from requests; the watchdog's helpers
+    # ------------------------------------------------------------------ settings the owner reads; READY helpers
     def set_default(self, name: str, path: Path) -> None:
         """The model to return to after ``return_to_default_after`` idle seconds on another one."""
         self.default = (name, Path(os.fspath(path)))
@@ -639,7 +639,7 @@ class Supervisor:
         if self.default is not None and name == self.default[0]:
             return
         self.keep_alive[name] = seconds
-        self._kick.set()                 # the watchdog recomputes when to return
+        self._kick.set()                 # the owner recomputes when to return
 
     def idle_since(self) -> float:
         """When a request last wanted the child (the owner notes it) or let go of it (the lease ledger does)."""
@@ -658,22 +658,22 @@ class Supervisor:
             return None
         return self.idle_since() + after
 
-    def return_to_default(self) -> None:
-        """Owner side, from the watchdog: nobody used the other model for long enough."""
+    def _return_to_default(self) -> None:
+        """Nobody used the other model for long enough: make the default current (the loop swaps)."""
         name, path = self.default
         log.info("returning to the default model", model=name, previous=self._child.model if self._child else None,
                  idle_s=round(time.monotonic() - self.idle_since(), 1))
         self._paths[name] = path
         self._queue.want(name)
 
-    def reset_failures_if_healthy(self, child: Child) -> None:
+    def _reset_failures_if_healthy(self, child: Child) -> None:
         """A child ready for restart_backoff_reset seconds wipes the slate: backoff starts over."""
         if child.ready_at and self._consecutive_failures and \
                 self.policy.healthy_long_enough(time.monotonic() - child.ready_at):
             self._consecutive_failures = 0
             self._publish()
 
-    async def kill(self, child: Child, reason: str, why: str) -> None:
+    async def _kill(self, child: Child, reason: str, why: str) -> None:
         """The child is stuck or lost a worker: SIGKILL its group and wait for the exit (then it is restarted)."""
         if child.returncode is None and child.killed_for is None:
             if reason == "hang":
