@@ -6,25 +6,23 @@ node_exporter setups, Home Assistant's Prometheus integration and Grafana read.
 
 Why most series are collected at scrape time (``_StateCollector``): restarts by
 reason, warm-up outcomes, the child's state, RSS and the memory budget already
-live in the supervisor and the app; reading them when Prometheus asks costs
+live in the supervisor's snapshot and the app; reading them when Prometheus asks costs
 nothing on the request path.  Only request counts and latency histograms are
 recorded as requests happen.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Iterable, Iterator, List, Optional, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from .api.appview import AppView
 from .child.states import ChildState
 from .config.values import listen_address
 from . import logs
 from .logs import get as get_logger
-
-if TYPE_CHECKING:
-    from .api.methods import App
 
 log = get_logger("oracd.metrics")
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -50,7 +48,7 @@ class Metrics:
         self._llama = _LlamaCollector()
         self.registry.register(self._llama)
 
-    def attach(self, app: "App") -> None:
+    def attach(self, app: AppView) -> None:
         """Collect the app's and supervisor's state at scrape time."""
         self._state = _StateCollector(app)
         self.registry.register(self._state)
@@ -67,7 +65,7 @@ class Metrics:
         # route is the matched route's pattern (or "other"): no unbounded label values
         self.http_requests.labels(api, route, str(status)).inc()
 
-    async def render(self, app: "App") -> Tuple[bytes, str]:
+    async def render(self, app: AppView) -> Tuple[bytes, str]:
         """The whole exposition, llama-server's series included (fetched now, bounded by health_timeout)."""
         self._llama.families = await _fetch_llama(app)
         try:
@@ -76,10 +74,11 @@ class Metrics:
             self._llama.families = []
 
 
-async def _fetch_llama(app: "App") -> List[Metric]:
+async def _fetch_llama(app: AppView) -> List[Metric]:
     import anyio
-    child = app.supervisor.child
-    if child is None or child.returncode is not None or app.supervisor.state is not ChildState.READY:
+    snap = app.supervisor.snapshot
+    child = snap.child
+    if child is None or child.returncode is not None or snap.state is not ChildState.READY:
         return []
     try:
         with anyio.fail_after(app.cfg.llama.health_timeout):
@@ -115,7 +114,7 @@ class _LlamaCollector:
 class _StateCollector:
     """Series read from the app when scraped."""
 
-    def __init__(self, app: "App"):
+    def __init__(self, app: AppView):
         self.app = app
 
     def describe(self) -> List[Metric]:
@@ -124,19 +123,20 @@ class _StateCollector:
     def collect(self) -> Iterator[Metric]:
         app = self.app
         sup = app.supervisor
+        snap = sup.snapshot
         restarts = CounterMetricFamily("oracd_child_restarts", "llama-server restarts by reason", labels=["reason"])
-        for reason, n in sorted(sup.restart_reasons.items()):
+        for reason, n in sorted(snap.restarts_by_reason.items()):
             restarts.add_metric([reason], n)
         yield restarts
         warm = CounterMetricFamily("oracd_warm", "warm-up outcomes (restored, prefilled, verify_failed, ...)",
                                    labels=["outcome"])
-        for outcome, n in sorted(sup.warmer.counts.items()):
+        for outcome, n in sorted(snap.warm_counts.items()):
             warm.add_metric([outcome], n)
         yield warm
-        yield CounterMetricFamily("oracd_child_loads", "llama-server starts", value=sup.loads)
+        yield CounterMetricFamily("oracd_child_loads", "llama-server starts", value=snap.loads)
         state = GaugeMetricFamily("oracd_child_state", "1 for the state llama-server is in", labels=["state"])
         for s in ChildState:
-            state.add_metric([s.value], 1.0 if sup.state is s else 0.0)
+            state.add_metric([s.value], 1.0 if snap.state is s else 0.0)
         yield state
         yield GaugeMetricFamily("oracd_queue_depth", "requests waiting for a model", value=sup.waiting)
         yield GaugeMetricFamily("oracd_in_flight", "requests holding llama-server", value=sup.in_flight)
@@ -161,7 +161,7 @@ class _StateCollector:
             yield budget
 
 
-async def serve_http(app: "App", metrics: Metrics, address: str, *, task_status: Any) -> None:
+async def serve_http(app: AppView, metrics: Metrics, address: str, *, task_status: Any) -> None:
     """GET /metrics on ``address`` (loopback) until cancelled."""
     import anyio
     from aiohttp import web

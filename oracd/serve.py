@@ -26,15 +26,19 @@ from .api.acceptor import Acceptor
 from .api.connection import Connections
 from .api.jsonrpc import Dispatcher
 from .api.listener import StartupError, bind_socket, inherited_socket, take_lock
-from .api.methods import App
+from .api.methods import NAMES, App
 from .api.status import status_line
+from .child.door import ChildDoor
+from .child.extra_servers import ExtraServers
 from .child.states import ChildState
+from .child.supervisor import Supervisor
 from .config import Config, ConfigHolder
 from oracd_protocol.errors import LoadTimeout
 from . import fdbudget
 from .http.server import HttpFront, serve_http_api, stop_accepting as stop_http
 from .logs import get as get_logger
-from .metrics import serve_http
+from .metrics import Metrics, serve_http
+from .models.store import ModelStore
 from .notify import Notifier
 
 log = get_logger("oracd.serve")
@@ -75,6 +79,18 @@ def _unbind(cfg: Config, bound: Bound) -> None:
         os.close(bound.lock_fd)
 
 
+def build_app(holder: ConfigHolder) -> App:
+    """The App and its parts, wired: metrics read the App's state at scrape time and time every load."""
+    cfg = holder.cfg
+    supervisor = Supervisor(holder)
+    prom = Metrics(NAMES)
+    app = App(holder, ModelStore(cfg.models_dirs, cfg.llama.confine_model_links), supervisor,
+              ChildDoor(supervisor), ExtraServers(holder), prom)
+    prom.attach(app)
+    supervisor.on_ready = prom.load_seconds.observe
+    return app
+
+
 async def serve(cfg: Config) -> int:
     """Run oracd until SIGTERM/SIGINT.  Returns the process exit code."""
     t_start = time.monotonic()
@@ -84,14 +100,15 @@ async def serve(cfg: Config) -> int:
     except (StartupError, OSError) as exc:
         log.error("startup failed", error=str(exc))
         return 1
-    app = App(ConfigHolder(cfg))
+    app = build_app(ConfigHolder(cfg))
     srv = cfg.server
-    app.dispatcher = Dispatcher(app.methods(), app.prom.request, max_batch_items=srv.max_batch_items,
-                                log_rate=srv.request_log_rate, log_burst=srv.request_log_burst)
-    app.connections = conns = Connections(app.holder, app.dispatcher)
+    app.dispatcher = dispatcher = Dispatcher(app.methods(), app.prom.request, max_batch_items=srv.max_batch_items,
+                                             log_rate=srv.request_log_rate, log_burst=srv.request_log_burst)
+    app.connections = conns = Connections(app.holder, dispatcher)
     app.fds = fds
+    http: Optional[HttpFront] = None
     try:
-        app.http = HttpFront(app) if cfg.http.listen else None     # reads http.api_key_file
+        app.http = http = HttpFront(app) if cfg.http.listen else None     # reads http.api_key_file
     except StartupError as exc:
         log.error("startup failed", error=str(exc))
         _unbind(cfg, bound)
@@ -102,7 +119,7 @@ async def serve(cfg: Config) -> int:
         listener = await anyio.abc.SocketListener.from_socket(bound.sock)
         async with anyio.create_task_group() as tg:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                await _startup(app, tg)
+                await _startup(app, tg, http)
                 async with anyio.create_task_group() as conn_tg:    # connections outlive the acceptor
                     app.acceptor = acceptor = Acceptor(listener, conns.handle, conn_tg)
 
@@ -117,7 +134,7 @@ async def serve(cfg: Config) -> int:
                              event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
                     tg.start_soon(_heartbeat, app, notifier)
                     await _main_loop(app, tg, signals)
-                    await _stop_accepting(app, notifier, bound, listener, conns)
+                    await _stop_accepting(app, notifier, bound, listener, conns, http)
                     conns.abandoning = True      # what is still running gets -32009, not a closed connection
                     conn_tg.cancel_scope.cancel()
                 await _stop_child(app)
@@ -131,14 +148,14 @@ async def serve(cfg: Config) -> int:
     return exit_code
 
 
-async def _startup(app: App, tg: anyio.abc.TaskGroup) -> None:
+async def _startup(app: App, tg: anyio.abc.TaskGroup, http: Optional[HttpFront]) -> None:
     """Startup, step 2: the owners of the child and of the extra servers, then the preload."""
     await tg.start(app.supervisor.run)
     await tg.start(app.extra_servers.run)
     if app.cfg.server.metrics_listen:
         await tg.start(serve_http, app, app.prom, app.cfg.server.metrics_listen)
-    if app.http is not None:
-        await tg.start(serve_http_api, app.http)      # Ollama's and OpenAI's APIs ([http] listen)
+    if http is not None:
+        await tg.start(serve_http_api, http)      # Ollama's and OpenAI's APIs ([http] listen)
     if app.cfg.llama.preload and app.cfg.llama.default_model:
         await _preload(app)
     if app.active_default:
@@ -159,7 +176,8 @@ async def _main_loop(app: App, tg: anyio.abc.TaskGroup, signals: Any) -> None:
         return
 
 
-async def _stop_accepting(app: App, notifier: Notifier, bound: Bound, listener: Any, conns: Connections) -> None:
+async def _stop_accepting(app: App, notifier: Notifier, bound: Bound, listener: Any, conns: Connections,
+                          http: Optional[HttpFront]) -> None:
     """Shutdown, step 1: STOPPING=1, no new connections or work, in-flight requests get shutdown_grace."""
     notifier.stopping("stopping: finishing in-flight requests")
     app.accepting = False
@@ -170,8 +188,8 @@ async def _stop_accepting(app: App, notifier: Notifier, bound: Bound, listener: 
         await conns.idle.wait()
     if conns.tasks:
         log.warning("shutdown grace over, abandoning requests", pending=conns.tasks)
-    if app.http is not None:      # the HTTP listeners close; their requests share the same grace
-        await stop_http(app.http, max(0.0, app.cfg.server.shutdown_grace - (time.monotonic() - t0)))
+    if http is not None:      # the HTTP listeners close; their requests share the same grace
+        await stop_http(http, max(0.0, app.cfg.server.shutdown_grace - (time.monotonic() - t0)))
 
 
 async def _stop_child(app: App) -> None:
@@ -190,7 +208,7 @@ async def _preload(app: App) -> None:
             path = app.store.resolve(name)
             await app.check_loadable(path)
             with anyio.fail_after(cfg.llama.load_timeout + 5):
-                await app.supervisor.load(path.name, path)
+                await app.door.load(path.name, path)
         except TimeoutError:
             reason = LoadTimeout(f"load of {name} timed out after {cfg.llama.load_timeout + 5:g} seconds").message
             log.error("preload failed", model=name, error=reason)
@@ -227,7 +245,7 @@ async def _heartbeat(app: App, notifier: Notifier) -> None:
     while True:
         notifier.status(status_line(app))
         now = time.monotonic()
-        if interval and now - last_ping >= interval and app.supervisor.state != ChildState.SHUTDOWN:
+        if interval and now - last_ping >= interval and app.supervisor.snapshot.state != ChildState.SHUTDOWN:
             notifier.watchdog()
             last_ping = now
         await anyio.sleep(period)

@@ -22,23 +22,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, List, Optional, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 import aiohttp
 import anyio
 
 from ..child import exits
+from ..child.door import ChildDoor
 from ..child.failures import worker_lost
 from ..child.http import LlamaHTTPError
 from ..config import Config, Profile
+from ..config.sampling import bounds
 from .constraints import check_texts, request_constraint
 from oracd_protocol.errors import GenerationFailed, InvalidParams
 from ..logs import get as get_logger
 from oracd_protocol.schemas import COMMAND_SCHEMA, carries_template
 from .jsongrammar import try_compile
 
-if TYPE_CHECKING:
-    from ..child.supervisor import Supervisor
 
 log = get_logger("oracd.generate")
 _THINK = re.compile(r"<think>.*?(</think>\s*|$)", re.S)
@@ -58,7 +58,9 @@ def pick(sent: Any, profile: Any, default: Any) -> Any:
     return profile if profile is not None else default
 
 
-def check_range(name: str, value: float, lo: float, hi: float) -> None:
+def check_range(name: str, value: float) -> None:
+    """``value`` within the sampling table's range for ``name`` (``config/sampling.py``)."""
+    lo, hi = bounds(name)
     if not lo <= value <= hi:
         raise InvalidParams(f"{name} must be between {lo:g} and {hi:g}", f"{name}: got {value!r}")
 
@@ -130,10 +132,9 @@ def build_request(sent: Sent, prof: Profile, cfg: Config) -> Tuple[Dict[str, Any
     top_p = pick(sent.top_p, prof.top_p, 0.7)
     top_k = pick(sent.top_k, prof.top_k, 40)
     max_tokens = pick(sent.max_tokens, prof.max_tokens, cfg.llama.default_max_tokens)
-    check_range("temperature", temperature, 0, 10)
-    check_range("top_p", top_p, 0, 1)
-    check_range("top_k", top_k, 0, 100_000)
-    check_range("max_tokens", max_tokens, 1, 1_000_000)
+    for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
+                        ("max_tokens", max_tokens)):
+        check_range(name, value)
     if sent.prefill is not None and not sent.prefill:
         raise InvalidParams("prefill must not be empty (leave it out instead)", "prefill")
     # a request sends a built-in name or the constraint inline; files are a profile setting (constraints.py)
@@ -189,7 +190,7 @@ async def _ask(http: Any, body: Dict[str, Any], cfg: Config, on_delta: OnDelta) 
 Ask = Callable[[Any, OnDelta], Awaitable[Any]]
 
 
-async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg: Config,
+async def fetch(door: ChildDoor, path: Path, body: Dict[str, Any], cfg: Config,
                 on_delta: OnDelta = None, ask: Optional[Ask] = None) -> Any:
     """POST the chat completion; if llama-server died under us, retry once on the restarted one.
 
@@ -211,16 +212,16 @@ async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg:
         await on_delta(text)          # type: ignore[misc]
 
     for attempt in (1, 2):
-        async with supervisor.use(path.name, path) as child:
+        async with door.use(path.name, path) as child:
             try:
                 relayed = relay if on_delta is not None else None
                 data = await (ask(child.http, relayed) if ask is not None else _ask(child.http, body, cfg, relayed))
-                supervisor.generation_result(child, True)
+                door.generation_result(child, True)
                 return data
             except LlamaHTTPError as exc:
                 if exc.status == 400:
                     raise InvalidParams(f"llama-server rejected the request: {exc.message}") from None
-                if exc.status < 500 or not supervisor.generation_result(child, False):
+                if exc.status < 500 or not door.generation_result(child, False):
                     raise GenerationFailed(f"llama-server error {exc.status}: {exc.message}") from None
                 failure = f"llama-server is wedged (error {exc.status}: {exc.message}); it is being restarted"
             except (aiohttp.ClientError, OSError) as exc:
@@ -228,7 +229,7 @@ async def fetch(supervisor: "Supervisor", path: Path, body: Dict[str, Any], cfg:
                 # moment, so a crash is never counted as a wedge (which would mislabel the restart)
                 with anyio.move_on_after(0.5):
                     await child.exited.wait()
-                supervisor.generation_result(child, False)
+                door.generation_result(child, False)
                 failure = f"lost connection to llama-server ({type(exc).__name__})"
         with anyio.move_on_after(cfg.llama.health_timeout + cfg.llama.stop_grace):
             await child.exited.wait()     # let the supervisor see the exit (or kill it: wedged) before we ask again

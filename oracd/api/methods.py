@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Union
 import anyio
 
 from .. import config
+from ..child.door import ChildDoor
 from ..child.extra_servers import ExtraServers
 from ..child.supervisor import Supervisor
 from ..config import ConfigHolder, Profile, load_options_changed, plan_reload
@@ -34,6 +35,7 @@ from .deadline import Deadline
 from .fastforward import generate_json
 from .generate import Sent, build_request, check_range, fetch, strip_think
 from .jsonrpc import CallContext, Method, rpc_method
+from .appview import AcceptState, Described, DispatchCounts, OpenConnections
 from .status import SelfStatus, status_dict
 
 log = get_logger("oracd.methods")
@@ -42,31 +44,33 @@ NAMES = ("generate", "list_models", "quantize_model", "load_model", "unload_mode
 
 
 class App:
-    """What the methods share: the config holder, supervisor, model store, extra servers, counters."""
+    """The RPC method handlers, and what they share.  A container: ``serve.build_app`` builds the parts
+    (config holder, model store, supervisor, extra servers, metrics) and wires them; serve() attaches the
+    front door's parts that status reports on once they exist (they are built around the handlers)."""
 
-    def __init__(self, holder: ConfigHolder):
-        cfg = holder.cfg
+    def __init__(self, holder: ConfigHolder, store: ModelStore, supervisor: Supervisor, door: ChildDoor,
+                 extra_servers: ExtraServers, prom: Metrics):
         self.holder = holder
-        self.store = ModelStore(cfg.models_dirs, cfg.llama.confine_model_links)
-        self.supervisor = Supervisor(holder)
-        self.extra_servers = ExtraServers(holder)
+        self.store = store
+        self.supervisor = supervisor       # read: its snapshot, its memory and warm-up queries
+        self.door = door                   # ask: use, load, unload, prewarm, restart
+        self.extra_servers = extra_servers
+        self.prom = prom
         self.started = time.time()
         self.requests_in_flight = 0
         self.generations = 0
         self.accepting = True
-        self.active_default: str = cfg.llama.default_model    # a fallback model after a failed preload
+        self.active_default: str = holder.cfg.llama.default_model    # a fallback model after a failed preload
         self.fallback: Optional[Dict[str, Any]] = None
         self.quantizing: Optional[str] = None              # the output of the one quantize running now
         self.memory: Optional[Dict[str, Any]] = None   # the last memory check: required/available bytes
         self.self_status = SelfStatus()
-        self.prom = Metrics(NAMES)
-        self.prom.attach(self)
-        self.supervisor.on_ready = self.prom.load_seconds.observe
-        self.connections: Any = None         # set by serve(): the Connections registry (counts)
-        self.acceptor: Any = None            # set by serve(): the accept loop (status.accept)
-        self.fds: Optional[Dict[str, Any]] = None   # set by serve(): RLIMIT_NOFILE vs the budget (status.fds)
-        self.dispatcher: Any = None          # set by serve(): the Dispatcher (served/errors)
-        self.http: Any = None                # set by serve(): the HTTP front door (oracd/http/), if [http] listen
+        # the front door (status counts): attached by serve(), built around these handlers
+        self.dispatcher: Optional[DispatchCounts] = None     # served / errors
+        self.connections: Optional[OpenConnections] = None   # open connections
+        self.acceptor: Optional[AcceptState] = None          # accept failures
+        self.fds: Optional[Dict[str, Any]] = None            # RLIMIT_NOFILE vs the budget
+        self.http: Optional[Described] = None                # the HTTP APIs (oracd/http/), if [http] listen
 
     @property
     def cfg(self) -> config.Config:
@@ -160,7 +164,7 @@ class App:
                             body.get("n_predict", body.get("max_tokens")), prompt=body.get("prompt"),
                             messages=body.get("messages"), template_kwargs=body.get("chat_template_kwargs"),
                             on_delta=relay, use_fast_forward=out.fast_forward)
-                data = await fetch(self.supervisor, path, body, cfg, on_delta, ask)
+                data = await fetch(self.door, path, body, cfg, on_delta, ask)
         finally:
             self.requests_in_flight -= 1
         self.generations += 1
@@ -263,7 +267,7 @@ class App:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(report)
                 try:
-                    outcome["child"] = await self.supervisor.load(path.name, path)
+                    outcome["child"] = await self.door.load(path.name, path)
                 except OracError as exc:      # raised below, not as an exception group of the task group
                     outcome["error"] = exc
                 tg.cancel_scope.cancel()
@@ -278,7 +282,7 @@ class App:
                             lambda s: UnloadTimeout(f"unload timed out after {s:g} seconds"))
         previous = self.supervisor.model
         with deadline.scope():
-            await self.supervisor.unload()
+            await self.door.unload()
         return {"unloaded": previous, "state": self.supervisor.state.value}
 
     async def prewarm(self, ctx: CallContext, *, model: Optional[str] = None, prefix: Optional[str] = None,
@@ -318,7 +322,7 @@ class App:
                             lambda s: LoadTimeout(f"prewarm of {path.name} timed out after {s:g} seconds"))
         await self.check_loadable(path)
         with deadline.scope():
-            report = await self.supervisor.prewarm(path.name, path, target, persist)
+            report = await self.door.prewarm(path.name, path, target, persist)
         return {"model": path.name, "persisted": persist,
                 **report.as_dict(self.supervisor.warmer.store, self.supervisor.warmer.counts)}
 
@@ -341,9 +345,8 @@ class App:
         ``llama.extra_servers_keyless``; at most ``llama.max_extra_servers`` run at once."""
         self._check_accepting()
         require_admin(self.cfg, ctx.peer, "start_server")
-        check_range("temperature", temperature, 0, 10)
-        check_range("top_p", top_p, 0, 1)
-        check_range("top_k", top_k, 0, 100_000)
+        for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k)):
+            check_range(name, value)
         path = self.store.resolve(model)
         await self.check_loadable(path, replaces_child=False)
         return await self.extra_servers.start(path, host, port, temperature, top_p, top_k,
@@ -381,7 +384,7 @@ class App:
         loaded = self.supervisor.model
         restart = load_options_changed(current, applied, loaded)
         if restart:
-            self.supervisor.request_restart("profile load options changed")
+            self.door.request_restart("profile load options changed")
         log.info("config reloaded", profiles=len(applied.profiles), restart=restart, ignored=ignored)
         return {"profiles": sorted(applied.profiles), "restarted": restart, "ignored_sections": ignored}
 

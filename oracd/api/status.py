@@ -1,18 +1,17 @@
-"""What ``status`` answers, and the one-line STATUS= that systemd shows: read-only views of the App."""
+"""What ``status`` answers, and the one-line STATUS= that systemd shows: read-only views of the App
+(``appview.AppView``) and of the supervisor's snapshot."""
 from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import Any, Dict, Optional
 
 import psutil
 
 from .. import __version__, logs
 from ..child.states import ChildState
 from ..procinfo import RssSampler
-
-if TYPE_CHECKING:
-    from .methods import App
+from .appview import AppView
 
 class SelfStatus:
     """What status reports about oracd itself, cheaply: its RSS (read at most once a second) and the parts
@@ -37,7 +36,7 @@ class SelfStatus:
         return self._static
 
 
-def status_dict(app: "App") -> Dict[str, Any]:
+def status_dict(app: AppView) -> Dict[str, Any]:
     cfg, d = app.cfg, app.dispatcher
     static = app.self_status.static(cfg)
     return {
@@ -66,16 +65,16 @@ def status_dict(app: "App") -> Dict[str, Any]:
     }
 
 
-def status_line(app: "App") -> str:
+def status_line(app: AppView) -> str:
     """systemd's STATUS=: what `systemctl status oracd` shows."""
-    sup = app.supervisor
-    st = sup.state
+    snap = app.supervisor.snapshot
+    st = snap.state
     if st == ChildState.READY:
-        return f"ready: model {sup.model}, {app.requests_in_flight} requests in flight"
+        return f"ready: model {snap.model}, {app.requests_in_flight} requests in flight"
     if st in (ChildState.STARTING, ChildState.STOPPING):
-        return f"{st.value}: model {sup.model or ''}".rstrip()
+        return f"{st.value}: model {snap.model or ''}".rstrip()
     if st == ChildState.BACKOFF:
-        return f"backoff: llama-server restarting after {sup.consecutive_failures} failure(s)"
+        return f"backoff: llama-server restarting after {snap.consecutive_failures} failure(s)"
     if st == ChildState.FAILED:
-        return f"idle: last load failed: {(sup.last_error or {}).get('message', '')}"[:200]
+        return f"idle: last load failed: {(snap.last_error or {}).get('message', '')}"[:200]
     return f"idle: no model loaded, {app.requests_in_flight} requests in flight"

@@ -41,6 +41,7 @@ class Child:
         self.ps: Optional[psutil.Process] = None
         self.oom_baseline: Optional[int] = None   # the cgroup's oom_kill count when it started
         self.wedge: Any = None                    # its WedgeDetector (5xx streaks on generations)
+        self.watchdog: Any = None                 # its Watchdog (probes), from READY on
         self.ctx_fit: Optional[dict] = None       # set when fit_ctx started it with a smaller context
         self.swa: Any = None                      # its sliding-window cache mode (swa.SwaPlan), if it has one
 

@@ -100,7 +100,7 @@ class ManagedProcess:
         self.tail: Deque[str] = deque(maxlen=tail)
         self.exited = anyio.Event()
         self.returncode: Optional[int] = None
-        self.on_line = on_line              # may be set after spawn: output is read only once watch() runs
+        self.on_line = on_line              # may be set after spawn: output is read only once wait_and_drain() runs
 
     @classmethod
     async def spawn(cls, cmd: Sequence[str], *, env: Optional[Mapping[str, str]] = None,
@@ -140,7 +140,7 @@ class ManagedProcess:
 
     async def stop(self, grace: float, first: int = signal.SIGTERM) -> Optional[int]:
         """SIGTERM the group, wait ``grace``, then SIGKILL (``first=SIGKILL`` skips the polite step).
-        Returns the signal that ended it, or None if it was already gone.  Needs ``watch`` running."""
+        Returns the signal that ended it, or None if it was already gone.  Needs ``wait_and_drain`` running."""
         if self.exited.is_set():
             return None
         for sig, wait in stop_steps(grace):

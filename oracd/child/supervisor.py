@@ -1,17 +1,24 @@
 """The one warm llama-server, owned by one task: where the child is started, restarted and swapped.
 
 Only the owner loop (``Supervisor.run`` -> ``_loop``) starts, stops, restarts or
-swaps the child and moves its state (``states.py``, which rejects illegal moves).
-Requests never touch the process.  They post what they want into the owner's
-inbox (``use``, ``load``, ``unload``, ``request_restart``) and wait on a ticket
-that the owner resolves with the child to use, or with the error that ends the
-wait.  Their deadline is their own, one clock per request (``api/deadline.py``);
-waiting here has none.
+swaps the child and writes its state (``states.py`` rejects illegal moves).
+Requests never touch the process or that state.  They post what they want into
+the owner's inbox (``use``, ``load``, ``unload``, ``prewarm``, ``request_restart``)
+and wait on a ticket that the owner resolves with the child to use, or with the
+error that ends the wait; a request using the child holds a lease
+(``tickets.py``).  The owner takes the inbox in at one place (``_events``).
+Their deadline is their own, one clock per request (``api/deadline.py``);
+waiting here has none.  Everyone else reads ``snapshot``, an immutable
+``ChildSnapshot`` the owner replaces on every change.
 
 The decisions are pure and live next door: which model runs next
 (``swap_queue``), how long to back off and when to fail fast (``backoff``),
-whether the child is hung (``hang``, driven by ``watchdog``), and what a load
-failure means (``failures``).
+whether the child is hung (``hang``, asked by the ``watchdog``'s probes), and
+what a load failure means (``failures``).
+
+A start is a sequence of steps, one job each (``_start``): plan the launch
+(binary, RPC pre-flight, memory fit, endpoint, command), spawn, adopt (pidfile,
+OOM baseline, wedge detector, reaper), wait for /health, warm up, READY.
 
 Where is the child restarted?  ``_on_child_lost`` (crash, hang kill) puts it in
 backoff; ``_loop`` starts it again when the delay is over ("no child" branch).
@@ -23,9 +30,9 @@ import os
 import signal
 import time
 from collections import deque
-from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Deque, Dict, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import anyio
 import anyio.abc
@@ -42,12 +49,15 @@ from . import exits
 from .backoff import BackoffPolicy
 from .command import build_command, child_env, find_binary, make_endpoint
 from .failures import classify_load_failure, load_retry_due, telling_line, worker_lost
+from .http import LlamaEndpoint
 from .instance import Child, log_child_line
 from .pidfile import prepare_runtime_dir, reap_orphan, remove_pidfile, write_pidfile
 from .process import ManagedProcess
 from .readiness import TIMED_OUT, wait_healthy
+from .snapshot import ChildSnapshot, frozen_map, plain
 from .states import ChildState, check_transition
 from .swap_queue import SwapQueue
+from .watchdog import Watchdog
 from .wedge import WedgeDetector
 from .tickets import Ticket, TicketsAndLeases
 from .kvstore import KVStore
@@ -58,23 +68,37 @@ log = get_logger("oracd.supervisor")
 ABANDONED = "abandoned"     # a health wait ended because another model is wanted now, or oracd stops
 
 
+@dataclass(frozen=True)
+class Launch:
+    """What a start runs: decided before anything is spawned, so a refusal costs nothing."""
+    name: str
+    path: Path
+    binary: str
+    workers: Tuple[str, ...]
+    swa: Any                                  # swa.SwaPlan, or None for a model without sliding windows
+    ctx_fit: Optional[Dict[str, Any]]         # set when fit_ctx starts it with a smaller context
+    endpoint: LlamaEndpoint
+    cmd: List[str]
+
+
 class Supervisor:
     """Owns the llama-server child; see the module docstring."""
 
     def __init__(self, holder: ConfigHolder):
         self.holder = holder
-        self.state = ChildState.STOPPED
-        self.child: Optional[Child] = None
-        self.restarts = 0
-        self.restart_reasons: Dict[str, int] = {}     # crash, hang, wedged, out_of_memory, load_failed, ...
-        self.loads = 0
-        self.consecutive_failures = 0
-        self.last_error: Optional[Dict[str, Any]] = None
-        self.last_exit: Optional[Dict[str, Any]] = None
+        # the owner's working state: written and read by the owner task only; others read ``snapshot``
+        self._state = ChildState.STOPPED
+        self._child: Optional[Child] = None
+        self._restarts = 0
+        self._restart_reasons: Dict[str, int] = {}     # crash, hang, wedged, out_of_memory, load_failed, ...
+        self._loads = 0
+        self._consecutive_failures = 0
+        self._last_error: Optional[Dict[str, Any]] = None
+        self._last_exit: Optional[Dict[str, Any]] = None
         cfg = holder.cfg
         store = KVStore(cfg.llama.kv_cache_dir, cfg.llama.kv_cache_max_mb * 2 ** 20) if cfg.llama.warm_restore else None
         self.warmer = Warmer(store)
-        self.warm = WarmReport()
+        self._warm = WarmReport()
         self.rpc = RpcWorkers(holder)
         self.finished = anyio.Event()             # set when run() has stopped the child for good
         self._queue = SwapQueue()
@@ -88,13 +112,15 @@ class Supervisor:
         self._load_retried = False            # a fresh load killed from outside was retried once already
         self._kill_request: Optional[Tuple[Child, str, str]] = None   # (child, reason, why): the owner kills it
         self.default: Optional[Tuple[str, Path]] = None                # the active default model (return to it)
-        self.last_busy = time.monotonic()                              # when a request last held or wanted the child
+        self._last_wanted = time.monotonic()                           # when a request last wanted the child
         self.keep_alive: Dict[str, float] = {}   # model -> idle seconds before the default returns (HTTP keep_alive)
         self.cgroup_dir = cfg.llama.cgroup_dir or own_cgroup_dir()
         self.on_ready: Optional[Callable[[float], None]] = None      # load seconds, for the metrics
         self._shutdown = False
         self._tg: Optional[anyio.abc.TaskGroup] = None
         self._rss = RssSampler()
+        self.snapshot = ChildSnapshot()          # what others read; replaced by the owner (``_publish``)
+        self._publish()
 
     @property
     def policy(self) -> BackoffPolicy:
@@ -102,15 +128,33 @@ class Supervisor:
         return BackoffPolicy(l.restart_backoff_initial, l.restart_backoff_max, l.restart_backoff_reset,
                              l.crash_loop_threshold)
 
-    # ------------------------------------------------------------------ queries (any task)
+    # ------------------------------------------------------------------ queries (any task): the snapshot
+    def _publish(self) -> None:
+        """Owner side: replace the snapshot with the working state as it is now."""
+        child = self._child
+        self.snapshot = ChildSnapshot(
+            state=self._state, model=child.model if child else None, wanted_model=self._queue.current,
+            child=child, restarts=self._restarts, restarts_by_reason=frozen_map(self._restart_reasons),
+            loads=self._loads, consecutive_failures=self._consecutive_failures,
+            last_error=frozen_map(self._last_error), last_exit=frozen_map(self._last_exit),
+            backoff_until=self._backoff_until, warm=self._warm, warm_counts=frozen_map(self.warmer.counts))
+
+    @property
+    def state(self) -> ChildState:
+        return self.snapshot.state
+
     @property
     def model(self) -> Optional[str]:
-        return self.child.model if self.child else None
+        return self.snapshot.model
+
+    @property
+    def child(self) -> Optional[Child]:
+        return self.snapshot.child
 
     @property
     def wanted_model(self) -> Optional[str]:
         """The model the child should run now (loading, or about to be)."""
-        return self._queue.current
+        return self.snapshot.wanted_model
 
     @property
     def in_flight(self) -> int:
@@ -122,123 +166,79 @@ class Supervisor:
         return len(self._claims.tickets)
 
     def status(self) -> Dict[str, Any]:
-        child = self.child
+        """status.child: the snapshot, plus what moves on its own (RSS, uptime, backoff left, in flight)."""
+        snap = self.snapshot
+        child, model = snap.child, snap.model
         cfg = self.holder.cfg
+        warm = snap.warm
         st: Dict[str, Any] = {
-            "state": self.state.value, "model": self.model, "wanted_model": self._queue.current,
-            "pid": child.pid if child else None, "restarts": self.restarts, "loads": self.loads,
-            "restarts_by_reason": dict(self.restart_reasons),
-            "consecutive_failures": self.consecutive_failures, "in_flight": self._claims.in_flight,
+            "state": snap.state.value, "model": model, "wanted_model": snap.wanted_model,
+            "pid": child.pid if child else None, "restarts": snap.restarts, "loads": snap.loads,
+            "restarts_by_reason": dict(snap.restarts_by_reason),
+            "consecutive_failures": snap.consecutive_failures, "in_flight": self._claims.in_flight,
             "endpoint": child.endpoint.describe() if child else None,
-            "last_error": self.last_error, "last_exit": self.last_exit,
-            "profile": self.model if self.model in cfg.profiles else None,
-            "warmup_ms": self.warm.ms if self.warm.how != "none" else None,
-            "warm": self.warm.as_dict(self.warmer.store, self.warmer.counts),
+            "last_error": plain(snap.last_error), "last_exit": plain(snap.last_exit),
+            "profile": model if model in cfg.profiles else None,
+            "warmup_ms": warm.ms if warm.how != "none" else None,
+            "warm": warm.as_dict(self.warmer.store, snap.warm_counts),
             "ctx_fit": child.ctx_fit if child else None,
         }
         if child and child.returncode is None:
             ps = child.psutil()
             st["rss_bytes"] = self._rss.rss(ps) if ps is not None else None
             st["uptime_s"] = round(time.monotonic() - child.started_at, 3)
-        if self.state == ChildState.BACKOFF:
-            st["retry_in_s"] = round(max(0.0, self._backoff_until - time.monotonic()), 3)
-        rpc = self.rpc.status(self.model or self._queue.current, child.rpc_workers if child else ())
+        if snap.state == ChildState.BACKOFF:
+            st["retry_in_s"] = round(max(0.0, snap.backoff_until - time.monotonic()), 3)
+        rpc = self.rpc.status(model or snap.wanted_model, child.rpc_workers if child else ())
         if rpc is not None:
             st["rpc"] = rpc
         return st
 
-    # ------------------------------------------------------------------ requests' side: post, then wait
-    def _post(self, kind: str, item: Any = None) -> None:
+    # ------------------------------------------------------------------ the door's side (door.py): post, hold a lease
+    def post(self, kind: str, item: Any = None) -> None:
+        """Leave ``item`` in the owner's inbox and wake it ("want", "leave", "restart", "kill", "warmed")."""
         self._inbox.append((kind, item))
         self._kick.set()
 
+    @property
+    def leases(self) -> TicketsAndLeases:
+        """The in-flight leases on the child (requests take and release them; a swap waits for them)."""
+        return self._claims
+
+    def pending(self) -> bool:
+        """Is something posted that the owner has not taken in yet?"""
+        return bool(self._inbox)
+
+    @property
+    def stopping(self) -> bool:
+        """oracd is shutting down: no new waits."""
+        return self._shutdown
+
     def child_rss(self) -> int:
         """What the running child holds (and frees when it is replaced), in bytes."""
-        ps = self.child.psutil() if self.child is not None else None
+        child = self.snapshot.child
+        ps = child.psutil() if child is not None else None
         return (self._rss.rss(ps) or 0) if ps is not None else 0
-
-    def ready_child(self, name: str) -> Optional[Child]:
-        """The warm child if it serves ``name`` right now and nothing is pending (the fast path)."""
-        c = self.child
-        if (self.state is ChildState.READY and c is not None and c.model == name and c.returncode is None
-                and self._queue.current == name and not self._inbox):
-            return c
-        return None
-
-    async def _wait(self, ticket: Ticket) -> Optional[Child]:
-        if self._shutdown:
-            raise ShuttingDown()
-        self._post("want", ticket)
-        try:
-            await ticket.done.wait()
-        except BaseException:            # the request gave up (its deadline, its client hung up)
-            if not ticket.done.is_set():
-                self._post("leave", ticket)
-            elif ticket.lease and ticket.child is not None:
-                self._claims.release()
-            raise
-        if ticket.error is not None:
-            raise ticket.error
-        return ticket.child
-
-    @asynccontextmanager
-    async def use(self, name: str, path: Path) -> AsyncIterator[Child]:
-        """Hold the child serving ``name`` for one request; a swap waits until such holds end."""
-        child = self.ready_child(name)
-        if child is not None:
-            self._claims.acquire()
-        else:
-            child = await self._wait(Ticket(name, path, lease=True))
-        assert child is not None
-        try:
-            yield child
-        finally:
-            self._claims.release()
-            self.last_busy = time.monotonic()
-
-    async def load(self, name: str, path: Path) -> Child:
-        """Wait until ``name`` is ready; its load failure (after this call) is raised."""
-        child = await self._wait(Ticket(name, path))
-        assert child is not None
-        return child
-
-    async def unload(self) -> None:
-        """Stop the child; returns once it is stopped."""
-        await self._wait(Ticket(None))
-
-    async def prewarm(self, name: str, path: Path, target: Dict[str, Any], persist: bool = True) -> WarmReport:
-        """Warm ``name``'s slots with ``target`` now, and (``persist``) after every later load (it is
-        remembered, on disk when warm restore is on): a request holding the child, not an owner step, so swaps
-        wait for it."""
-        if persist:
-            await anyio.to_thread.run_sync(self.warmer.remember, name, target)
-        path = Path(os.fspath(path))
-        async with self.use(name, path) as child:
-            meta = await anyio.to_thread.run_sync(header, path)
-            self.warm = await self.warmer.warm(child.http, self.holder.cfg, path, child.binary, child.cmd, meta,
-                                               target, explicit=True, name=name, swa=child.swa)
-        return self.warm
 
     def restores(self, name: str) -> bool:
         """Would a load of ``name`` warm its slots from a saved cache (warm restore on, something to warm)?"""
         return self.warmer.store is not None and \
             warm_target(self.holder.cfg, name, self.warmer.targets.get(name)) is not None
 
-    def request_restart(self, why: str) -> None:
-        """Restart the warm model (same model, new load options), e.g. after a profile reload."""
-        self._post("restart", why)
-
     def shutdown(self) -> None:
         self._shutdown = True
         self._kick.set()
 
     # ------------------------------------------------------------------ owner side: the inbox and tickets
-    def apply_inbox(self) -> None:
-        """Take in what requests posted, then resolve every ticket the current state can answer."""
+    async def _events(self, timeout: float = math.inf) -> None:
+        """The one place the owner takes in what requests posted: wait up to ``timeout`` for a post, a child's
+        exit or shutdown (0: do not wait), then apply the inbox and resolve every ticket the state can answer."""
+        if timeout > 0:
+            await self._wait_kick(timeout)
         while self._inbox:
             kind, item = self._inbox.popleft()
             if kind == "want":
-                self.last_busy = time.monotonic()
+                self._last_wanted = time.monotonic()
                 self._claims.add(item)
                 if item.model is None:
                     dropped = self._queue.current
@@ -257,7 +257,12 @@ class Supervisor:
                 self._restart_why = item
             elif kind == "kill":
                 self._kill_request = item
+            elif kind == "warmed":
+                child, report = item
+                if child is self._child:
+                    self._warm = report
         self._settle_tickets()
+        self._publish()
 
     def _resolve(self, match: Callable[[Ticket], bool], child: Optional[Child] = None,
                  error: Optional[OracError] = None) -> None:
@@ -268,23 +273,18 @@ class Supervisor:
             self._resolve(lambda t: True, error=ShuttingDown())
             self._claims.resolve_unloads()
             return
-        child, current = self.child, self._queue.current
-        if self.state is ChildState.READY and child is not None and child.returncode is None \
+        child, current = self._child, self._queue.current
+        if self._state is ChildState.READY and child is not None and child.returncode is None \
                 and child.model == current:
             self._resolve(lambda t: t.model == current, child=child)
-        elif self.state is ChildState.BACKOFF and current and self.policy.fail_fast(self.consecutive_failures):
+        elif self._state is ChildState.BACKOFF and current and self.policy.fail_fast(self._consecutive_failures):
             err = ServerUnavailable(
-                f"llama-server for {current} is in a crash loop ({self.consecutive_failures} failures); "
+                f"llama-server for {current} is in a crash loop ({self._consecutive_failures} failures); "
                 f"next attempt in {max(0.0, self._backoff_until - time.monotonic()):.1f}s",
-                {"last_error": self.last_error, "last_exit": self.last_exit})
+                {"last_error": self._last_error, "last_exit": self._last_exit})
             self._resolve(lambda t: t.model == current, error=err)
 
-    def must_act(self, child: Child) -> bool:
-        """Does the owner have to leave READY for ``child`` (exit, swap, unload, restart, shutdown)?"""
-        return (self._shutdown or child.returncode is not None or self._queue.current != child.model
-                or self._restart_why is not None or self._kill_request is not None or self._queue.swap_due())
-
-    async def wait_kick(self, timeout: float = math.inf) -> None:
+    async def _wait_kick(self, timeout: float = math.inf) -> None:
         with anyio.move_on_after(timeout):
             await self._kick.wait()
         if self._kick.is_set():
@@ -292,11 +292,14 @@ class Supervisor:
 
     # ------------------------------------------------------------------ the owner task
     def _set_state(self, state: ChildState, **info: Any) -> None:
-        if state == self.state and not info:
+        """Move the state (``states.check_transition`` refuses an illegal move) and publish the snapshot."""
+        if state == self._state and not info:
+            self._publish()
             return
-        check_transition(self.state, state)
-        prev, self.state = self.state, state
-        info.setdefault("model", self.model or self._queue.current)
+        check_transition(self._state, state)
+        prev, self._state = self._state, state
+        info.setdefault("model", (self._child.model if self._child else None) or self._queue.current)
+        self._publish()
         log.info("child state", state=state.value, previous=prev.value, **info)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
@@ -322,42 +325,43 @@ class Supervisor:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                if self.child is not None:
+                if self._child is not None:
                     await self._stop_child("shutdown")
                 self._set_state(ChildState.SHUTDOWN)
                 self._settle_tickets()
                 self.finished.set()
 
     async def _loop(self) -> None:
-        from .watchdog import watch    # watchdog reads supervisor internals; import at use avoids a cycle
+        """The one loop of the owner: take in what was posted, then one step for the state the child is in."""
         while True:
-            self.apply_inbox()
+            await self._events(0)
             if self._shutdown:
-                if self.child is not None:
+                if self._child is not None:
                     await self._drain(self.holder.cfg.server.shutdown_grace)
                     await self._stop_child("shutdown")
                 return
             moved_from = self._queue.current
             if self._queue.advance() is not None:
                 log.info("swap requested", model=self._queue.current, previous=moved_from)
-            want, child = self._queue.current, self.child
+            want, child = self._queue.current, self._child
             if want != self._want_seen:
                 self._want_seen = want
                 if want is not None:      # another model (or the same after an unload): a clean slate
-                    self._backoff_until, self.consecutive_failures = 0.0, 0
+                    self._backoff_until, self._consecutive_failures = 0.0, 0
                     self._load_retried = False
+            self._publish()
             if child is None:
                 self._claims.resolve_unloads()
                 if want is None:
-                    if self.state not in (ChildState.STOPPED, ChildState.FAILED):
+                    if self._state not in (ChildState.STOPPED, ChildState.FAILED):
                         self._set_state(ChildState.STOPPED)
-                    await self.wait_kick()
+                    await self._events()
                     continue
                 wait = self._backoff_until - time.monotonic()
                 if wait > 0:
-                    if self.state is not ChildState.BACKOFF:
+                    if self._state is not ChildState.BACKOFF:
                         self._set_state(ChildState.BACKOFF, retry_in_s=round(wait, 3))
-                    await self.wait_kick(wait)
+                    await self._events(wait)
                     continue
                 await self._start(want)
                 continue
@@ -372,88 +376,160 @@ class Supervisor:
                 target, reason, why = self._kill_request
                 self._kill_request = None
                 if target is child:
-                    await self.kill(child, reason, why)
+                    await self._kill(child, reason, why)
                 continue
             if self._restart_why:
                 why, self._restart_why = self._restart_why, None
                 await self._drain(self.holder.cfg.llama.swap_drain_timeout)
                 await self._stop_child(why)
                 continue
-            await watch(self, child)
+            await self._tend(child)
+
+    async def _tend(self, child: Child) -> None:
+        """READY with nothing asked of it: give way to the default model when idle long enough; else wait for
+        the next probe (a post or the child's exit wakes the loop sooner, without moving the schedule), then
+        probe, and kill a hung child or one that lost an RPC worker."""
+        now = time.monotonic()
+        back_at = self.return_to_default_at(child)
+        if back_at is not None and now >= back_at and self.in_flight == 0:
+            self._return_to_default()
+            return
+        watchdog = child.watchdog
+        if now < watchdog.next_probe:
+            wake = watchdog.next_probe if back_at is None else min(watchdog.next_probe, max(back_at, now + 0.05))
+            await self._events(wake - now)
+            return
+        probe = await watchdog.probe(self.in_flight)
+        if child.returncode is not None:
+            return
+        if probe.answered:
+            self._reset_failures_if_healthy(child)
+        if probe.kill is not None:
+            await self._kill(child, *probe.kill)
 
     async def _drain(self, timeout: float) -> None:
         if self._claims.in_flight:
             log.info("waiting for in-flight requests", in_flight=self._claims.in_flight, timeout_s=timeout)
             await self._claims.drain(timeout)
 
+    # ------------------------------------------------------------------ STARTING, one step per job
     async def _start(self, name: str) -> None:
-        """STARTING: spawn llama-server for ``name``, wait for /health 200, warm it up: READY."""
-        assert self._tg is not None
-        cfg, fresh, path = self.holder.cfg, self._queue.never_ready, self._paths[name]
+        """STARTING: plan the launch, spawn llama-server for ``name``, wait for /health 200, warm it up: READY."""
+        fresh = self._queue.never_ready
         self._set_state(ChildState.STARTING, model=name)
         t0 = time.monotonic()
         try:
-            binary = find_binary(cfg.llama.server_bin)
-            workers, rpc_error = await self.rpc.plan(name)
-            if rpc_error:
-                raise ModelLoadFailed(f"cannot load {name}: {rpc_error}", {"reason": "rpc_worker_down", "workers": [
-                    self.rpc.checks[a].as_dict() for a in workers if a in self.rpc.checks]})
-            swa = await anyio.to_thread.run_sync(plan_for_start, cfg, name, path, self.cgroup_dir, self.restores(name))
-            swa_full = swa is not None and swa.full
-            ctx_fit = await anyio.to_thread.run_sync(context_for_start, cfg, name, path, self.cgroup_dir, swa_full)
-            endpoint = await make_endpoint(cfg, binary)
-            store = self.warmer.store
-            cmd = build_command(cfg, binary, path, endpoint, workers, store.dir if store is not None else None,
-                                ctx_size=ctx_fit["ctx_size"] if ctx_fit else None, swa_full=swa_full, name=name)
-            proc = await ManagedProcess.spawn(cmd, env=child_env(endpoint, cfg.llama.child_env))
+            launch = await self._plan_launch(name)
+            child = await self._spawn(launch)
         except OracError as exc:
             self._load_failed(name, exc, fresh)
             return
         except OSError as exc:
             self._load_failed(name, ModelLoadFailed(f"cannot start llama-server: {exc}", {"reason": "spawn"}), fresh)
             return
-        proc.on_line = lambda stream, line: log_child_line(proc.pid, stream, line)
-        child = self.child = Child(proc, name, endpoint, cfg.llama.parallel, workers, path, binary, cmd)
-        child.ctx_fit, child.swa = ctx_fit, swa
-        self.loads += 1
-        write_pidfile(cfg, proc.pid)
-        log.info("child spawned", pid=proc.pid, cmd=" ".join(cmd))
-        child.oom_baseline = oom_kills(self.cgroup_dir)
-        child.wedge = WedgeDetector(cfg.llama.wedge_threshold, cfg.llama.wedge_window)
-        self._tg.start_soon(contained, "reaping llama-server", self._reap, child)
+        self._adopt(child)
         err = await self._wait_healthy(child)
         if err is None and child.returncode is None and self._queue.current == name and not self._shutdown:
-            meta = await anyio.to_thread.run_sync(header, path)
-            self.warm = await self.warmer.warm(child.http, cfg, path, binary, cmd, meta,
-                                               self.warmer.targets.get(name), name=name, swa=swa)
+            await self._warm_up(child)
             if child.returncode is not None:   # died during warm-up: a crash like any other, its waiters stay
                 self._on_child_lost(child)
                 return
-            if workers:   # status shows the connections from the start, not from the first health tick
-                await anyio.to_thread.run_sync(self.rpc.lost, proc.pid, workers)
-            child.ready_at = time.monotonic()
-            self._queue.served()
-            self._load_retried = False
-            self.last_error = None
-            self._set_state(ChildState.READY, pid=proc.pid, load_s=round(child.ready_at - t0, 3))
-            if self.on_ready is not None:
-                self.on_ready(child.ready_at - t0)
-            self._settle_tickets()
+            await self._become_ready(child, t0)
             return
         if err is None:  # aborted: unloaded meanwhile, or we are shutting down
             log.info("start aborted", model=name, why="shutdown" if self._shutdown else "unloaded")
             await self._stop_child("start aborted")
             return
+        await self._start_failed(child, err, fresh)
+
+    async def _plan_launch(self, name: str) -> Launch:
+        """What to start: the binary, the RPC workers that answer, the memory fit, the endpoint, the command."""
+        cfg, path = self.holder.cfg, self._paths[name]
+        binary = find_binary(cfg.llama.server_bin)
+        workers = await self._rpc_preflight(name)
+        swa, ctx_fit = await self._fit_memory(name, path)
+        endpoint = await make_endpoint(cfg, binary)
+        store = self.warmer.store
+        cmd = build_command(cfg, binary, path, endpoint, workers, store.dir if store is not None else None,
+                            ctx_size=ctx_fit["ctx_size"] if ctx_fit else None,
+                            swa_full=swa is not None and swa.full, name=name)
+        return Launch(name, path, binary, workers, swa, ctx_fit, endpoint, cmd)
+
+    async def _rpc_preflight(self, name: str) -> Tuple[str, ...]:
+        """The RPC workers ``name`` runs on, all of them answering (or none, with rpc_fallback_local)."""
+        workers, rpc_error = await self.rpc.plan(name)
+        if rpc_error:
+            raise ModelLoadFailed(f"cannot load {name}: {rpc_error}", {"reason": "rpc_worker_down", "workers": [
+                self.rpc.checks[a].as_dict() for a in workers if a in self.rpc.checks]})
+        return workers
+
+    async def _fit_memory(self, name: str, path: Path) -> Tuple[Any, Optional[Dict[str, Any]]]:
+        """The sliding-window cache mode and the context that fit in memory (``fit_ctx``); header reads in a
+        thread."""
+        cfg = self.holder.cfg
+        swa = await anyio.to_thread.run_sync(plan_for_start, cfg, name, path, self.cgroup_dir, self.restores(name))
+        swa_full = swa is not None and swa.full
+        ctx_fit = await anyio.to_thread.run_sync(context_for_start, cfg, name, path, self.cgroup_dir, swa_full)
+        return swa, ctx_fit
+
+    async def _spawn(self, launch: Launch) -> Child:
+        """Start the process; its output goes to oracd's log."""
+        cfg = self.holder.cfg
+        proc = await ManagedProcess.spawn(launch.cmd, env=child_env(launch.endpoint, cfg.llama.child_env))
+        proc.on_line = lambda stream, line: log_child_line(proc.pid, stream, line)
+        child = Child(proc, launch.name, launch.endpoint, cfg.llama.parallel, launch.workers, launch.path,
+                      launch.binary, launch.cmd)
+        child.ctx_fit, child.swa = launch.ctx_fit, launch.swa
+        return child
+
+    def _adopt(self, child: Child) -> None:
+        """The spawned process becomes the owner's child: counted, its pidfile written, the OOM-kill baseline
+        taken (to name a kernel kill later), its wedge detector armed, and a task reaping it."""
+        assert self._tg is not None
+        cfg = self.holder.cfg
+        self._child = child
+        self._loads += 1
+        write_pidfile(cfg, child.pid)
+        log.info("child spawned", pid=child.pid, cmd=" ".join(child.cmd))
+        child.oom_baseline = oom_kills(self.cgroup_dir)
+        child.wedge = WedgeDetector(cfg.llama.wedge_threshold, cfg.llama.wedge_window)
+        self._tg.start_soon(contained, "reaping llama-server", self._reap, child)
+        self._publish()
+
+    async def _warm_up(self, child: Child) -> None:
+        """Put the model's warm target into every slot: restored from the KV cache dir, or prefilled."""
+        meta = await anyio.to_thread.run_sync(header, child.path)
+        self._warm = await self.warmer.warm(child.http, self.holder.cfg, child.path, child.binary, child.cmd, meta,
+                                           self.warmer.targets.get(child.model), name=child.model, swa=child.swa)
+        self._publish()
+
+    async def _become_ready(self, child: Child, t0: float) -> None:
+        """READY: the watchdog starts, the failure slate is wiped, and the waiters get the child."""
+        if child.rpc_workers:   # status shows the connections from the start, not from the first health tick
+            await anyio.to_thread.run_sync(self.rpc.lost, child.pid, child.rpc_workers)
+        child.ready_at = time.monotonic()
+        child.watchdog = Watchdog(self.holder.cfg.llama, self.rpc, child)
+        self._queue.served()
+        self._load_retried = False
+        self._last_error = None
+        self._set_state(ChildState.READY, pid=child.pid, load_s=round(child.ready_at - t0, 3))
+        if self.on_ready is not None:
+            self.on_ready(child.ready_at - t0)
+        self._settle_tickets()
+
+    async def _start_failed(self, child: Child, err: OracError, fresh: bool) -> None:
+        """The spawned child did not become healthy: retry once if it was killed from outside while loading,
+        else stop it and fail the load (``_load_failed``)."""
         if child.returncode is not None:
             if fresh and load_retry_due(child.returncode, child.killed_for, self._load_retried):
                 # killed from outside while loading: its waiters keep waiting for one more start
                 self._load_retried = True
-                log.warning("load interrupted, retrying once", model=name, error=err.message)
+                log.warning("load interrupted, retrying once", model=child.model, error=err.message)
                 self._on_child_lost(child)
                 return
             self._record_exit(child, "load_failed")
         await self._stop_child("load failed", settle=False)
-        self._load_failed(name, err, fresh)
+        self._load_failed(child.model, err, fresh)
 
     async def _wait_healthy(self, child: Child) -> Optional[OracError]:
         """None when /health says 200 (or the start was abandoned); the error when the load failed."""
@@ -465,11 +541,11 @@ class Supervisor:
                 return ModelLoadFailed(
                     f"{exits.describe(child.returncode)} while loading {child.model}: {telling_line(tail)}",
                     {"reason": classify_load_failure(tail), **exits.exit_info(child.returncode), "stderr_tail": tail})
-            self.apply_inbox()
             return ABANDONED if self._queue.current != child.model or self._shutdown else None
 
+        await self._events(0)           # posted while spawning: an unload or a swap abandons the wait at once
         outcome = await wait_healthy(child.http, time.monotonic() + l.load_timeout, l.health_timeout, stop,
-                                     self.wait_kick, first_pause=0.02, max_pause=0.25)
+                                     self._events, first_pause=0.02, max_pause=0.25)
         if outcome == TIMED_OUT:
             return ModelLoadFailed(f"llama-server did not become ready within {l.load_timeout:.0f}s loading "
                                    f"{child.model}", {"reason": "load_timeout", "stderr_tail": list(child.tail)[-15:]})
@@ -477,7 +553,7 @@ class Supervisor:
 
     def _load_failed(self, name: str, err: OracError, fresh: bool) -> None:
         restored = self._restore_previous(name, err) if fresh else None
-        self.last_error = {"message": err.message, "data": err.data, "at": time.time()}
+        self._last_error = {"message": err.message, "data": err.data, "at": time.time()}
         log.error("load failed", model=name, error=err.message, fresh=fresh)
         if fresh:
             # an explicit load (or swap) failed: no retry on our own; its waiters get the error
@@ -503,17 +579,17 @@ class Supervisor:
         if prev is None:
             return None
         err.data = {**(err.data if isinstance(err.data, dict) else {}), "restored_previous": prev}
-        if self.last_exit is not None and self.last_exit.get("model") == name \
-                and self.last_exit.get("reason") == "load_failed":
-            self.last_exit["restored_previous"] = prev
+        if self._last_exit is not None and self._last_exit.get("model") == name \
+                and self._last_exit.get("reason") == "load_failed":
+            self._last_exit["restored_previous"] = prev
         log.warning("restoring the previous model after a failed load", model=prev, failed=name)
         return prev
 
     def _schedule_restart(self, reason: str) -> float:
-        self.restarts += 1
-        self.restart_reasons[reason] = self.restart_reasons.get(reason, 0) + 1
-        self.consecutive_failures += 1
-        delay = self.policy.delay(self.consecutive_failures, reason)
+        self._restarts += 1
+        self._restart_reasons[reason] = self._restart_reasons.get(reason, 0) + 1
+        self._consecutive_failures += 1
+        delay = self.policy.delay(self._consecutive_failures, reason)
         self._backoff_until = time.monotonic() + delay
         return delay
 
@@ -528,9 +604,9 @@ class Supervisor:
         reason = child.killed_for or "crash"
         delay = self._schedule_restart(reason)
         message = self._record_exit(child, reason)
-        self.last_error = {"message": message, "at": time.time()}
+        self._last_error = {"message": message, "at": time.time()}
         log.error("child lost", pid=child.pid, message=message, **exits.exit_info(child.returncode),
-                  reason=reason, stderr_tail=list(child.tail)[-10:], restart_in_s=delay, restarts=self.restarts)
+                  reason=reason, stderr_tail=list(child.tail)[-10:], restart_in_s=delay, restarts=self._restarts)
         self._cleanup_child(child)
         self._set_state(ChildState.BACKOFF, retry_in_s=delay)
         self._settle_tickets()
@@ -538,34 +614,20 @@ class Supervisor:
     def _record_exit(self, child: Child, reason: str) -> str:
         """status.child.last_exit for a child that is gone: "llama-server crashed (SIGSEGV)" and why."""
         message = exits.describe(child.returncode) + ("" if reason in ("crash", "load_failed") else f" ({reason})")
-        self.last_exit = {**exits.exit_info(child.returncode), "message": message, "reason": reason,
+        self._last_exit = {**exits.exit_info(child.returncode), "message": message, "reason": reason,
                           "model": child.model,
                           "stderr_tail": list(child.tail)[-10:], "at": time.time()}
         return message
 
     def _cleanup_child(self, child: Child, close_http: bool = True) -> None:
-        self.child = None
+        self._child = None
+        self._publish()
         self.rpc.attached = {}
         remove_pidfile(self.holder.cfg)
         if close_http and self._tg is not None:
             self._tg.start_soon(contained, "closing llama-server's HTTP client", child.http.close)
 
-    # ------------------------------------------------------------------ reports from requests and the watchdog
-    def generation_result(self, child: Child, ok: bool) -> bool:
-        """A generation on ``child`` succeeded, or got a 5xx / lost its connection.  True when that
-        failure makes the child count as wedged: the owner will kill and restart it."""
-        if ok:
-            child.wedge.success()
-            return False
-        if child.gone():          # it died under the request: the reaper restarts it; not a wedge
-            return False
-        if child.wedge.failure(time.monotonic()) and child.killed_for is None and child.returncode is None:
-            log.error("wedged", pid=child.pid, failures=child.wedge.streak,
-                      threshold=self.holder.cfg.llama.wedge_threshold)
-            self._post("kill", (child, "wedged", f"{child.wedge.streak} failed generations in a row"))
-            return True
-        return child.killed_for == "wedged"
-
+    # ------------------------------------------------------------------ settings the owner reads; READY helpers
     def set_default(self, name: str, path: Path) -> None:
         """The model to return to after ``return_to_default_after`` idle seconds on another one."""
         self.default = (name, Path(os.fspath(path)))
@@ -577,7 +639,11 @@ class Supervisor:
         if self.default is not None and name == self.default[0]:
             return
         self.keep_alive[name] = seconds
-        self._kick.set()                 # the watchdog recomputes when to return
+        self._kick.set()                 # the owner recomputes when to return
+
+    def idle_since(self) -> float:
+        """When a request last wanted the child (the owner notes it) or let go of it (the lease ledger does)."""
+        return max(self._last_wanted, self._claims.last_release)
 
     def return_to_default_at(self, child: Child) -> Optional[float]:
         """When the idle child should give way to the default model (None: never)."""
@@ -590,23 +656,24 @@ class Supervisor:
                 return None
         if after == math.inf:
             return None
-        return self.last_busy + after
+        return self.idle_since() + after
 
-    def return_to_default(self) -> None:
-        """Owner side, from the watchdog: nobody used the other model for long enough."""
+    def _return_to_default(self) -> None:
+        """Nobody used the other model for long enough: make the default current (the loop swaps)."""
         name, path = self.default
-        log.info("returning to the default model", model=name, previous=self.model,
-                 idle_s=round(time.monotonic() - self.last_busy, 1))
+        log.info("returning to the default model", model=name, previous=self._child.model if self._child else None,
+                 idle_s=round(time.monotonic() - self.idle_since(), 1))
         self._paths[name] = path
         self._queue.want(name)
 
-    def reset_failures_if_healthy(self, child: Child) -> None:
+    def _reset_failures_if_healthy(self, child: Child) -> None:
         """A child ready for restart_backoff_reset seconds wipes the slate: backoff starts over."""
-        if child.ready_at and self.consecutive_failures and \
+        if child.ready_at and self._consecutive_failures and \
                 self.policy.healthy_long_enough(time.monotonic() - child.ready_at):
-            self.consecutive_failures = 0
+            self._consecutive_failures = 0
+            self._publish()
 
-    async def kill(self, child: Child, reason: str, why: str) -> None:
+    async def _kill(self, child: Child, reason: str, why: str) -> None:
         """The child is stuck or lost a worker: SIGKILL its group and wait for the exit (then it is restarted)."""
         if child.returncode is None and child.killed_for is None:
             if reason == "hang":
@@ -616,7 +683,7 @@ class Supervisor:
 
     async def _stop_child(self, why: str, settle: bool = True) -> None:
         """STOPPING: SIGTERM to the group, grace period, then SIGKILL (``process.stop_steps``)."""
-        child = self.child
+        child = self._child
         if child is None:
             return
         self._set_state(ChildState.STOPPING, why=why, pid=child.pid)

@@ -7,6 +7,7 @@ leases to drain (``swap_drain_timeout``).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -40,6 +41,7 @@ class TicketsAndLeases:
         self.tickets: List[Ticket] = []      # waiting for a model
         self.unloads: List[Ticket] = []      # waiting for the child to be stopped
         self.in_flight = 0                   # leases on the child
+        self.last_release = 0.0              # monotonic time the last lease ended (the owner's idle clock)
         self.drained = anyio.Event()
         self.drained.set()
 
@@ -50,6 +52,7 @@ class TicketsAndLeases:
 
     def release(self) -> None:
         self.in_flight -= 1
+        self.last_release = time.monotonic()
         if self.in_flight == 0:
             self.drained.set()
 

@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 # ORAC's command JSON (shared with the eval, so it lives in the protocol package).
 from oracd_protocol.schemas import COMMAND_SCHEMA
 
+from .sampling import RANGES
 from ..safe_read import read_capped, real_path
 from .toml import tomllib
 from .values import rpc_workers as check_rpc_workers, swa_full as check_swa_full, tensor_split as check_tensor_split
@@ -82,8 +83,9 @@ class Profile:
         return sp
 
 
-_NUM = {"temperature": (0.0, 10.0), "top_p": (0.0, 1.0)}
-_INT = {"top_k": 0, "max_tokens": 1, "ctx_size": 0, "n_gpu_layers": -1, "batch_size": 0, "ubatch_size": 0,
+_NUM = {k: RANGES[k] for k in ("temperature", "top_p")}
+_INT_RANGE = {k: RANGES[k] for k in ("top_k", "max_tokens")}
+_INT = {"ctx_size": 0, "n_gpu_layers": -1, "batch_size": 0, "ubatch_size": 0,
         "threads": 0, "cache_ram_mb": 0}
 
 
@@ -102,6 +104,10 @@ def _parse(model: str, table: Any, base: Path) -> Profile:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or not lo <= v <= hi:
                 raise ProfileError(f"{k}: expected a number between {lo:g} and {hi:g}, got {v!r}")
             v = float(v)
+        elif key in _INT_RANGE:
+            lo, hi = _INT_RANGE[key]
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ProfileError(f"{k}: expected an integer between {lo} and {hi}, got {v!r}")
         elif key in _INT:
             if isinstance(v, bool) or not isinstance(v, int) or v < _INT[key]:
                 raise ProfileError(f"{k}: expected an integer >= {_INT[key]}, got {v!r}")

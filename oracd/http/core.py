@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Union
 from oracd_protocol.errors import InvalidParams
 
 from ..config import Config, Profile
+from ..config.sampling import bounds
 from ..api.constraints import request_grammar, request_schema
 
 from ..config.settings import ServerConfig
@@ -113,9 +114,9 @@ def obj(name: str, v: Any) -> Optional[Dict[str, Any]]:
 def sampling(src: Dict[str, Any], gen: "Gen", prefix: str = "") -> None:
     """The sampling fields both APIs share, with one set of ranges; ``prefix`` names where they sit in the
     request (Ollama's ``options.``)."""
-    gen.temperature = number(prefix + "temperature", src.get("temperature"), 0, 10)
-    gen.top_p = number(prefix + "top_p", src.get("top_p"), 0, 1)
-    gen.top_k = integer(prefix + "top_k", src.get("top_k"), 0, 100_000)
+    gen.temperature = number(prefix + "temperature", src.get("temperature"), *bounds("temperature"))
+    gen.top_p = number(prefix + "top_p", src.get("top_p"), *bounds("top_p"))
+    gen.top_k = integer(prefix + "top_k", src.get("top_k"), *bounds("top_k"))
     gen.min_p = number(prefix + "min_p", src.get("min_p"), 0, 1)
     gen.seed = integer(prefix + "seed", src.get("seed"), -(2 ** 63), 2 ** 64 - 1)
     gen.stop = stop_list(prefix + "stop", src.get("stop"))

@@ -172,7 +172,7 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
     try:
         with deadline.scope():
             await apply_num_ctx(app, path, num_ctx)          # off unless [http] apply_num_ctx
-            data = await fetch(app.supervisor, path, body, cfg, ask=ask)
+            data = await fetch(app.door, path, body, cfg, ask=ask)
     finally:
         app.requests_in_flight -= 1
         if keep_alive is not None:       # after the request: "0" returns to the default right away

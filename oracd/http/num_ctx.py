@@ -61,7 +61,7 @@ async def apply(app: "App", path: Path, num_ctx: Optional[int]) -> None:
     old = sup.child
     if sup.model != name or old is None:
         return                        # the next load of this model uses it
-    sup.request_restart(f"num_ctx {num_ctx} asked by an HTTP client")
+    app.door.request_restart(f"num_ctx {num_ctx} asked by an HTTP client")
     while True:                       # inside the request's deadline: until the restarted model is ready
         child = sup.child
         if child is not None and child is not old and child.model == name and sup.state.value == "ready":

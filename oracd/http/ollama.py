@@ -24,6 +24,7 @@ from oracd_protocol.errors import InvalidParams
 
 from . import core
 from .core import Gen
+from ..config.sampling import bounds
 
 VERSION = "0.12.0"          # the Ollama API version oracd answers like (clients check for a recent one)
 PINNED_UNTIL = "2318-11-25T00:00:00Z"
@@ -82,7 +83,7 @@ def options(opts: Any, gen: Gen) -> Optional[int]:
     """The options oracd acts on; returns num_ctx (reported, never a restart: see ``/api/ps``)."""
     o = core.obj("options", opts) or {}
     core.sampling(o, gen, "options.")
-    n = core.integer("options.num_predict", o.get("num_predict"), -2, 1_000_000)
+    n = core.integer("options.num_predict", o.get("num_predict"), -2, bounds("max_tokens")[1])
     if n is not None and n != 0:
         gen.max_tokens = -1 if n < 0 else n         # -1 / -2: until the context is full (the deadline bounds it)
     if o.get("grammar") is not None:

@@ -164,6 +164,6 @@ class OllamaRoutes:
         deadline = Deadline(self.app.cfg.llama.load_timeout,
                             lambda s: LoadTimeout(f"load of {path.name} timed out after {s:g} seconds"))
         with deadline.scope():
-            await self.app.supervisor.load(path.name, path)
+            await self.app.door.load(path.name, path)
         if keep_alive is not None:
             self.app.supervisor.set_keep_alive(path.name, keep_alive)

@@ -15,6 +15,7 @@ from oracd_protocol.errors import InvalidParams
 
 from . import core
 from .core import Gen
+from ..config.sampling import bounds
 
 
 def _common(body: Dict[str, Any], gen: Gen) -> None:
@@ -29,7 +30,7 @@ def _common(body: Dict[str, Any], gen: Gen) -> None:
         gen.extra["stream_options"] = {"include_usage": include_usage}
     maxt = body.get("max_completion_tokens")
     gen.max_tokens = core.integer("max_completion_tokens" if maxt is not None else "max_tokens",
-                                  maxt if maxt is not None else body.get("max_tokens"), 1, 1_000_000)
+                                  maxt if maxt is not None else body.get("max_tokens"), *bounds("max_tokens"))
 
 
 def model_of(body: Dict[str, Any]) -> Optional[str]:

@@ -133,7 +133,7 @@ async def quantize(store: ModelStore, quantize_bin: Path, input_model: str, outp
         raise QuantizeFailed(f"Quantization error: timed out after {timeout:.0f}s",
                              {"stderr_tail": list(proc.tail)}) from None
     finally:
-        # cancelled (client gone) or timed out: watch() killed the group and reaped it
+        # cancelled (client gone) or timed out: wait_and_drain() killed the group and reaped it
         tmp.unlink(missing_ok=True)
     size = dst.stat().st_size
     elapsed = (time.monotonic() - t0) * 1000

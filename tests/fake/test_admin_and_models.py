@@ -1,4 +1,4 @@
-"""Issue 21 part B against a real oracd whose llama-server is the scripted stand-in (``llama_server.py``):
+"""Hardening for everyone, against a real oracd whose llama-server is the scripted stand-in (``llama_server.py``):
 who may change state for everyone, the limits that hold for everyone, and a bad model never costing the warm one.
 
 llama-server and llama-quantize are the stand-ins (conftest.py).

@@ -1,4 +1,4 @@
-"""Issue 21, part A, against a real oracd (the scripted stand-in as llama-server): nothing a client names is
+"""Hostile clients, against a real oracd (the scripted stand-in as llama-server): nothing a client names is
 read from disk, and no client starves the others (batches, blank lines, connections per uid, the log)."""
 from __future__ import annotations
 

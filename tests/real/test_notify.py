@@ -211,13 +211,14 @@ def test_heartbeat_pings_only_while_its_event_loop_runs(notify_socket, monkeypat
     from oracd.notify import Notifier
     from oracd.serve import _heartbeat
     from oracd.child.states import ChildState
+    from oracd.child.snapshot import ChildSnapshot
 
     ns = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", ns.path)
     monkeypatch.setenv("WATCHDOG_USEC", "200000")     # ping every 0.1 s
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     app = SimpleNamespace(requests_in_flight=0, supervisor=SimpleNamespace(
-        state=ChildState.READY, model="m.gguf", consecutive_failures=0, last_error=None))
+        snapshot=ChildSnapshot(state=ChildState.READY, model="m.gguf")))
     sent: List[float] = []
 
     class RecordingNotifier(Notifier):

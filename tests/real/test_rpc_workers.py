@@ -191,8 +191,8 @@ def test_frozen_worker_is_caught_by_the_slots_probe_and_named_at_restart(fresh_o
 
 
 def test_reload_to_no_workers_makes_the_next_load_local_with_the_old_worker_gone(fresh_oracd, workers, tmp_path):
-    """The reload bug: a reload that sets the profile's rpc_workers = [] used to leave the worker pre-flight
-    (and extra servers) on the old config, so the restart still required the removed worker."""
+    """A reload that sets the profile's rpc_workers = [] moves the worker pre-flight (and extra servers) to
+    the new config: the restart no longer requires the removed worker."""
     from helpers import SMOL
     (w,) = workers(1)
     pfile = tmp_path / "models.toml"

@@ -2,7 +2,7 @@
 
 Why: a swap between two model families is the real case (another tokenizer, chat template and
 KV layout), and Gemma 3 is the real case where llama.cpp's slot restore reports success but
-keeps nothing unless llama-server runs with ``--swa-full``, which oracd adds when it fits (issue 24).
+keeps nothing unless llama-server runs with ``--swa-full``, which oracd adds when it fits.
 """
 from __future__ import annotations
 

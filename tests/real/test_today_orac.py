@@ -1,4 +1,4 @@
-"""Today's ORAC, unchanged, on oracd (issue 17): the shim ``oracd_client.compat.today`` inside a stand-in app.
+"""Today's ORAC, unchanged, on oracd: the shim ``oracd_client.compat.today`` inside a stand-in app.
 
 ``orac_today_app/`` is an app package laid out as ORAC HEAD's (generation service, lifecycle, routes,
 backend manager), whose ``orac/llama_cpp_client.py`` is the README's short re-export.  Each case copies it

@@ -1,4 +1,4 @@
-"""Issue 21 part B, the pure parts: the admin split, quantize's disk budget, link resolution, the children's
+"""Hardening for everyone, the pure parts: the admin split, quantize's disk budget, link resolution, the children's
 environment, the pidfile's start time, truncated GGUFs and which model comes back after a failed load."""
 from __future__ import annotations
 

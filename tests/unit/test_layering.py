@@ -1,4 +1,5 @@
-"""Who may import whom (issue 14): nothing under client/ imports the daemon; oracd_protocol is stdlib-only.
+"""Who may import whom: nothing under client/ imports the daemon; oracd_protocol is stdlib-only; the daemon
+has no import cycles.
 
 The code is parsed with ``ast``, never imported, so an import hidden in a function,
 a ``try`` or an ``importlib.import_module("...")`` call counts too.
@@ -8,7 +9,7 @@ from __future__ import annotations
 import ast
 import sys
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
 
@@ -110,3 +111,108 @@ def test_config_imports_nothing_of_the_daemon_but_itself_and_pure_checks():
         bad = [m for m in resolved_imports(path) if top(m) == "oracd"
                and not any(m == a or m.startswith(a + ".") for a in allowed)]
         assert not bad, (path.name, bad)
+
+
+# ---------------------------------------------------------------------- no import cycles
+def daemon_modules() -> Dict[str, Path]:
+    """Every module of the daemon package by its dotted name (a package by its own name)."""
+    out = {}
+    for p in python_files(REPO / "oracd"):
+        parts = p.relative_to(REPO).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def module_graph(sources: Dict[str, Tuple[str, bool]]) -> Dict[str, Set[str]]:
+    """name -> the known modules it imports, from (source, is_package) per module.  Every import counts:
+    at the top, inside a function, under ``if TYPE_CHECKING:`` (a cycle for the type checker is one for
+    the reader too).  ``from pkg import name`` is an edge to ``pkg.name`` when that is a module."""
+    graph: Dict[str, Set[str]] = {}
+    for name, (source, is_package) in sources.items():
+        package = name if is_package else name.rpartition(".")[0]
+        edges: Set[str] = set()
+        for node in ast.walk(ast.parse(source, name)):
+            if isinstance(node, ast.Import):
+                edges.update(a.name for a in node.names if a.name in sources)
+            elif isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    mod = ".".join(base + ([mod] if mod else []))
+                for alias in node.names:
+                    sub = f"{mod}.{alias.name}"
+                    if sub in sources:
+                        edges.add(sub)
+                    elif mod in sources:
+                        edges.add(mod)
+        edges.discard(name)
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+    """The strongly connected components with more than one module (Tarjan, iterative), each sorted."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on_stack: Set[str] = set()
+    found: List[List[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    m = stack.pop()
+                    on_stack.discard(m)
+                    component.append(m)
+                    if m == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_cycle_check_can_fail():
+    """A cycle through a TYPE_CHECKING import, a relative import and a function-level import are all found."""
+    sources = {
+        "p": ("", True),
+        "p.a": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import B\n", False),
+        "p.b": ("from . import c\n", False),
+        "p.c": ("def f():\n    import p.a\n", False),
+        "p.d": ("from p import a\nfrom .a import x\n", False),
+    }
+    graph = module_graph(sources)
+    assert graph["p.d"] == {"p.a"} and graph["p.b"] == {"p.c"}
+    assert cycles(graph) == [["p.a", "p.b", "p.c"]]
+    sources["p.c"] = ("import json\n", False)
+    assert cycles(module_graph(sources)) == []
+
+
+def test_the_daemon_has_no_import_cycles():
+    """Each module can be read (and tested) bottom-up: none needs, even for its type hints, one that needs it."""
+    modules = daemon_modules()
+    assert {"oracd.serve", "oracd.child.supervisor", "oracd.api.methods", "oracd.metrics"} <= set(modules)
+    graph = module_graph({name: (p.read_text(encoding="utf-8"), p.name == "__init__.py")
+                          for name, p in modules.items()})
+    found = cycles(graph)
+    assert not found, "import cycles in oracd/:\n" + "\n".join(" <-> ".join(c) for c in found)

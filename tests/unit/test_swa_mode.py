@@ -1,4 +1,4 @@
-"""Sliding-window models and warm restore (issue 24): when llama-server gets --swa-full, and what status says.
+"""Sliding-window models and warm restore: when llama-server gets --swa-full, and what status says.
 
 Pure decisions (``child/swa.py``), the command line, the warm-restore key and the config keys, in milliseconds.
 """

@@ -1,4 +1,4 @@
-"""Issue 21, part A, the pure parts: what a request may send as a grammar or schema, safe file reads,
+"""Hostile input, the pure parts: what a request may send as a grammar or schema, safe file reads,
 log clipping and rate limits, peer groups from SO_PEERGROUPS, the socket-activation check, and batch limits."""
 from __future__ import annotations
 
@@ -212,11 +212,12 @@ async def test_check_loadable_reads_the_header_and_memory_in_a_worker_thread(tmp
     """A header cache miss (and /proc, cgroup files) is read off the event loop: never a file read there."""
     from oracd.api import methods
     from oracd.config import ConfigHolder
+    from oracd.serve import build_app
     models = tmp_path / "models"
     models.mkdir()
     write_tiny_f32(models / "m.gguf")
     cfg = from_dict({"llama": {"models_dir": str(models), "kv_cache_dir": str(tmp_path / "kv")}}, BASE)
-    app = methods.App(ConfigHolder(cfg))
+    app = build_app(ConfigHolder(cfg))
     loop_thread = threading.get_ident()
     seen = {}
     real_meta, real_avail = app.store.metadata, methods.available
