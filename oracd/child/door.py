@@ -100,6 +100,10 @@ class ChildDoor:
             self._owner.post("warmed", (child, report))
         return report
 
+    def set_keep_alive(self, name: str, seconds: float) -> None:
+        """An HTTP client's keep_alive for ``name`` (a setting the owner reads: ``idle_rules.py``)."""
+        self._owner.set_keep_alive(name, seconds)
+
     def request_restart(self, why: str) -> None:
         """Restart the warm model (same model, new load options), e.g. after a profile reload."""
         self._owner.post("restart", why)

@@ -50,6 +50,7 @@ from .backoff import BackoffPolicy
 from .command import build_command, child_env, find_binary, make_endpoint
 from .failures import classify_load_failure, load_retry_due, telling_line, worker_lost
 from .http import LlamaEndpoint
+from .idle_rules import IdleRules
 from .instance import Child, log_child_line
 from .pidfile import prepare_runtime_dir, reap_orphan, remove_pidfile, write_pidfile
 from .process import ManagedProcess
@@ -111,9 +112,8 @@ class Supervisor:
         self._want_seen: Optional[str] = None
         self._load_retried = False            # a fresh load killed from outside was retried once already
         self._kill_request: Optional[Tuple[Child, str, str]] = None   # (child, reason, why): the owner kills it
-        self.default: Optional[Tuple[str, Path]] = None                # the active default model (return to it)
+        self.idle_rules = IdleRules()    # the default and keep-alives: set by requests, read here (idle_rules.py)
         self._last_wanted = time.monotonic()                           # when a request last wanted the child
-        self.keep_alive: Dict[str, float] = {}   # model -> idle seconds before the default returns (HTTP keep_alive)
         self.cgroup_dir = cfg.llama.cgroup_dir or own_cgroup_dir()
         self.on_ready: Optional[Callable[[float], None]] = None      # load seconds, for the metrics
         self._shutdown = False
@@ -630,16 +630,12 @@ class Supervisor:
     # ------------------------------------------------------------------ settings the owner reads; READY helpers
     def set_default(self, name: str, path: Path) -> None:
         """The model to return to after ``return_to_default_after`` idle seconds on another one."""
-        self.default = (name, Path(os.fspath(path)))
+        self.idle_rules.set_default(name, path)
 
     def set_keep_alive(self, name: str, seconds: float) -> None:
-        """An HTTP client's keep_alive for a model other than the default: idle seconds before the default
-        returns (0: right after the request; inf: pinned until a request wants another model).  The default
-        model ignores it: it stays warm whatever a client asks."""
-        if self.default is not None and name == self.default[0]:
-            return
-        self.keep_alive[name] = seconds
-        self._kick.set()                 # the owner recomputes when to return
+        """An HTTP client's keep_alive (``IdleRules.set_keep_alive``); the owner recomputes when to return."""
+        self.idle_rules.set_keep_alive(name, seconds)
+        self._kick.set()
 
     def idle_since(self) -> float:
         """When a request last wanted the child (the owner notes it) or let go of it (the lease ledger does)."""
@@ -647,20 +643,11 @@ class Supervisor:
 
     def return_to_default_at(self, child: Child) -> Optional[float]:
         """When the idle child should give way to the default model (None: never)."""
-        if self.default is None or child.model == self.default[0]:
-            return None
-        after = self.keep_alive.get(child.model)
-        if after is None:
-            after = self.holder.cfg.llama.return_to_default_after
-            if not after:
-                return None
-        if after == math.inf:
-            return None
-        return self.idle_since() + after
+        return self.idle_rules.return_at(child.model, self.idle_since(), self.holder.cfg.llama.return_to_default_after)
 
     def _return_to_default(self) -> None:
         """Nobody used the other model for long enough: make the default current (the loop swaps)."""
-        name, path = self.default
+        name, path = self.idle_rules.default        # type: ignore[misc]  (return_at said there is one)
         log.info("returning to the default model", model=name, previous=self._child.model if self._child else None,
                  idle_s=round(time.monotonic() - self.idle_since(), 1))
         self._paths[name] = path

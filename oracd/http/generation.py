@@ -176,7 +176,7 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
     finally:
         app.requests_in_flight -= 1
         if keep_alive is not None:       # after the request: "0" returns to the default right away
-            app.supervisor.set_keep_alive(path.name, keep_alive)
+            app.door.set_keep_alive(path.name, keep_alive)
     app.generations += 1
     total = time.perf_counter() - t0
     app.prom.observe_http_generation(api, total)

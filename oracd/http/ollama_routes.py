@@ -166,4 +166,4 @@ class OllamaRoutes:
         with deadline.scope():
             await self.app.door.load(path.name, path)
         if keep_alive is not None:
-            self.app.supervisor.set_keep_alive(path.name, keep_alive)
+            self.app.door.set_keep_alive(path.name, keep_alive)

@@ -276,3 +276,22 @@ def test_llama_server_per_request_chatter_is_debug_the_rest_keeps_its_level():
     assert child_line_level("0.00.100.000 E slot launch_slot_: id 0 | failed to parse grammar") == logging.ERROR
     assert child_line_level("0.00.050.000 I main: server is listening on unix:///tmp/x.sock") == logging.INFO
     assert child_line_level("llama_model_loader: loaded meta data with 33 key-value pairs") == logging.INFO
+
+
+# ---------------------------------------------------------------------- return to the default model
+def test_idle_rules_keep_alive_and_the_default_model():
+    import math
+    from pathlib import Path
+    from oracd.child.idle_rules import IdleRules
+    r = IdleRules()
+    assert r.return_at("other.gguf", 100.0, 300) is None          # no default yet: nowhere to return
+    r.set_default("default.gguf", Path("/m/default.gguf"))
+    assert r.return_at("default.gguf", 100.0, 300) is None        # the default never gives way to itself
+    assert r.return_at("other.gguf", 100.0, 300) == 400.0         # the config's return_to_default_after
+    assert r.return_at("other.gguf", 100.0, 0) is None            # 0: never
+    r.set_keep_alive("other.gguf", 0)
+    assert r.return_at("other.gguf", 100.0, 300) == 100.0         # keep_alive 0: right after the request
+    r.set_keep_alive("other.gguf", math.inf)
+    assert r.return_at("other.gguf", 100.0, 300) is None          # pinned
+    r.set_keep_alive("default.gguf", 5)                            # a client cannot make the default go
+    assert "default.gguf" not in r.keep_alive
