@@ -6,6 +6,10 @@
 (b2) (b) again: the noise floor, how often the same compact request gives another object when the slot's
      prompt cache is in another state (llama.cpp's results depend on how a prompt was batched).
 
+Then a controlled pass on its own daemon with one slot: before each of (b), (c) and (b2), the same reset
+request puts the slot's cache in the same state, so (b) and (b2) agree, and what differs between (b) and (c)
+is fast-forward's own doing (its forced spans evaluated as a batch, where sampling evaluates them one by one).
+
 Same few-shot system prompt (bench.warmup's), greedy, over the eval corpus's commands; the variants are
 interleaved command by command, in a rotating order, so machine noise hits them alike.  Before timing,
 (c) answers a few commands untimed: its exactness check and the spans it learns from the model's own
@@ -32,6 +36,8 @@ CORPUS = Path(__file__).resolve().parent.parent / "client" / "oracd_client" / "c
 VARIANTS = ("a direct response_format", "b oracd compact", "c oracd fast-forward", "b2 oracd compact again")
 MAX_TOKENS = 96
 PRIME = 8               # untimed fast-forward answers per model before the timed runs
+CONTROLLED = 20         # commands in the controlled pass (each answered (b), (c), (b2), a reset before each)
+RESET = "Hello."        # the reset request's command: the slot then holds the system prompt and this
 
 
 def corpus(limit: Optional[int] = None) -> List[str]:
@@ -40,7 +46,7 @@ def corpus(limit: Optional[int] = None) -> List[str]:
 
 
 def command_units(n_commands: int) -> int:
-    return 2 * (PRIME + n_commands * len(VARIANTS))
+    return 2 * (PRIME + n_commands * len(VARIANTS)) + 2 * (PRIME + min(n_commands, CONTROLLED))
 
 
 async def _direct(session: Any, text: str) -> Dict[str, Any]:
@@ -101,6 +107,39 @@ async def _model(ph: Phase, o: Any, model: str, texts: List[str], t: Timeouts) -
     return _figures(texts, ms, out)
 
 
+async def _controlled(ph: Phase, o: Any, model: str, texts: List[str], t: Timeouts) -> Dict[str, Any]:
+    """(b), (c) and (b2) for each command, the one slot reset to the same state before each: same objects?"""
+    rpc = Rpc(o.socket, t)
+    got: Dict[str, List[Any]] = {"b": [], "c": [], "b2": []}
+    try:
+        await rpc.call("load_model", {"model": model}, timeout=t.load)
+        for text in texts[:PRIME]:
+            await ph.attempt_async("prime", lambda text=text: _oracd(rpc, model, text, True, t))
+            ph.advance()
+        for text in texts:
+            for key in got:
+                async def one(key: str = key, text: str = text) -> Any:
+                    await _oracd(rpc, model, RESET, False, t)
+                    return await _oracd(rpc, model, text, key == "c", t)
+                r = await ph.attempt_async(f"controlled {key}", one)
+                got[key].append(None if r is FAILED else r)
+            ph.advance()
+    finally:
+        await rpc.close()
+    return controlled_figures(texts, got)
+
+
+def controlled_figures(texts: List[str], got: Dict[str, List[Any]]) -> Dict[str, Any]:
+    """The controlled pass's shares: (b2) = (b) (should be 1: the same state, the same request) and (c) = (b)."""
+    trios = [(text, b, c, b2) for text, b, c, b2 in zip(texts, got["b"], got["c"], got["b2"]) if b and c and b2]
+    n = max(1, len(trios))
+    return {"commands": len(trios),
+            "b2_same_as_b": _r(sum(1 for _, b, _c, b2 in trios if _obj(b["text"]) == _obj(b2["text"])) / n),
+            "c_same_as_b": _r(sum(1 for _, b, c, _b2 in trios if _obj(b["text"]) == _obj(c["text"])) / n),
+            "differences": [{"command": text, "b": b["text"], "c": c["text"], "c_fast_forwarded": c["fast_forward"]}
+                            for text, b, c, _b2 in trios if _obj(b["text"]) != _obj(c["text"])]}
+
+
 def _figures(texts: List[str], ms: Dict[str, List[float]], out: Dict[str, List[Any]]) -> Dict[str, Any]:
     res: Dict[str, Any] = {"commands": len(texts), "variants": {}}
     for v in VARIANTS:
@@ -142,6 +181,10 @@ async def bench_command(ph: Phase, t: Timeouts, limit: Optional[int] = None) -> 
     with started(t, models=[SMOL, GEMMA], llama={"threads": 0, "ctx_size": 4096, "default_model": SMOL}) as o:
         for model in (SMOL, GEMMA):
             res[model] = await _model(ph, o, model, texts, t)
+    with started(t, models=[SMOL, GEMMA], llama={"threads": 0, "ctx_size": 2048, "parallel": 1,
+                                                 "default_model": SMOL}) as o:
+        for model in (SMOL, GEMMA):
+            res[model]["controlled"] = await _controlled(ph, o, model, texts[:CONTROLLED], t)
     res["failures"] = ph.failures.as_dict()
     return res
 
@@ -170,4 +213,12 @@ def command_section(res: Dict[str, Any]) -> List[str]:
                      f"(a) same as (b): {m['a_same_as_b']}")
         for d in m["differences"]:
             lines.append(f"  - {d['command']!r}: b {d['b']} / c {d['c']} (fast-forwarded: {d['c_fast_forwarded']})")
+        k = m.get("controlled")
+        if k:
+            lines.append(f"- {model}, controlled (one slot, reset to the same state before each answer, "
+                         f"{k['commands']} commands): (b2) same as (b): {k['b2_same_as_b']}; (c) same as (b): "
+                         f"{k['c_same_as_b']}")
+            for d in k["differences"]:
+                lines.append(f"  - {d['command']!r}: b {d['b']} / c {d['c']} "
+                             f"(fast-forwarded: {d['c_fast_forwarded']})")
     return lines

@@ -458,3 +458,17 @@ def test_the_today_shim_measurement_lives_in_bench_and_reports_p50_min_and_speed
     assert "grammar change to answer speed-up (p50): 1.90x" in text       # 1600 / 840
     import importlib.util
     assert importlib.util.find_spec("oracd_client.compat.measure_today") is None
+
+
+def test_the_command_phases_controlled_pass_counts_agreement_and_lists_each_difference():
+    from bench.command import controlled_figures
+    def a(text, ff=True):
+        return {"text": text, "fast_forward": ff}
+    got = {"b": [a('{"v":1}'), a('{"v":2}'), a('{"v":3}'), None],
+           "c": [a('{"v":1}'), a('{"v": 2}'), a('{"v":9}'), a('{"v":4}')],
+           "b2": [a('{"v":1}'), a('{"v":2}'), a('{"v":3}'), a('{"v":4}')]}
+    res = controlled_figures(["one", "two", "three", "four"], got)
+    assert res["commands"] == 3                       # a failed answer leaves its command out
+    assert res["b2_same_as_b"] == 1.0
+    assert res["c_same_as_b"] == 0.667                # the same JSON value with other whitespace is the same
+    assert res["differences"] == [{"command": "three", "b": '{"v":3}', "c": '{"v":9}', "c_fast_forwarded": True}]
