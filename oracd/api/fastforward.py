@@ -202,6 +202,16 @@ def check(ff_ids: List[int], forced_at: Any, ref_ids: List[int]) -> Tuple[bool, 
     return True, "same tokens"
 
 
+#: llama-server's sampling keys in a merged request body that carry over to ``/completion`` as they are
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "repeat_penalty",
+                 "presence_penalty", "frequency_penalty")
+
+
+def sampling_of(body: Dict[str, Any]) -> Dict[str, Any]:
+    """A merged body's sampling keys, for ``generate_json`` (both APIs build their bodies first)."""
+    return {k: body[k] for k in SAMPLING_KEYS if k in body}
+
+
 async def generate_json(http: Any, model: str, schema: Any, sampling: Dict[str, Any], max_tokens: int,
                         *, prompt: Optional[str] = None, messages: Optional[List[Dict[str, Any]]] = None,
                         template_kwargs: Optional[Dict[str, Any]] = None, on_delta: OnDelta = None,

@@ -32,7 +32,7 @@ from ..models.quota import QuantizeLimits
 from ..models.store import ModelFile, ModelStore
 from .admin import require_admin
 from .deadline import Deadline
-from .fastforward import generate_json
+from .fastforward import generate_json, sampling_of
 from .generate import Sent, build_request, check_range, fetch, strip_think
 from .jsonrpc import CallContext, Method, rpc_method
 from .appview import AcceptState, Described, DispatchCounts, OpenConnections
@@ -156,11 +156,10 @@ class App:
                 on_delta = (lambda text: ctx.progress("generate.chunk", text=text)) if stream else None
                 ask = None
                 if out is not None and not prefill:   # compact, fast-forwarded or not: one path, (b) and (c) alike
-                    sampling = {k: body[k] for k in ("temperature", "top_p", "top_k", "stop") if k in body}
 
                     def ask(http: Any, relay: Any) -> Any:     # relay: fetch's counting chunk sender
                         return generate_json(
-                            http, path.name, out.schema, sampling,
+                            http, path.name, out.schema, sampling_of(body),
                             body.get("n_predict", body.get("max_tokens")), prompt=body.get("prompt"),
                             messages=body.get("messages"), template_kwargs=body.get("chat_template_kwargs"),
                             on_delta=relay, use_fast_forward=out.fast_forward)

@@ -30,7 +30,7 @@ import anyio
 from oracd_protocol.errors import GenerationFailed, GenerationTimeout, InvalidParams, ModelNotFound, ShuttingDown
 
 from ..api.deadline import Deadline
-from ..api.fastforward import generate_json
+from ..api.fastforward import generate_json, sampling_of
 from ..api.generate import JsonOutput, fetch
 from ..child.http import LlamaHTTPError
 from ..config import Profile
@@ -146,7 +146,7 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
 
         t = time.perf_counter()
         result = await generate_json(
-            http, path.name, json_out.schema, jsonanswer.sampling(body), body["max_tokens"],
+            http, path.name, json_out.schema, sampling_of(body), body["max_tokens"],
             prompt=body.get("prompt"), messages=body.get("messages"),
             template_kwargs=body.get("chat_template_kwargs"),
             on_delta=on_delta if on_event is not None else (unseen if collect else None),

@@ -17,11 +17,6 @@ from ..api.jsongrammar import try_compile
 from ..config import Profile
 from .core import Gen
 
-#: llama-server's sampling keys in the merged body that carry over to ``/completion`` as they are
-SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "repeat_penalty",
-                 "presence_penalty", "frequency_penalty")
-
-
 def decide(gen: Gen, prof: Profile) -> Optional[JsonOutput]:
     """Does this request's schema go compact (and fast-forwarded)?  The JSON-RPC rules (``json_output``:
     request, then profile, then on for the built-in ``command`` schema), for a schema only: not ``"json"`` /
@@ -34,11 +29,6 @@ def decide(gen: Gen, prof: Profile) -> Optional[JsonOutput]:
     if out is None or try_compile(out.schema) is None:
         return None
     return out
-
-
-def sampling(body: Dict[str, Any]) -> Dict[str, Any]:
-    """The merged body's sampling keys, for ``generate_json``."""
-    return {k: body[k] for k in SAMPLING_KEYS if k in body}
 
 
 class Shape:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from oracd.api.fastforward import sampling_of
 from oracd.config import Profile
 from oracd.http import jsonanswer, ollama as ol, openai as oai
 from oracd.http.core import Gen
@@ -71,7 +72,7 @@ def test_the_switches_in_each_apis_request():
 def test_sampling_keys_carry_over_from_the_merged_body():
     body = {"temperature": 0.0, "top_p": 0.9, "top_k": 5, "seed": 3, "stop": ["x"], "max_tokens": 64,
             "messages": USER, "cache_prompt": True, "json_schema": ROOM, "chat_template_kwargs": {}}
-    assert jsonanswer.sampling(body) == {"temperature": 0.0, "top_p": 0.9, "top_k": 5, "seed": 3, "stop": ["x"]}
+    assert sampling_of(body) == {"temperature": 0.0, "top_p": 0.9, "top_k": 5, "seed": 3, "stop": ["x"]}
 
 
 def test_a_streamed_chat_answer_becomes_openai_chunks_and_ollama_lines():
