@@ -4,7 +4,8 @@
 (b) oracd, compact output (``fast_forward=false``: oracd's grammar, no optional whitespace);
 (c) oracd, fast-forward (oracd writes the forced text, the model samples the values);
 (b2) (b) again: the noise floor, how often the same compact request gives another object when the slot's
-     prompt cache is in another state (llama.cpp's results depend on how a prompt was batched).
+     prompt cache is in another state (llama.cpp's results depend on how a prompt was batched, unless the
+     child is batch-invariant: ``[llama] batch_invariant``, on by default for a CPU child, reported).
 
 Then a controlled pass on its own daemon with one slot: before each of (b), (c) and (b2), the same reset
 request puts the slot's cache in the same state, so (b) and (b2) agree, and what differs between (b) and (c)
@@ -179,6 +180,7 @@ async def bench_command(ph: Phase, t: Timeouts, limit: Optional[int] = None) -> 
     res: Dict[str, Any] = {"max_tokens": MAX_TOKENS, "primed": PRIME}
     # 2 slots of 2048 tokens: the few-shot prompt is ~650 tokens (the tests' 1024 would leave 512 per slot)
     with started(t, models=[SMOL, GEMMA], llama={"threads": 0, "ctx_size": 4096, "default_model": SMOL}) as o:
+        res["batch_invariant"] = o.call("status")["child"]["batch_invariant"]
         for model in (SMOL, GEMMA):
             res[model] = await _model(ph, o, model, texts, t)
     with started(t, models=[SMOL, GEMMA], llama={"threads": 0, "ctx_size": 2048, "parallel": 1,
@@ -192,6 +194,7 @@ async def bench_command(ph: Phase, t: Timeouts, limit: Optional[int] = None) -> 
 def command_section(res: Dict[str, Any]) -> List[str]:
     """Markdown for the phase: one table per model, then the differences between (b) and (c)."""
     lines = ["## command: a command object, three ways", "",
+             f"llama-server batch-invariant (`[llama] batch_invariant`): {res.get('batch_invariant')}", "",
              "| model | variant | p50 ms | p95 ms | sampled tokens/answer | answers |", "|---|---|---|---|---|---|"]
     for model in (SMOL, GEMMA):
         m = res.get(model)

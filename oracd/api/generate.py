@@ -80,34 +80,36 @@ class Sent:
     raw: Optional[Any] = None            # True, False, "auto" (None: the profile's prompt_format)
     prefill: Optional[str] = None
     compact_json: Optional[bool] = None  # None: the profile's; else on for the built-in "command" schema
-    fast_forward: Optional[bool] = None  # None: the profile's; else FAST_FORWARD_COMMAND for "command"
-
-
-#: Fast-forward for the built-in ``command`` schema when neither request nor profile says.  Off: measured
-#: (README "Compact output and fast-forward"), it gave compact sampling's object for 71-84% of the corpus,
-#: not the 95% asked for before it may be the default (llama.cpp's numerics move near ties).
-FAST_FORWARD_COMMAND = False
+    fast_forward: Optional[bool] = None  # None: the profile's; else, for "command", is the child batch-invariant
 
 
 @dataclass(frozen=True)
 class JsonOutput:
     """A json_schema answer oracd constrains itself: the schema, and whether to fast-forward it."""
     schema: Dict[str, Any]
-    fast_forward: bool
+    fast_forward: Optional[bool]        # None: the default, decided by the child that answers (``use_fast_forward``)
+
+    def use_fast_forward(self, batch_invariant: Optional[bool]) -> bool:
+        """Fast-forward, as set, or by default where the child answering was started batch-invariant
+        (``Config.batch_invariant_for``, ``child/command.py``): there it gives compact sampling's object
+        (measured: docs/operations.md, "Compact output and fast-forward"); elsewhere llama.cpp's numerics
+        for a batch of forced tokens move near ties (71-84% of the corpus was the same)."""
+        return self.fast_forward if self.fast_forward is not None else bool(batch_invariant)
 
 
 def json_output(sent: Sent, prof: Profile, schema: Optional[Dict[str, Any]]) -> Optional[JsonOutput]:
-    """Does this schema answer go compact (oracd's own grammar), and fast-forwarded?  None: as it was
-    (json_schema to llama-server).  Pure: the grammar itself is ``jsongrammar.compile_compact``'s."""
+    """Does this schema answer go compact (oracd's own grammar), and fast-forwarded (None: for the built-in
+    ``command`` schema when neither request nor profile says, the child decides: ``use_fast_forward``)?
+    None: as it was (json_schema to llama-server).  Pure: the grammar is ``jsongrammar.compile_compact``'s."""
     if schema is None:
         return None
     builtin = schema == COMMAND_SCHEMA
-    ff = pick(sent.fast_forward, prof.fast_forward, builtin and FAST_FORWARD_COMMAND)
+    ff = pick(sent.fast_forward, prof.fast_forward, None if builtin else False)
     if not pick(sent.compact_json, prof.compact_json, builtin) and not ff:
         return None
     # choice: with a prefill or stop strings the answer is not the schema's object alone: no fast-forward
     stop = sent.stop if sent.stop is not None else prof.stop
-    return JsonOutput(schema, bool(ff) and not sent.prefill and not stop)
+    return JsonOutput(schema, ff if not sent.prefill and not stop else False)
 
 
 def is_raw(sent: Sent, prof: Profile) -> bool:
@@ -185,8 +187,8 @@ async def _ask(http: Any, body: Dict[str, Any], cfg: Config, on_delta: OnDelta) 
     return await (http.completion_stream(body, on_delta) if raw else http.chat_stream(body, on_delta))
 
 
-# given the child's LlamaHTTP and fetch's chunk relay (None: not streamed), ask llama-server: the HTTP APIs'
-# full message lists and tool calls, or fast-forward's several requests
+# given the child (``child.http``: its LlamaHTTP) and fetch's chunk relay (None: not streamed), ask
+# llama-server: the HTTP APIs' full message lists and tool calls, or fast-forward's several requests
 Ask = Callable[[Any, OnDelta], Awaitable[Any]]
 
 
@@ -215,7 +217,7 @@ async def fetch(door: ChildDoor, path: Path, body: Dict[str, Any], cfg: Config,
         async with door.use(path.name, path) as child:
             try:
                 relayed = relay if on_delta is not None else None
-                data = await (ask(child.http, relayed) if ask is not None else _ask(child.http, body, cfg, relayed))
+                data = await (ask(child, relayed) if ask is not None else _ask(child.http, body, cfg, relayed))
                 door.generation_result(child, True)
                 return data
             except LlamaHTTPError as exc:

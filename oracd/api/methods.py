@@ -157,12 +157,12 @@ class App:
                 ask = None
                 if out is not None and not prefill:   # compact, fast-forwarded or not: one path, (b) and (c) alike
 
-                    def ask(http: Any, relay: Any) -> Any:     # relay: fetch's counting chunk sender
+                    def ask(child: Any, relay: Any) -> Any:    # relay: fetch's counting chunk sender
                         return generate_json(
-                            http, path.name, out.schema, sampling_of(body),
+                            child.http, path.name, out.schema, sampling_of(body),
                             body.get("n_predict", body.get("max_tokens")), prompt=body.get("prompt"),
                             messages=body.get("messages"), template_kwargs=body.get("chat_template_kwargs"),
-                            on_delta=relay, use_fast_forward=out.fast_forward)
+                            on_delta=relay, use_fast_forward=out.use_fast_forward(child.batch_invariant))
                 data = await fetch(self.door, path, body, cfg, on_delta, ask)
         finally:
             self.requests_in_flight -= 1

@@ -45,15 +45,41 @@ def help_text(binary: str) -> str:
 
 
 @lru_cache(maxsize=8)
+def _help_once(binary: str) -> str:
+    try:
+        return help_text(binary)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+@lru_cache(maxsize=8)
 def supports_unix_socket(binary: str) -> bool:
     """Does this llama-server accept ``--host path.sock``?  (Read once from its --help.)
 
     Blocking (a process run): call it from a worker thread (``make_endpoint`` does), never on the loop.
     """
-    try:
-        return ".sock" in help_text(binary)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+    return ".sock" in _help_once(binary)
+
+
+#: What makes a CPU llama-server batch-invariant: a token's logits do not depend on how many tokens were
+#: evaluated with it (a prompt in one batch, or token by token as they are sampled).  On by default, the
+#: CPU kernels are not: flash attention splits the KV cache across threads for one token but tiles a batch;
+#: the repacked Q4_K/Q4_0 weights and the tiled K-quant matmul take another kernel from 4 or 8 rows up; and
+#: llamafile's sgemm (from 2 rows) is compiled out of oracd's own builds (provision/flavors.py).  Measured
+#: (docs/operations.md, "Batch-invariant answers"): without these, fast-forward and compact sampling, or one
+#: request asked twice with other prompts cached in between, part on near ties for 15-25% of commands.
+BATCH_INVARIANT_ARGS = ("--flash-attn", "off", "--no-repack")
+BATCH_INVARIANT_ENV = {"GGML_CPU_TILED_MM": "0"}
+
+
+def batch_invariant_args(cfg: Config, binary: str, model: str) -> Optional[Sequence[str]]:
+    """The flags to add for a batch-invariant child, () when not wanted, None when wanted but this build lacks
+    them (older than ``--no-repack`` / ``--flash-attn on|off|auto``: passing them would fail the start).
+    Blocking (--help, once per binary): call it from a worker thread."""
+    if not cfg.batch_invariant_for(model):
+        return ()
+    text = _help_once(binary)
+    return BATCH_INVARIANT_ARGS if "--no-repack" in text and "on|off|auto" in text else None
 
 
 def free_port() -> int:
@@ -78,7 +104,7 @@ async def make_endpoint(cfg: Config, binary: str) -> LlamaEndpoint:
 def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEndpoint,
                   rpc_workers: Sequence[str] = (), slot_save_path: Optional[Path] = None,
                   ctx_size: Optional[int] = None, swa_full: bool = False, *,
-                  name: Optional[str] = None) -> List[str]:
+                  name: Optional[str] = None, invariant: Sequence[str] = ()) -> List[str]:
     """The llama-server command line for one model: [llama] options, overridden by its profile's.
 
     ``model_path`` is the resolved file (``ModelFile.path``: no link left to follow, see store.py);
@@ -89,7 +115,8 @@ def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEnd
     With workers, n_gpu_layers 0 means "all layers": RPC workers are offload
     devices, and -ngl 0 would leave them idle.  ``ctx_size`` (from ``fit_ctx``)
     replaces the configured context.  ``swa_full`` (from ``swa.plan``): sliding-window layers keep the
-    whole context, so a restored slot holds.
+    whole context, so a restored slot holds.  ``invariant`` (``batch_invariant_args``): flags for a
+    batch-invariant child, before ``extra_args`` (which may override them).
     """
     l = cfg.llama
     model = name or model_path.name
@@ -123,6 +150,7 @@ def build_command(cfg: Config, binary: str, model_path: Path, endpoint: LlamaEnd
         cmd += ["--chat-template-file", template] if "/" in template else ["--chat-template", template]
     if slot_save_path is not None:
         cmd += ["--slot-save-path", str(slot_save_path)]
+    cmd += list(invariant)
     extra = list(opt("extra_args"))
     if swa_full and "--swa-full" not in extra:
         cmd.append("--swa-full")
@@ -143,16 +171,19 @@ def env_allowed(name: str, extra: Sequence[str] = ()) -> bool:
     return any(name == e or (e.endswith("*") and name.startswith(e[:-1])) for e in extra)
 
 
-def child_env(endpoint: Optional[LlamaEndpoint] = None, extra: Sequence[str] = ()) -> Dict[str, str]:
+def child_env(endpoint: Optional[LlamaEndpoint] = None, extra: Sequence[str] = (),
+              batch_invariant: bool = False) -> Dict[str, str]:
     """The environment of every child (warm and extra llama-servers, llama-quantize, --help probes).
 
     An allow-list, not oracd's whole environment: a secret in the unit's environment (a token for some
     other part of the box) must not reach a process that serves HTTP.  LLAMA_ARG_* never passes (it would
     override our command line), nor any API key but the one we set.  The API key goes by env var, never on
-    the command line (ps shows argv).
+    the command line (ps shows argv).  ``batch_invariant``: the warm child's ``BATCH_INVARIANT_ENV`` too.
     """
     env = {k: v for k, v in os.environ.items() if env_allowed(k, extra)
            and not k.startswith(("LLAMA_ARG_", "LLAMA_API_KEY"))}
+    if batch_invariant:
+        env.update(BATCH_INVARIANT_ENV)
     env["GGML_NO_BACKTRACE"] = "1"   # an abort (e.g. a lost RPC worker) must not fork gdb into our logs
     if endpoint is not None and endpoint.api_key:
         env["LLAMA_API_KEY"] = endpoint.api_key

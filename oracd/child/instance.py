@@ -44,6 +44,7 @@ class Child:
         self.watchdog: Any = None                 # its Watchdog (probes), from READY on
         self.ctx_fit: Optional[dict] = None       # set when fit_ctx started it with a smaller context
         self.swa: Any = None                      # its sliding-window cache mode (swa.SwaPlan), if it has one
+        self.batch_invariant: Optional[bool] = False   # started with command.BATCH_INVARIANT_ARGS (None: lacked)
 
     @property
     def exited(self) -> anyio.Event:

@@ -47,7 +47,7 @@ from ..procinfo import RssSampler
 from ..workers.pool import RpcWorkers
 from . import exits
 from .backoff import BackoffPolicy
-from .command import build_command, child_env, find_binary, make_endpoint
+from .command import batch_invariant_args, build_command, child_env, find_binary, make_endpoint
 from .failures import classify_load_failure, load_retry_due, telling_line, worker_lost
 from .http import LlamaEndpoint
 from .idle_rules import IdleRules
@@ -80,6 +80,7 @@ class Launch:
     ctx_fit: Optional[Dict[str, Any]]         # set when fit_ctx starts it with a smaller context
     endpoint: LlamaEndpoint
     cmd: List[str]
+    batch_invariant: Optional[bool]           # None: wanted, but this build lacks the flags (command.py)
 
 
 class Supervisor:
@@ -182,6 +183,7 @@ class Supervisor:
             "warmup_ms": warm.ms if warm.how != "none" else None,
             "warm": warm.as_dict(self.warmer.store, snap.warm_counts),
             "ctx_fit": child.ctx_fit if child else None,
+            "batch_invariant": child.batch_invariant if child else None,
         }
         if child and child.returncode is None:
             ps = child.psutil()
@@ -449,11 +451,16 @@ class Supervisor:
         workers = await self._rpc_preflight(name)
         swa, ctx_fit = await self._fit_memory(name, path)
         endpoint = await make_endpoint(cfg, binary)
+        invariant = await anyio.to_thread.run_sync(batch_invariant_args, cfg, binary, name)
+        if invariant is None:
+            log.warning("batch_invariant: this llama-server lacks --no-repack / --flash-attn off; answers may "
+                        "depend on batching (fast-forward's may differ from compact sampling's)", model=name)
         store = self.warmer.store
         cmd = build_command(cfg, binary, path, endpoint, workers, store.dir if store is not None else None,
                             ctx_size=ctx_fit["ctx_size"] if ctx_fit else None,
-                            swa_full=swa is not None and swa.full, name=name)
-        return Launch(name, path, binary, workers, swa, ctx_fit, endpoint, cmd)
+                            swa_full=swa is not None and swa.full, name=name, invariant=invariant or ())
+        return Launch(name, path, binary, workers, swa, ctx_fit, endpoint, cmd,
+                      None if invariant is None else bool(invariant))
 
     async def _rpc_preflight(self, name: str) -> Tuple[str, ...]:
         """The RPC workers ``name`` runs on, all of them answering (or none, with rpc_fallback_local)."""
@@ -475,11 +482,12 @@ class Supervisor:
     async def _spawn(self, launch: Launch) -> Child:
         """Start the process; its output goes to oracd's log."""
         cfg = self.holder.cfg
-        proc = await ManagedProcess.spawn(launch.cmd, env=child_env(launch.endpoint, cfg.llama.child_env))
+        proc = await ManagedProcess.spawn(launch.cmd, env=child_env(launch.endpoint, cfg.llama.child_env,
+                                                                    batch_invariant=bool(launch.batch_invariant)))
         proc.on_line = lambda stream, line: log_child_line(proc.pid, stream, line)
         child = Child(proc, launch.name, launch.endpoint, cfg.llama.parallel, launch.workers, launch.path,
                       launch.binary, launch.cmd)
-        child.ctx_fit, child.swa = launch.ctx_fit, launch.swa
+        child.ctx_fit, child.swa, child.batch_invariant = launch.ctx_fit, launch.swa, launch.batch_invariant
         return child
 
     def _adopt(self, child: Child) -> None:

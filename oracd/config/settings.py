@@ -82,6 +82,7 @@ class LlamaConfig:
     warmup: bool = True                    # prefill every slot with the profile's system prompt after a load
     warm_restore: bool = True              # restore that prefill from disk (verified) instead, when possible
     swa_full: Any = "auto"                 # sliding-window models: --swa-full so restore holds ("auto": if it fits)
+    batch_invariant: Any = "auto"          # a CPU child whose answers do not depend on batching ("auto": no GPU)
     kv_cache_dir: Path = Path("/var/cache/oracd/kv")   # saved slot KV caches (the unit's CacheDirectory)
     kv_cache_max_mb: int = 1024            # bound on that dir; least recently used entries go first
     cache_ram_mb: int = 256                # llama-server --cache-ram: its host prompt cache (its default is 8192)
@@ -152,6 +153,16 @@ class Config:
         prof = self.profile_for(model)
         v = getattr(prof, name, None) if prof is not None else None
         return v if v is not None else getattr(self.llama, name)
+
+    def batch_invariant_for(self, model: Optional[str]) -> bool:
+        """``[llama] batch_invariant`` for ``model``'s child: true / false as set; "auto" is on for a CPU-only
+        child (no GPU layers, no RPC workers): on a GPU, batch sizes pick other kernels that no flag turns
+        off, so the flags (``child/command.py``) would cost speed and buy nothing.  It is also fast-forward's
+        default for the built-in ``command`` schema (``api/generate.py``)."""
+        v = self.llama.batch_invariant
+        if isinstance(v, bool):
+            return v
+        return self.option_for(model, "n_gpu_layers") == 0 and not self.option_for(model, "rpc_workers")
 
     @property
     def runtime_dir(self) -> Path:
@@ -236,7 +247,7 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
             return (check_rpc_workers if name == "rpc_workers" else check_tensor_split)(key, value)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    if name == "swa_full":
+    if name in ("swa_full", "batch_invariant"):
         try:
             return swa_full_value(key, value)
         except ValueError as exc:

@@ -41,11 +41,15 @@ def listen_address(text: str) -> Tuple[str, int]:
     return host, int(port)
 
 
-def swa_full(key: str, value: Any) -> Union[str, bool]:
-    """``"auto"``, ``true`` or ``false``: whether sliding-window models get ``--swa-full`` (``child/swa.py``)."""
+def auto_or_bool(key: str, value: Any) -> Union[str, bool]:
+    """``"auto"``, ``true`` or ``false``: ``swa_full`` (sliding-window models get ``--swa-full``,
+    ``child/swa.py``) and ``batch_invariant`` (``child/command.py``)."""
     if value == "auto" or isinstance(value, bool):
         return value
     raise ValueError(f'{key}: expected "auto", true or false, got {value!r}')
+
+
+swa_full = auto_or_bool
 
 
 HttpAddress = Union[Tuple[str, int], str]

@@ -135,7 +135,7 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
                 await deliver(obj)
         return None
 
-    async def ask_json(http: Any, json_out: JsonOutput) -> Any:
+    async def ask_json(http: Any, json_out: JsonOutput, batch_invariant: Optional[bool]) -> Any:
         shape = jsonanswer.Shape("messages" in body, path.name, int(time.time()))
 
         async def on_delta(text: str) -> None:
@@ -150,17 +150,18 @@ async def run(app: "App", model: Optional[str], gen: core.Gen, llama_path: str,
             prompt=body.get("prompt"), messages=body.get("messages"),
             template_kwargs=body.get("chat_template_kwargs"),
             on_delta=on_delta if on_event is not None else (unseen if collect else None),
-            use_fast_forward=json_out.fast_forward)
+            use_fast_forward=json_out.use_fast_forward(batch_invariant))
         if on_event is None:
             return shape.answer(result, time.perf_counter() - t)
         for obj in shape.tail(result, time.perf_counter() - t):
             await deliver(obj)
         return None
 
-    async def ask(http: Any, _relay: Any) -> Any:      # streams to its own client (on_event), not to relay
+    async def ask(child: Any, _relay: Any) -> Any:     # streams to its own client (on_event), not to relay
         asked.append(time.perf_counter())
         try:
-            return await (ask_json(http, out) if out is not None else ask_llama(http))
+            return await (ask_json(child.http, out, child.batch_invariant) if out is not None
+                          else ask_llama(child.http))
         except (LlamaHTTPError, aiohttp.ClientError, OSError) as exc:
             if sent:
                 raise GenerationFailed("llama-server failed in the middle of a streamed answer; not retried, "

@@ -19,7 +19,8 @@ from .core import Gen
 
 def decide(gen: Gen, prof: Profile) -> Optional[JsonOutput]:
     """Does this request's schema go compact (and fast-forwarded)?  The JSON-RPC rules (``json_output``:
-    request, then profile, then on for the built-in ``command`` schema), for a schema only: not ``"json"`` /
+    request, then profile, then on for the built-in ``command`` schema, fast-forwarded where the child is
+    batch-invariant), for a schema only: not ``"json"`` /
     ``json_object`` (any object), not with tools (the answer may be a tool call), not a schema outside the
     compact subset (llama-server's own schema grammar answers those)."""
     if gen.json_schema is None or gen.any_json or gen.tools:

@@ -61,6 +61,19 @@ def test_fast_forward_gives_the_object_compact_sampling_gives(oracd):
         assert u["sampled_tokens"] < b["usage"]["sampled_tokens"]
 
 
+def test_a_batch_invariant_child_fast_forwards_command_by_default_with_compacts_objects(oracd):
+    """A CPU-only child is started batch-invariant ([llama] batch_invariant = "auto"): there a request that
+    says nothing about fast-forward gets it for the built-in ``command`` schema, with compact sampling's object."""
+    assert oracd.call("status")["child"]["batch_invariant"] is True
+    seen = []
+    for text in COMMANDS[:4]:
+        b, d = gen(oracd, text, fast_forward=False), gen(oracd, text)
+        assert json.loads(d["response"]) == json.loads(b["response"]), text
+        seen.append(d["json_output"])
+    # the first default answer may be the check's (compact sampling, once per model and schema)
+    assert seen[1:] == [{"compact": True, "fast_forward": True}] * 3, seen
+
+
 def test_raw_prompts_are_fast_forwarded_too(oracd):
     def chatml(text: str) -> str:
         return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{text}<|im_end|>\n"

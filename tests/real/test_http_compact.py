@@ -76,7 +76,7 @@ def extra(usage, key: str) -> int:
 
 def test_openai_response_format_answers_jsonrpcs_compact_object_streamed_and_not(o, oai):
     for text in COMMANDS[:3]:
-        want = rpc(o, text)
+        want = rpc(o, text, fast_forward=False)
         assert want["json_output"] == {"compact": True, "fast_forward": False}
         kw = dict(model=SMOL, messages=messages(text), temperature=0, max_tokens=96, response_format=ROUTINE)
         r = oai.chat.completions.create(**kw)

@@ -264,15 +264,20 @@ def _prof(**kw) -> Profile:
 
 def test_json_output_defaults_compact_for_command_only_and_fast_forward_when_asked():
     other = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
-    assert json_output(Sent("x"), _prof(), COMMAND_SCHEMA).fast_forward is False      # FAST_FORWARD_COMMAND
-    assert json_output(Sent("x", fast_forward=True), _prof(), COMMAND_SCHEMA).fast_forward is True
+    default = json_output(Sent("x"), _prof(), COMMAND_SCHEMA)
+    assert default.fast_forward is None                   # "command": the child answering decides
+    assert default.use_fast_forward(True) is True and default.use_fast_forward(False) is False
+    assert default.use_fast_forward(None) is False        # wanted batch-invariant, but the build lacked the flags
+    assert json_output(Sent("x", fast_forward=True), _prof(), COMMAND_SCHEMA).use_fast_forward(False) is True
     assert json_output(Sent("x"), _prof(fast_forward=True), COMMAND_SCHEMA).fast_forward is True
+    assert json_output(Sent("x"), _prof(fast_forward=False), COMMAND_SCHEMA).use_fast_forward(True) is False
     assert json_output(Sent("x"), _prof(), other) is None
-    assert json_output(Sent("x", compact_json=True), _prof(), other).fast_forward is False
+    assert json_output(Sent("x", compact_json=True), _prof(), other).use_fast_forward(True) is False
     assert json_output(Sent("x"), _prof(fast_forward=True), other).fast_forward is True
-    assert json_output(Sent("x", fast_forward=False), _prof(), COMMAND_SCHEMA).fast_forward is False
+    assert json_output(Sent("x", fast_forward=False), _prof(), COMMAND_SCHEMA).use_fast_forward(True) is False
     assert json_output(Sent("x", compact_json=False, fast_forward=False), _prof(), COMMAND_SCHEMA) is None
     assert json_output(Sent("x", prefill="{", fast_forward=True), _prof(), COMMAND_SCHEMA).fast_forward is False
+    assert json_output(Sent("x", prefill="{"), _prof(), COMMAND_SCHEMA).use_fast_forward(True) is False
     assert json_output(Sent("x", fast_forward=True), _prof(stop=("\n",)), COMMAND_SCHEMA).fast_forward is False
     assert json_output(Sent("x", stop=[], fast_forward=True), _prof(stop=("\n",)), COMMAND_SCHEMA).fast_forward
 
