@@ -24,6 +24,23 @@ def llama_get(endpoint: str, path: str, timeout: float = 10) -> Any:
         conn.close()
 
 
+def llama_post(endpoint: str, path: str, body: Any, timeout: float = 120) -> Any:
+    """POST JSON to the child's endpoint; its JSON answer (AssertionError on a status other than 200)."""
+    if endpoint.startswith("unix:"):
+        conn: http.client.HTTPConnection = _UnixHTTPConnection(endpoint[5:], timeout)
+    else:
+        host, port = endpoint.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = json.loads(resp.read() or b"null")
+        assert resp.status == 200, data
+        return data
+    finally:
+        conn.close()
+
+
 def busy_slots(endpoint: str) -> int:
     status, slots = llama_get(endpoint, "/slots")
     assert status == 200, slots

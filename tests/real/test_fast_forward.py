@@ -12,8 +12,9 @@ import time
 import pytest
 
 from helpers import Conn
-from llama_direct import busy_slots
-from oracd.api.ffplan import make_plan
+from llama_direct import busy_slots, llama_post
+from oracd.api.ffplan import learn, make_plan
+from oracd.api.jsongrammar import try_compile
 from oracd_protocol.schemas import COMMAND_SCHEMA
 
 SYSTEM = (
@@ -42,16 +43,39 @@ def compact_text(text: str) -> bool:
     return text == json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
 
 
+def spelling(o, text: str):
+    """How the model spells each forced span in its compact answer to ``text`` (span text -> token ids), read
+    from llama-server's own token ids: what fast-forward learns (``ffplan.learn``)."""
+    ep = o.call("status")["child"]["endpoint"]
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]
+    prompt = llama_post(ep, "/apply-template", {"messages": msgs,
+                                                "chat_template_kwargs": {"enable_thinking": False}})["prompt"]
+    r = llama_post(ep, "/completion", {"prompt": prompt, "grammar": try_compile(COMMAND_SCHEMA), "n_predict": 96,
+                                       "temperature": 0, "top_k": 40, "top_p": 0.7, "n_probs": 1,
+                                       "cache_prompt": True})
+    return learn(make_plan(COMMAND_SCHEMA), [(p["id"], bytes(p["bytes"])) for p in r["completion_probabilities"]])
+
+
 def test_fast_forward_gives_the_object_compact_sampling_gives(oracd):
+    """On a batch-invariant child (a CPU box's default) fast-forward's object is compact sampling's, except
+    where the model spells a forced span with other tokens for that prompt than in the answer fast-forward
+    learned them from (``{"`` as one token, not ``{`` ``"``): fast-forward writes the learned tokens, the
+    context differs from there.  The bench measures the share (docs/operations.md: 97-99%)."""
     pairs = []
     for _ in range(2):                   # the first pass also checks and learns (compact answers, once)
         for text in COMMANDS:
             b, c = gen(oracd, text, fast_forward=False), gen(oracd, text, fast_forward=True)
             pairs.append((text, b, c))
+    learned = spelling(oracd, COMMANDS[0])        # the check's compact answer, which taught the spans
+    differ = {text for text, b, c in pairs if json.loads(c["response"]) != json.loads(b["response"])}
+    assert len(differ) <= 2, differ
+    for text in differ:
+        own = spelling(oracd, text)
+        assert own is not None and learned is not None, text
+        assert any(own[k] != learned[k] for k in own.keys() & learned.keys()), (text, own, learned)
     for text, b, c in pairs:
         assert b["json_output"] == {"compact": True, "fast_forward": False}
         assert compact_text(b["response"]) and compact_text(c["response"])
-        assert json.loads(c["response"]) == json.loads(b["response"]), text
         assert b["usage"]["forced_tokens"] == 0 and b["usage"]["sampled_tokens"] == b["usage"]["completion_tokens"]
     fast = [(b, c) for _, b, c in pairs[len(COMMANDS):] if c["json_output"]["fast_forward"]]
     assert len(fast) >= len(COMMANDS) - 1, [c["json_output"] for _, _, c in pairs]
