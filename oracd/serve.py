@@ -34,7 +34,7 @@ from .child.states import ChildState
 from .child.supervisor import Supervisor
 from .config import Config, ConfigHolder
 from oracd_protocol.errors import LoadTimeout
-from . import fdbudget, loopslice
+from . import fdbudget
 from .http.server import HttpFront, serve_http_api, stop_accepting as stop_http
 from .logs import get as get_logger
 from .metrics import Metrics, serve_http
@@ -95,7 +95,6 @@ async def serve(cfg: Config) -> int:
     """Run oracd until SIGTERM/SIGINT.  Returns the process exit code."""
     t_start = time.monotonic()
     fds = fdbudget.apply(cfg, log)
-    loop_slice = loopslice.apply(cfg, log)      # this thread runs the event loop
     try:
         bound = _bind(cfg)
     except (StartupError, OSError) as exc:
@@ -132,8 +131,7 @@ async def serve(cfg: Config) -> int:
                     notifier.ready(status_line(app))
                     log.info("oracd ready", socket=str(cfg.server.socket), pid=os.getpid(),
                              startup_s=round(time.monotonic() - t_start, 3), model=app.supervisor.model,
-                             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
-                             loop_slice_us=loop_slice // 1000 if loop_slice else None)
+                             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
                     tg.start_soon(_heartbeat, app, notifier)
                     await _main_loop(app, tg, signals)
                     await _stop_accepting(app, notifier, bound, listener, conns, http)

@@ -54,7 +54,6 @@ class ServerConfig:
     shutdown_grace: float = 30.0      # seconds in-flight requests get to finish on SIGTERM
     event_loop: str = "auto"          # auto (uvloop if installed) | uvloop | asyncio
     metrics_listen: str = ""          # "127.0.0.1:9464": Prometheus /metrics over HTTP, loopback only ("" = off)
-    loop_slice_us: int = 100          # the event loop thread's CPU slice (loopslice.py); 0 = the kernel's default
 
 
 @dataclass(frozen=True)
