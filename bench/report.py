@@ -144,14 +144,20 @@ def concurrency_markdown(c: Dict[str, Any]) -> List[str]:
 def http_markdown(h: Dict[str, Any]) -> List[str]:
     """The HTTP phase: the openai SDK on oracd's /v1 and llama-server's own, the Ollama path, 8 clients."""
     lines = ["| HTTP (openai SDK, Unix sockets) | p50 ms | p95 ms |", "|---|---|---|"]
-    for k in ("direct /v1", "oracd /v1", "direct /v1 first token", "oracd /v1 first token", "oracd /api/chat"):
-        lines.append(f"| {k} | {num(h[k]['p50'])} | {num(h[k]['p95'])} |")
+    for k in ("direct /v1", "oracd /v1", "direct /v1 first token", "oracd /v1 first token", "oracd /api/chat",
+              "floor /v1", "floor /v1 first token"):
+        if k in h:
+            lines.append(f"| {k} | {num(h[k]['p50'])} | {num(h[k]['p95'])} |")
     added = h["added_ms_p50"]
     tput = h["throughput tokens/s (8 clients)"]
     lines += ["", f"Added at p50: non-streamed {num(added['non-streamed'])} ms, first token "
                   f"{num(added['first token'])} ms; the Ollama path vs the OpenAI path {num(added['ollama vs openai path'])} ms. "
                   f"8 clients: oracd {num(tput.get('oracd'))} tok/s, direct {num(tput.get('direct'))} tok/s "
                   f"(ratio {num(h['throughput_ratio'])})."]
+    floor = h.get("floor_added_ms_p50")
+    if floor:
+        lines += ["", f"The floor of one Python hop (bench/floor_proxy.py, the same samples): non-streamed "
+                      f"{num(floor['non-streamed'])} ms, first token {num(floor['first token'])} ms added."]
     if h.get("targets"):
         lines += [""] + targets_table("HTTP target", h["targets"])
     return lines

@@ -441,6 +441,10 @@ def test_the_http_phase_figures_and_targets():
     assert res["throughput_ratio"] == 0.955
     met = {k: v["met"] for k, v in targets(res).items()}
     assert list(met.values()) == [True, False, True]
+    assert "floor_added_ms_p50" not in res
+    floored = figures({**times, "floor /v1": [101.0, 103.0, 105.0], "floor /v1 first token": [20.5, 21.5, 22.5]},
+                      {"oracd": [95.0, 96.0], "direct": [100.0, 100.0]}, {})
+    assert floored["floor_added_ms_p50"] == {"non-streamed": 1.0, "first token": 0.5}
     empty = figures({k: [] for k in times}, {"oracd": [], "direct": []}, {})
     assert all(v["met"] is False and v["value"] == "not measured" for v in targets(empty).values())
 
