@@ -9,13 +9,17 @@ from typing import Any
 from oracd.provision.smoke import UnixHTTPConnection as _UnixHTTPConnection
 
 
-def llama_get(endpoint: str, path: str, timeout: float = 10) -> Any:
-    """GET from the child's endpoint as reported by status ("unix:/path" or "host:port")."""
+def _connect(endpoint: str, timeout: float) -> http.client.HTTPConnection:
+    """A connection to the child's endpoint as reported by status ("unix:/path" or "host:port")."""
     if endpoint.startswith("unix:"):
-        conn: http.client.HTTPConnection = _UnixHTTPConnection(endpoint[5:], timeout)
-    else:
-        host, port = endpoint.rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        return _UnixHTTPConnection(endpoint[5:], timeout)
+    host, port = endpoint.rsplit(":", 1)
+    return http.client.HTTPConnection(host, int(port), timeout=timeout)
+
+
+def llama_get(endpoint: str, path: str, timeout: float = 10) -> Any:
+    """GET from the child's endpoint; (status, JSON answer)."""
+    conn = _connect(endpoint, timeout)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -26,11 +30,7 @@ def llama_get(endpoint: str, path: str, timeout: float = 10) -> Any:
 
 def llama_post(endpoint: str, path: str, body: Any, timeout: float = 120) -> Any:
     """POST JSON to the child's endpoint; its JSON answer (AssertionError on a status other than 200)."""
-    if endpoint.startswith("unix:"):
-        conn: http.client.HTTPConnection = _UnixHTTPConnection(endpoint[5:], timeout)
-    else:
-        host, port = endpoint.rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    conn = _connect(endpoint, timeout)
     try:
         conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
         resp = conn.getresponse()
