@@ -45,6 +45,12 @@ _KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 
              "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32}
 COMPUTE_MIN = 64 * MiB
 COMPUTE_SHARE = 0.05
+#: Without flash attention llama-server's compute buffer holds the attention scores of one ubatch against the
+#: whole context: measured (``-lv 4``, "compute buffer size") 26/86/166 MiB for SmolLM2 (9 heads) and
+#: 22/52/92 MiB for Gemma 3 (4 heads) at 2048/8192/16384 tokens, ubatch 512: at most 2.75 bytes per
+#: (context token x ubatch token x head), plus a few MiB.  With flash attention: 18 MiB at 8192.
+NO_FA_BYTES = 2.75
+NO_FA_BASE = 8 * MiB
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,16 @@ def _has(extra_args: Sequence[str], *flags: str) -> bool:
     return any(a in flags for a in extra_args)
 
 
+def flash_attn_off(extra_args: Sequence[str]) -> bool:
+    """Is flash attention off on this command line (``-fa off``; the last one wins, as llama.cpp reads it)?"""
+    args = list(extra_args)
+    value = None
+    for i, a in enumerate(args[:-1]):
+        if a in ("-fa", "--flash-attn"):
+            value = args[i + 1]
+    return value == "off"
+
+
 def estimate(meta: Dict[str, Any], ctx_size: int, extra_args: Sequence[str], cache_ram_mb: int,
              parallel: int = 1, ubatch: int = 0) -> Footprint:
     """What loading a model with these settings takes, from its header (``models.gguf``).
@@ -130,6 +146,8 @@ def estimate(meta: Dict[str, Any], ctx_size: int, extra_args: Sequence[str], cac
         swa_cells = streams * -(-min(base, want) // CTX_STEP) * CTX_STEP
     kv = int(per_position * (full * n_ctx + (layers - full) * swa_cells))
     compute = max(COMPUTE_MIN, int(weights * COMPUTE_SHARE))
+    if flash_attn_off(extra_args):
+        compute = max(compute, int(n_ctx * (ubatch or 512) * heads * NO_FA_BYTES) + NO_FA_BASE)
     return Footprint(weights, kv, compute, max(0, cache_ram_mb) * MiB)
 
 
@@ -201,6 +219,9 @@ def memory_verdict(cfg: "Config", model: str, meta: Dict[str, Any], room: int, s
     oracd adds ``--swa-full`` (``child/swa.py``); ``fit_ctx`` None: as configured."""
     opt = lambda key: cfg.option_for(model, key)   # noqa: E731
     extra = tuple(opt("extra_args"))
+    if cfg.batch_invariant_for(model):             # its flags come first; extra_args may override them
+        from .child.command import BATCH_INVARIANT_ARGS
+        extra = (*BATCH_INVARIANT_ARGS, *extra)
     if swa_full and "--swa-full" not in extra:
         extra += ("--swa-full",)
     return judge(model, meta, opt("ctx_size"), extra, opt("cache_ram_mb"), cfg.llama.memory_margin_mb * MiB, room,

@@ -71,3 +71,22 @@ def test_only_a_batch_invariant_child_gets_the_tiled_matmul_switched_off(monkeyp
 
 def test_oracds_own_builds_leave_llamafiles_sgemm_out():
     assert "-DGGML_LLAMAFILE=OFF" in COMMON_FLAGS
+
+
+def test_the_memory_check_counts_the_attention_scores_that_flash_attention_would_not_hold():
+    from oracd.memory import COMPUTE_MIN, MiB, estimate, flash_attn_off, memory_verdict
+    assert flash_attn_off(["--flash-attn", "off"]) and not flash_attn_off(["-fa", "off", "-fa", "on"])
+    assert not flash_attn_off([]) and not flash_attn_off(["-fa"])
+    smol = {"weights_bytes": 100 * MiB, "block_count": 30, "head_count": 9, "head_count_kv": 3,
+            "embedding_length": 576}
+    # llama-server's own figures for SmolLM2 without flash attention (ubatch 512): 86 MiB at 8192, 166 at 16384
+    assert estimate(smol, 8192, ["-fa", "off"], 0, 2).compute >= 86 * MiB
+    assert estimate(smol, 16384, ["-fa", "off"], 0, 2).compute >= 166 * MiB
+    assert estimate(smol, 16384, [], 0, 2).compute == COMPUTE_MIN           # flash attention: 18 MiB at 8192
+    room = 10 * 2 ** 30
+    on = memory_verdict(cfg(ctx_size=16384), "m.gguf", smol, room).footprint.compute
+    off = memory_verdict(cfg(ctx_size=16384, batch_invariant=False), "m.gguf", smol, room).footprint.compute
+    assert on > off == COMPUTE_MIN
+    # extra_args may turn flash attention back on (they come after the batch-invariant flags)
+    back = memory_verdict(cfg(ctx_size=16384, extra_args=["-fa", "on"]), "m.gguf", smol, room).footprint.compute
+    assert back == COMPUTE_MIN
