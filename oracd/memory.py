@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
 
 from oracd_protocol.errors import ModelLoadFailed
 
+from .child.command import BATCH_INVARIANT_ARGS
 from .logs import get as get_logger
 from .models.gguf import header
 
@@ -69,16 +70,20 @@ class Footprint:
                 f"host prompt cache {self.host_cache // MiB} MiB")
 
 
+def flag_value(args: Sequence[str], *names: str) -> Optional[str]:
+    """The value after the last of ``names`` on a command line (the one llama.cpp keeps), or None."""
+    args = list(args)
+    value = None
+    for i, a in enumerate(args[:-1]):
+        if a in names:
+            value = args[i + 1]
+    return value
+
+
 def kv_types(extra_args: Sequence[str]) -> Tuple[str, str]:
     """The K and V cache types llama-server will use (``-ctk``/``-ctv`` in extra_args; f16 by default)."""
-    k = v = "f16"
-    args = list(extra_args)
-    for i, a in enumerate(args[:-1]):
-        if a in ("-ctk", "--cache-type-k"):
-            k = args[i + 1]
-        elif a in ("-ctv", "--cache-type-v"):
-            v = args[i + 1]
-    return k, v
+    return (flag_value(extra_args, "-ctk", "--cache-type-k") or "f16",
+            flag_value(extra_args, "-ctv", "--cache-type-v") or "f16")
 
 
 #: llama.cpp's sliding-window layer patterns by architecture, when the GGUF carries none
@@ -108,12 +113,7 @@ def _has(extra_args: Sequence[str], *flags: str) -> bool:
 
 def flash_attn_off(extra_args: Sequence[str]) -> bool:
     """Is flash attention off on this command line (``-fa off``; the last one wins, as llama.cpp reads it)?"""
-    args = list(extra_args)
-    value = None
-    for i, a in enumerate(args[:-1]):
-        if a in ("-fa", "--flash-attn"):
-            value = args[i + 1]
-    return value == "off"
+    return flag_value(extra_args, "-fa", "--flash-attn") == "off"
 
 
 def estimate(meta: Dict[str, Any], ctx_size: int, extra_args: Sequence[str], cache_ram_mb: int,
@@ -220,7 +220,6 @@ def memory_verdict(cfg: "Config", model: str, meta: Dict[str, Any], room: int, s
     opt = lambda key: cfg.option_for(model, key)   # noqa: E731
     extra = tuple(opt("extra_args"))
     if cfg.batch_invariant_for(model):             # its flags come first; extra_args may override them
-        from .child.command import BATCH_INVARIANT_ARGS
         extra = (*BATCH_INVARIANT_ARGS, *extra)
     if swa_full and "--swa-full" not in extra:
         extra += ("--swa-full",)

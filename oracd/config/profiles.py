@@ -21,7 +21,7 @@ from oracd_protocol.schemas import COMMAND_SCHEMA
 from .sampling import RANGES
 from ..safe_read import read_capped, real_path
 from .toml import tomllib
-from .values import rpc_workers as check_rpc_workers, swa_full as check_swa_full, tensor_split as check_tensor_split
+from .values import rpc_workers as check_rpc_workers, auto_or_bool, tensor_split as check_tensor_split
 
 # Any JSON value whose top level is an object (llama.cpp's own json.gbnf, condensed).
 JSON_GRAMMAR = r'''root   ::= object
@@ -130,7 +130,7 @@ def _parse(model: str, table: Any, base: Path) -> Profile:
                 raise ProfileError(str(exc)) from None
         elif key == "swa_full":
             try:
-                v = check_swa_full(k, v)
+                v = auto_or_bool(k, v)
             except ValueError as exc:
                 raise ProfileError(str(exc)) from None
         elif key == "aliases":

@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional, Tuple
 from .profiles import Profile, ProfileError, load_profiles_file, parse_profiles
 from .toml import tomllib
 from .values import address_is_local, http_address, listen_address, rpc_workers as check_rpc_workers
-from .values import swa_full as swa_full_value, tensor_split as check_tensor_split
+from .values import auto_or_bool, tensor_split as check_tensor_split
 
 
 class ConfigError(ValueError):
@@ -249,7 +249,7 @@ def _coerce(section: str, name: str, ftype: Any, value: Any, base: Path) -> Any:
             raise ConfigError(str(exc)) from None
     if name in ("swa_full", "batch_invariant"):
         try:
-            return swa_full_value(key, value)
+            return auto_or_bool(key, value)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     if key == "http.listen":

@@ -49,9 +49,6 @@ def auto_or_bool(key: str, value: Any) -> Union[str, bool]:
     raise ValueError(f'{key}: expected "auto", true or false, got {value!r}')
 
 
-swa_full = auto_or_bool
-
-
 HttpAddress = Union[Tuple[str, int], str]
 
 
